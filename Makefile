@@ -1,0 +1,43 @@
+# The Makefile is the contract: CI (.ci/run) calls these same targets.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+# A persistent target directory outside the clone, so a fresh clone reuses built RocksDB/librdkafka.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/open-autoglm/target
+STACK := deploy/local/stack.sh
+# The local stack's addresses, as AUTOGLM_KAFKA_BOOTSTRAP=… AUTOGLM_SCHEMA_REGISTRY_URL=…
+STACK_ENV = $$($(STACK) env)
+
+.PHONY: help up down status reset demo test fmt lint build
+
+help: ## Show the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+up: ## Start the local Kafka broker and Schema Registry (idempotent; waits until ready)
+	@$(STACK) up
+
+down: ## Stop the local stack (data is kept; see `make reset`)
+	@$(STACK) down
+
+status: ## Show whether the local stack is ready, and where
+	@$(STACK) status
+
+reset: ## Stop the local stack and delete its data and logs
+	@$(STACK) reset
+
+demo: up ## Run the main job on the local stack (for now: check that the stack is healthy)
+	@env $(STACK_ENV) cargo run --quiet -p autoglm -- check
+
+build: ## Build every crate and test
+	cargo build --workspace --all-targets
+
+fmt: ## Format the code
+	cargo fmt --all
+
+lint: ## rustfmt and clippy, as CI runs them
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+test: up lint ## Start the stack if needed, lint, then run every test (unit and integration)
+	env $(STACK_ENV) cargo test --workspace --no-fail-fast

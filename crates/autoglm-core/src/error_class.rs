@@ -1,0 +1,67 @@
+//! The three ways a failure can be handled.
+
+use std::fmt;
+
+/// What the runtime does with a failure. Every error in the workspace maps to exactly one class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// The operation may succeed if retried (broker unavailable, registry timeout, a full producer
+    /// queue). Retry with exponential backoff; when the attempts run out, wait or stop cleanly,
+    /// never skip data.
+    Transient,
+    /// This record can never be processed (undecodable bytes, a failed conversion). Send it to the
+    /// dead-letter topic with its original bytes and go on.
+    Poison,
+    /// The process cannot go on (fenced producer, authentication, bad configuration). Stop in
+    /// order with a non-zero exit and one clear log line.
+    Fatal,
+}
+
+impl ErrorClass {
+    /// The lowercase name used in logs, metric labels and dead-letter headers.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Poison => "poison",
+            ErrorClass::Fatal => "fatal",
+        }
+    }
+
+    /// Whether retrying the same operation can help.
+    pub const fn is_retriable(self) -> bool {
+        matches!(self, ErrorClass::Transient)
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Implemented by every error type whose handling the runtime must decide.
+pub trait Classify {
+    /// The class of this error.
+    fn class(&self) -> ErrorClass;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transient_errors_are_retried() {
+        assert!(ErrorClass::Transient.is_retriable());
+        assert!(!ErrorClass::Poison.is_retriable());
+        assert!(!ErrorClass::Fatal.is_retriable());
+    }
+
+    #[test]
+    fn names_are_stable_label_values() {
+        let names: Vec<_> = [ErrorClass::Transient, ErrorClass::Poison, ErrorClass::Fatal]
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(names, ["transient", "poison", "fatal"]);
+    }
+}

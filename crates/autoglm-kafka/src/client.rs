@@ -1,0 +1,152 @@
+//! Client settings shared by every consumer and producer the processor creates.
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+
+/// librdkafka properties that [`ClientSettings`] owns. A pass-through property may not set them,
+/// because the exactly-once guarantees depend on their values.
+const OWNED_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "enable.idempotence",
+    "transactional.id",
+    "isolation.level",
+    "enable.auto.commit",
+    "group.id",
+];
+
+/// A pass-through property conflicts with a setting the processor owns.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The property is set by the processor itself.
+    #[error(
+        "librdkafka property `{key}` is managed by open-autoglm and cannot be overridden: {reason}"
+    )]
+    OwnedProperty {
+        /// The rejected property.
+        key: String,
+        /// Which typed setting owns it.
+        reason: &'static str,
+    },
+}
+
+/// Where the cluster is and how to talk to it.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    bootstrap_servers: String,
+    client_id: String,
+    /// Raw librdkafka properties (security, tuning), applied before the owned ones.
+    extra: Vec<(String, String)>,
+}
+
+impl ClientSettings {
+    /// Settings for the cluster at `bootstrap_servers` (a comma-separated `host:port` list).
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.into(),
+            client_id: "open-autoglm".to_owned(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// The client id reported to the broker (shows up in broker logs and quotas).
+    pub fn with_client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = client_id.into();
+        self
+    }
+
+    /// Adds a raw librdkafka property, for example `security.protocol` or `linger.ms`.
+    pub fn with_property(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Self, SettingsError> {
+        let key = key.into();
+        if OWNED_PROPERTIES.contains(&key.as_str()) {
+            return Err(SettingsError::OwnedProperty {
+                key,
+                reason: "set it through the typed configuration instead",
+            });
+        }
+        self.extra.push((key, value.into()));
+        Ok(self)
+    }
+
+    /// The bootstrap servers.
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap_servers
+    }
+
+    /// A librdkafka config with the connection settings and the pass-through properties.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        for (key, value) in &self.extra {
+            config.set(key, value);
+        }
+        config
+            .set("bootstrap.servers", &self.bootstrap_servers)
+            .set("client.id", &self.client_id);
+        config
+    }
+
+    /// An idempotent, transactional producer. `init_transactions` is left to the caller, because it
+    /// blocks and must run off the async executor.
+    pub fn transactional_producer(
+        &self,
+        transactional_id: &str,
+    ) -> Result<FutureProducer, KafkaError> {
+        self.client_config()
+            .set("enable.idempotence", "true")
+            .set("transactional.id", transactional_id)
+            // Delivery must time out before the broker aborts the transaction.
+            .set("transaction.timeout.ms", "60000")
+            .set("message.timeout.ms", "30000")
+            .create()
+    }
+
+    /// A consumer in `group_id` that only sees committed records and never commits on its own:
+    /// offsets are committed through the producer's transaction.
+    pub fn read_committed_consumer(&self, group_id: &str) -> Result<StreamConsumer, KafkaError> {
+        self.consumer(group_id, "read_committed")
+    }
+
+    /// Like [`read_committed_consumer`](Self::read_committed_consumer), but also sees records of
+    /// open and aborted transactions. Only for verification tools and tests.
+    pub fn read_uncommitted_consumer(&self, group_id: &str) -> Result<StreamConsumer, KafkaError> {
+        self.consumer(group_id, "read_uncommitted")
+    }
+
+    fn consumer(&self, group_id: &str, isolation: &str) -> Result<StreamConsumer, KafkaError> {
+        self.client_config()
+            .set("group.id", group_id)
+            .set("isolation.level", isolation)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .create()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_properties_cannot_be_overridden() {
+        let err = ClientSettings::new("127.0.0.1:9")
+            .with_property("isolation.level", "read_uncommitted")
+            .expect_err("isolation.level is owned");
+        assert!(err.to_string().contains("`isolation.level`"), "{err}");
+    }
+
+    #[test]
+    fn pass_through_properties_reach_the_client_config() {
+        let config = ClientSettings::new("127.0.0.1:9")
+            .with_property("linger.ms", "5")
+            .expect("linger.ms is free")
+            .client_config();
+        assert_eq!(config.get("linger.ms"), Some("5"));
+        assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:9"));
+    }
+}

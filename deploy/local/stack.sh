@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# The local stack: a real Apache Kafka broker (KRaft, combined broker+controller, single node) and a
+# real Apicurio Registry (Confluent-compatible API at /apis/ccompat/v7), both on 127.0.0.1, both run
+# from jars that Maven fetches (deploy/local/pom.xml). No Docker needed.
+#
+#   stack.sh up       fetch jars if missing, start what is not running, wait until ready (idempotent)
+#   stack.sh down     stop both services; no process is left behind (data is kept)
+#   stack.sh status   print each service's state; exit 0 only when both are ready
+#   stack.sh reset    down, then delete the stack's data and logs
+#   stack.sh env      print the addresses as shell assignments (for `eval`)
+#
+# Settings (environment):
+#   AUTOGLM_STACK_DIR        data, logs and jars               (default: <repo>/.stack)
+#   AUTOGLM_KAFKA_PORT       broker listener                   (default: 39092)
+#   AUTOGLM_CONTROLLER_PORT  KRaft controller listener         (default: 39093)
+#   AUTOGLM_REGISTRY_PORT    Apicurio Registry HTTP port       (default: 38081)
+#   AUTOGLM_REGISTRY_MANAGEMENT_PORT  its health/metrics port  (default: 38082)
+#   AUTOGLM_STACK_TIMEOUT_SECS  readiness timeout per service  (default: 120)
+#   REGISTRY_JAVA_HOME       JDK for Apicurio (needs 21+)      (default: newest Temurin in /usr/lib/jvm)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+stack_dir=${AUTOGLM_STACK_DIR:-$repo/.stack}
+kafka_port=${AUTOGLM_KAFKA_PORT:-39092}
+controller_port=${AUTOGLM_CONTROLLER_PORT:-39093}
+registry_port=${AUTOGLM_REGISTRY_PORT:-38081}
+registry_mgmt_port=${AUTOGLM_REGISTRY_MANAGEMENT_PORT:-38082}
+timeout_secs=${AUTOGLM_STACK_TIMEOUT_SECS:-120}
+
+pom_prop() { sed -n "s:.*<$1>\(.*\)</$1>.*:\1:p" "$here/pom.xml" | head -n1; }
+kafka_version=$(pom_prop kafka.version)
+apicurio_version=$(pom_prop apicurio.version)
+kafka_lib=$stack_dir/lib/kafka-$kafka_version
+apicurio_lib=$stack_dir/lib/apicurio-$apicurio_version
+
+log() { printf 'stack: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+pid_alive() {
+  local pidfile=$1
+  [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
+
+registry_java() {
+  if [[ -n ${REGISTRY_JAVA_HOME:-} ]]; then
+    echo "$REGISTRY_JAVA_HOME/bin/java"
+    return
+  fi
+  local jdk
+  jdk=$(ls -d /usr/lib/jvm/temurin-2[5-9]* /usr/lib/jvm/temurin-2[1-4]* 2>/dev/null | sort -V | tail -n1 || true)
+  [[ -n $jdk ]] || die "no JDK 21+ for Apicurio Registry under /usr/lib/jvm; set REGISTRY_JAVA_HOME"
+  echo "$jdk/bin/java"
+}
+
+fetch_jars() {
+  if [[ -f $kafka_lib/kafka_2.13-$kafka_version.jar && -f $apicurio_lib/quarkus-run.jar ]]; then
+    return
+  fi
+  command -v mvn >/dev/null || die "maven (mvn) is needed to fetch the Kafka and Apicurio jars"
+  log "fetching Kafka $kafka_version and Apicurio Registry $apicurio_version from Maven Central"
+  mvn -q -B -f "$here/pom.xml" -Dstack.lib="$stack_dir/lib" generate-resources \
+    || die "maven could not fetch the stack's jars (see the output above)"
+}
+
+# Wait until "$2" (a command) succeeds, or fail naming the log file "$3".
+wait_ready() {
+  local name=$1 check=$2 logfile=$3 pidfile=$4 deadline=$((SECONDS + timeout_secs))
+  until eval "$check"; do
+    if ! pid_alive "$pidfile"; then
+      tail -n 20 "$logfile" >&2 || true
+      die "$name exited during start-up; see $logfile"
+    fi
+    if ((SECONDS >= deadline)); then
+      tail -n 20 "$logfile" >&2 || true
+      die "$name was not ready after ${timeout_secs}s; see $logfile"
+    fi
+    sleep 0.5
+  done
+}
+
+kafka_ready() { port_open "$kafka_port" && grep -q 'Kafka Server started' "$stack_dir/kafka/server.log" 2>/dev/null; }
+registry_ready() { curl -fsS "http://127.0.0.1:$registry_port/apis/ccompat/v7/subjects" >/dev/null 2>&1; }
+
+start_kafka() {
+  local dir=$stack_dir/kafka pidfile=$stack_dir/kafka/kafka.pid
+  if pid_alive "$pidfile"; then
+    kafka_ready || wait_ready kafka kafka_ready "$dir/server.log" "$pidfile"
+    log "kafka already running on 127.0.0.1:$kafka_port"
+    return
+  fi
+  port_open "$kafka_port" && die "port $kafka_port is taken by another process; set AUTOGLM_KAFKA_PORT"
+  mkdir -p "$dir/data"
+  {
+    cat "$here/kafka.properties"
+    echo "controller.quorum.bootstrap.servers=127.0.0.1:$controller_port"
+    echo "listeners=PLAINTEXT://127.0.0.1:$kafka_port,CONTROLLER://127.0.0.1:$controller_port"
+    echo "advertised.listeners=PLAINTEXT://127.0.0.1:$kafka_port"
+    echo "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    echo "log.dirs=$dir/data"
+  } >"$dir/server.properties"
+  cat >"$dir/log4j2.properties" <<EOF
+rootLogger.level=INFO
+rootLogger.appenderRef.file.ref=file
+appender.file.type=File
+appender.file.name=file
+appender.file.fileName=$dir/server.log
+appender.file.layout.type=PatternLayout
+appender.file.layout.pattern=[%d] %p %m (%c)%n
+logger.kafka.name=kafka
+logger.kafka.level=INFO
+logger.apache.name=org.apache.kafka
+logger.apache.level=INFO
+EOF
+  local classpath="$kafka_lib/*"
+  local jvm=(-Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
+    "-Dlog4j2.configurationFile=$dir/log4j2.properties" "-Dkafka.logs.dir=$dir")
+  if [[ ! -f $dir/data/meta.properties ]]; then
+    log "formatting kafka storage in $dir/data"
+    java "${jvm[@]}" -cp "$classpath" kafka.tools.StorageTool format --standalone \
+      -t "$(java -cp "$classpath" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)" \
+      -c "$dir/server.properties" >"$dir/format.log" 2>&1 \
+      || die "kafka storage format failed; see $dir/format.log"
+  fi
+  : >"$dir/server.log"
+  log "starting kafka $kafka_version on 127.0.0.1:$kafka_port (log: $dir/server.log)"
+  setsid nohup java "${jvm[@]}" -cp "$classpath" kafka.Kafka "$dir/server.properties" \
+    >"$dir/stdout.log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+  wait_ready kafka kafka_ready "$dir/server.log" "$pidfile"
+}
+
+start_registry() {
+  local dir=$stack_dir/registry pidfile=$stack_dir/registry/registry.pid
+  if pid_alive "$pidfile"; then
+    registry_ready || wait_ready registry registry_ready "$dir/registry.log" "$pidfile"
+    log "registry already running on 127.0.0.1:$registry_port"
+    return
+  fi
+  port_open "$registry_port" && die "port $registry_port is taken by another process; set AUTOGLM_REGISTRY_PORT"
+  mkdir -p "$dir"
+  local java_bin
+  java_bin=$(registry_java)
+  log "starting apicurio registry $apicurio_version on 127.0.0.1:$registry_port (log: $dir/registry.log)"
+  (
+    cd "$dir"
+    setsid nohup "$java_bin" -Xms128m -Xmx768m \
+      -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$registry_port" \
+      -Dquarkus.management.host=127.0.0.1 -Dquarkus.management.port="$registry_mgmt_port" \
+      -Dapicurio.storage.kind=sql -Dapicurio.storage.sql.kind=h2 \
+      -Dapicurio.rest.deletion.artifact.enabled=true \
+      -Dapicurio.rest.deletion.artifact-version.enabled=true \
+      -Dapicurio.rest.deletion.group.enabled=true \
+      -jar "$apicurio_lib/quarkus-run.jar" >"$dir/registry.log" 2>&1 </dev/null &
+    echo $! >"$pidfile"
+  )
+  wait_ready registry registry_ready "$dir/registry.log" "$pidfile"
+}
+
+stop_one() {
+  local name=$1 pidfile=$2 pid
+  if pid_alive "$pidfile"; then
+    pid=$(cat "$pidfile")
+    log "stopping $name (pid $pid)"
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 60); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.5
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "$name did not stop in 30s; killing it"
+      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  rm -f "$pidfile"
+}
+
+status() {
+  local ok=0
+  if pid_alive "$stack_dir/kafka/kafka.pid" && kafka_ready; then
+    echo "kafka     ready    127.0.0.1:$kafka_port (Apache Kafka $kafka_version, KRaft)"
+  else
+    echo "kafka     down     127.0.0.1:$kafka_port"
+    ok=1
+  fi
+  if pid_alive "$stack_dir/registry/registry.pid" && registry_ready; then
+    echo "registry  ready    http://127.0.0.1:$registry_port/apis/ccompat/v7 (Apicurio Registry $apicurio_version)"
+  else
+    echo "registry  down     http://127.0.0.1:$registry_port/apis/ccompat/v7"
+    ok=1
+  fi
+  return $ok
+}
+
+case ${1:-} in
+  up)
+    fetch_jars
+    started=$SECONDS
+    start_kafka
+    start_registry
+    log "stack ready in $((SECONDS - started))s"
+    ;;
+  down)
+    stop_one registry "$stack_dir/registry/registry.pid"
+    stop_one kafka "$stack_dir/kafka/kafka.pid"
+    ;;
+  status) status ;;
+  reset)
+    "$0" down
+    rm -rf "$stack_dir/kafka" "$stack_dir/registry"
+    ;;
+  env)
+    echo "AUTOGLM_KAFKA_BOOTSTRAP=127.0.0.1:$kafka_port"
+    echo "AUTOGLM_SCHEMA_REGISTRY_URL=http://127.0.0.1:$registry_port/apis/ccompat/v7"
+    ;;
+  *)
+    echo "usage: $0 up|down|status|reset|env" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,112 @@
+//! Shared helpers for the integration tests: where the local stack is, unique names, topics.
+//!
+//! The tests run against the real broker and registry that `make up` starts. Addresses come from
+//! `AUTOGLM_KAFKA_BOOTSTRAP` / `AUTOGLM_SCHEMA_REGISTRY_URL`, or else from `deploy/local/stack.sh env`,
+//! so no test hard-codes an address. When the stack does not answer, [`stack`] panics with a message
+//! that says so: these tests fail, they never skip.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use autoglm_kafka::ClientSettings;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use schema_registry_converter::async_impl::schema_registry::{SrSettings, get_all_subjects};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits inside the repository")
+        .to_path_buf()
+}
+
+/// Addresses of the running local stack.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    /// Kafka bootstrap servers.
+    pub bootstrap: String,
+    /// Base URL of the registry's Confluent-compatible API.
+    pub registry_url: String,
+}
+
+impl Stack {
+    /// Client settings for the stack's broker.
+    pub fn kafka(&self) -> ClientSettings {
+        ClientSettings::new(&self.bootstrap).with_client_id("autoglm-tests")
+    }
+
+    /// Registry client settings.
+    pub fn registry(&self) -> SrSettings {
+        SrSettings::new_builder(self.registry_url.clone())
+            .set_timeout(Duration::from_secs(10))
+            .build()
+            .expect("registry settings")
+    }
+}
+
+/// The local stack's addresses, after checking that both services answer.
+///
+/// # Panics
+///
+/// When either service does not answer: the message names it and says how to start the stack.
+pub async fn stack() -> Stack {
+    let stack = Stack {
+        bootstrap: address("AUTOGLM_KAFKA_BOOTSTRAP"),
+        registry_url: address("AUTOGLM_SCHEMA_REGISTRY_URL"),
+    };
+    if let Err(e) = autoglm_kafka::probe(&stack.kafka(), Duration::from_secs(10)).await {
+        panic!(
+            "the local stack is not running: kafka at {} did not answer ({e}); start it with `make up`",
+            stack.bootstrap
+        );
+    }
+    if let Err(e) = get_all_subjects(&stack.registry()).await {
+        panic!(
+            "the local stack is not running: schema registry at {} did not answer ({e}); start it with `make up`",
+            stack.registry_url
+        );
+    }
+    stack
+}
+
+fn address(var: &str) -> String {
+    if let Ok(value) = std::env::var(var) {
+        return value;
+    }
+    let script = repo_root().join("deploy/local/stack.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg("env")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix(var)?.strip_prefix('=').map(str::to_owned))
+        .unwrap_or_else(|| panic!("{var} is not set and `stack.sh env` does not print it"))
+}
+
+/// A name no other test run uses: `prefix-<uuid>`.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Creates `topic` with `partitions` partitions (replication 1) and waits for the result.
+pub async fn create_topic(stack: &Stack, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = stack
+        .kafka()
+        .client_config()
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("create_topics request");
+    for result in results {
+        result.unwrap_or_else(|(name, code)| panic!("create topic {name}: {code}"));
+    }
+}
