@@ -1,4 +1,5 @@
-//! Domain types shared by every stage of the pipeline, with no I/O.
+//! Domain types shared by every stage of the pipeline, with no I/O: change events, versions and
+//! error classes.
 //!
 //! ```text
 //!   decode ─► route ─► version guard ─► mapping ─► encode ─► transactional produce
@@ -10,5 +11,9 @@
 //! [`Classify`], and the class alone decides what the runtime does with the failure.
 
 mod error_class;
+mod event;
+mod version;
 
 pub use error_class::{Classify, ErrorClass};
+pub use event::{ChangeEvent, Op, Row, SourcePosition};
+pub use version::Version;

@@ -1,0 +1,190 @@
+//! Avro values to JSON trees, guided by the writer schema (decimals need its scale).
+
+use apache_avro::Schema;
+use apache_avro::schema::Names;
+use apache_avro::types::Value;
+use num_bigint::BigInt;
+use serde_json::{Map, Number, Value as Json};
+
+/// Converts `value`, written with `schema`, into JSON. Named references are looked up in `names`.
+/// Unions collapse to their branch; decimals become strings with their scale; dates, times and
+/// timestamps stay integers in their own unit; bytes become base64.
+pub(crate) fn to_json(value: Value, schema: &Schema, names: &Names) -> Json {
+    let schema = resolve(schema, names);
+    match value {
+        Value::Null => Json::Null,
+        Value::Boolean(b) => Json::Bool(b),
+        Value::Int(i) | Value::Date(i) | Value::TimeMillis(i) => Json::from(i),
+        Value::Long(i)
+        | Value::TimeMicros(i)
+        | Value::TimestampMillis(i)
+        | Value::TimestampMicros(i)
+        | Value::TimestampNanos(i)
+        | Value::LocalTimestampMillis(i)
+        | Value::LocalTimestampMicros(i)
+        | Value::LocalTimestampNanos(i) => Json::from(i),
+        Value::Float(f) => Number::from_f64(f64::from(f)).map_or(Json::Null, Json::Number),
+        Value::Double(f) => Number::from_f64(f).map_or(Json::Null, Json::Number),
+        Value::String(s) | Value::Enum(_, s) => Json::String(s),
+        Value::Bytes(b) | Value::Fixed(_, b) => Json::String(base64_encode(&b)),
+        Value::Uuid(u) => Json::String(u.to_string()),
+        Value::BigDecimal(d) => Json::String(d.to_string()),
+        Value::Decimal(d) => {
+            let scale = match schema {
+                Schema::Decimal(s) => s.scale,
+                _ => 0,
+            };
+            Json::String(format_decimal(&BigInt::from(d), scale))
+        }
+        Value::Duration(d) => Json::String(format!("{d:?}")),
+        Value::Union(index, inner) => {
+            let branch = match schema {
+                Schema::Union(u) => usize::try_from(index)
+                    .ok()
+                    .and_then(|i| u.variants().get(i)),
+                _ => None,
+            };
+            match branch {
+                Some(branch) => to_json(*inner, branch, names),
+                None => to_json(*inner, &Schema::Null, names),
+            }
+        }
+        Value::Array(items) => {
+            let item_schema = match schema {
+                Schema::Array(a) => a.items.as_ref(),
+                _ => &Schema::Null,
+            };
+            Json::Array(
+                items
+                    .into_iter()
+                    .map(|v| to_json(v, item_schema, names))
+                    .collect(),
+            )
+        }
+        Value::Map(entries) => {
+            let value_schema = match schema {
+                Schema::Map(m) => m.types.as_ref(),
+                _ => &Schema::Null,
+            };
+            Json::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, to_json(v, value_schema, names)))
+                    .collect(),
+            )
+        }
+        Value::Record(fields) => {
+            let record = match schema {
+                Schema::Record(r) => Some(r),
+                _ => None,
+            };
+            let mut out = Map::with_capacity(fields.len());
+            for (i, (name, v)) in fields.into_iter().enumerate() {
+                let field_schema = record
+                    .and_then(|r| r.fields.get(i))
+                    .map_or(&Schema::Null, |f| &f.schema);
+                out.insert(name, to_json(v, field_schema, names));
+            }
+            Json::Object(out)
+        }
+    }
+}
+
+fn resolve<'a>(schema: &'a Schema, names: &'a Names) -> &'a Schema {
+    match schema {
+        Schema::Ref { name } => names.get(name).unwrap_or(schema),
+        other => other,
+    }
+}
+
+/// `unscaled × 10^-scale` as a plain decimal string: `12345`, scale 2 → `123.45`.
+pub(crate) fn format_decimal(unscaled: &BigInt, scale: usize) -> String {
+    let digits = unscaled.magnitude().to_string();
+    let sign = if unscaled.sign() == num_bigint::Sign::Minus {
+        "-"
+    } else {
+        ""
+    };
+    if scale == 0 {
+        return format!("{sign}{digits}");
+    }
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    format!("{sign}{int}.{frac}")
+}
+
+/// A parsed schema with its named types, owned (apache-avro keeps its owned variant private).
+#[derive(Debug)]
+pub(crate) struct OwnedSchema {
+    root: Schema,
+    names: Names,
+}
+
+impl OwnedSchema {
+    pub(crate) fn new(root: Schema) -> Result<OwnedSchema, apache_avro::Error> {
+        let names = apache_avro::schema::ResolvedSchema::try_from(&root)?
+            .get_names()
+            .iter()
+            .map(|(name, schema)| (name.clone(), (*schema).clone()))
+            .collect();
+        Ok(OwnedSchema { root, names })
+    }
+
+    pub(crate) fn root(&self) -> &Schema {
+        &self.root
+    }
+
+    pub(crate) fn names(&self) -> &Names {
+        &self.names
+    }
+}
+
+pub(crate) fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_keep_their_scale() {
+        assert_eq!(format_decimal(&BigInt::from(12345), 2), "123.45");
+        assert_eq!(format_decimal(&BigInt::from(-5), 3), "-0.005");
+        assert_eq!(format_decimal(&BigInt::from(7), 0), "7");
+    }
+
+    #[test]
+    fn debezium_shaped_record_becomes_plain_json() {
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"Envelope","fields":[
+                {"name":"before","type":["null",{"type":"record","name":"Value","fields":[
+                    {"name":"id","type":"long"},
+                    {"name":"credit","type":{"type":"bytes","logicalType":"decimal","precision":10,"scale":2}}]}],"default":null},
+                {"name":"after","type":["null","Value"],"default":null},
+                {"name":"op","type":"string"}]}"#,
+        )
+        .expect("schema");
+        let value = Value::Record(vec![
+            ("before".into(), Value::Union(0, Box::new(Value::Null))),
+            (
+                "after".into(),
+                Value::Union(
+                    1,
+                    Box::new(Value::Record(vec![
+                        ("id".into(), Value::Long(1)),
+                        ("credit".into(), Value::Decimal(vec![0x30, 0x39].into())),
+                    ])),
+                ),
+            ),
+            ("op".into(), Value::String("c".into())),
+        ]);
+        let resolved = OwnedSchema::new(schema).expect("resolve");
+        let json = to_json(value, resolved.root(), resolved.names());
+        assert_eq!(
+            json,
+            serde_json::json!({"before": null, "after": {"id": 1, "credit": "123.45"}, "op": "c"})
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! Record bytes to change events.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use autoglm_core::{ChangeEvent, Op, Row, SourcePosition};
+use schema_registry_converter::async_impl::avro::AvroDecoder;
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::error::SRCError;
+use serde_json::Value as Json;
+
+use crate::avro_json::OwnedSchema;
+use crate::{CodecError, avro_json, connect, envelope, wire};
+
+/// How the source topic's values are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Envelope {
+    /// Debezium's `before`/`after`/`op`/`source` envelope; a null value is the tombstone that
+    /// follows a delete.
+    Debezium,
+    /// The value is the full row; a null value means the key was deleted.
+    Upsert,
+}
+
+/// How the source topic's bytes are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// Avro in the Confluent wire format, schemas from the registry.
+    Avro,
+    /// JSON, with or without the Connect `schema`/`payload` wrapper.
+    Json,
+}
+
+/// One decoded input record.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "events are the common case; boxing them costs an allocation per record"
+)]
+pub enum Decoded {
+    /// A change.
+    Event(ChangeEvent),
+    /// A Debezium tombstone: the null value that follows a delete so that compaction can drop the
+    /// key. The delete event before it already carried the change.
+    Tombstone {
+        /// The decoded key.
+        key: Option<Row>,
+    },
+}
+
+/// Decodes records; one per process, shared by every route. Schemas are fetched from the
+/// registry once per id and cached (by `schema_registry_converter`, plus the resolved names here).
+pub struct Decoder {
+    avro: Option<AvroDecoder>,
+    resolved: Mutex<HashMap<u32, Arc<OwnedSchema>>>,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("registry", &self.avro.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Decoder {
+    /// A decoder; `registry` is needed for Avro.
+    pub fn new(registry: Option<SrSettings>) -> Decoder {
+        Decoder {
+            avro: registry.map(AvroDecoder::new),
+            resolved: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Decodes one record.
+    pub async fn decode(
+        &self,
+        envelope: Envelope,
+        encoding: Encoding,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<Decoded, CodecError> {
+        let key = match key {
+            Some(bytes) => Some(self.decode_key(encoding, bytes).await?),
+            None => None,
+        };
+        let Some(value) = value else {
+            return Ok(match envelope {
+                Envelope::Debezium => Decoded::Tombstone { key },
+                Envelope::Upsert => Decoded::Event(ChangeEvent {
+                    op: Op::Delete,
+                    before: None,
+                    after: None,
+                    key,
+                    source: SourcePosition::default(),
+                    ts_ms: None,
+                }),
+            });
+        };
+        let tree = self.to_json(encoding, value).await?;
+        envelope::parse_envelope(envelope, key, tree).map(Decoded::Event)
+    }
+
+    async fn decode_key(&self, encoding: Encoding, bytes: &[u8]) -> Result<Row, CodecError> {
+        let tree = match encoding {
+            Encoding::Avro if bytes.first() == Some(&0) => self.avro_to_json(bytes).await?,
+            _ => match serde_json::from_slice::<Json>(bytes) {
+                Ok(tree) => connect::unwrap(tree),
+                // A plain string key, such as Kafka Connect's StringConverter writes.
+                Err(_) => Json::String(String::from_utf8_lossy(bytes).into_owned()),
+            },
+        };
+        Ok(match tree {
+            Json::Object(row) => row,
+            other => Row::from_iter([("key".to_owned(), other)]),
+        })
+    }
+
+    async fn to_json(&self, encoding: Encoding, bytes: &[u8]) -> Result<Json, CodecError> {
+        match encoding {
+            Encoding::Avro => self.avro_to_json(bytes).await,
+            Encoding::Json => serde_json::from_slice(bytes)
+                .map(connect::unwrap)
+                .map_err(CodecError::Json),
+        }
+    }
+
+    async fn avro_to_json(&self, bytes: &[u8]) -> Result<Json, CodecError> {
+        let id = wire::schema_id(bytes)?;
+        if bytes.len() < wire::WIRE_HEADER_LEN {
+            return Err(CodecError::WireFormat("shorter than the 5-byte header"));
+        }
+        let avro = self.avro.as_ref().ok_or(CodecError::Shape {
+            expected: "JSON value",
+            reason: "an Avro record, but no schema registry is configured".to_owned(),
+        })?;
+        let schema = avro
+            .get_schema(id)
+            .await
+            .map_err(|e| registry_error(avro, id, e))?;
+        let decoded = avro
+            .decode_with_schema(Some(bytes))
+            .await
+            .map_err(|source| CodecError::Avro { id, source })?
+            .ok_or(CodecError::WireFormat("empty value"))?;
+        let resolved = self.resolved(id, &schema.parsed)?;
+        Ok(avro_json::to_json(
+            decoded.value,
+            resolved.root(),
+            resolved.names(),
+        ))
+    }
+
+    fn resolved(
+        &self,
+        id: u32,
+        schema: &apache_avro::Schema,
+    ) -> Result<Arc<OwnedSchema>, CodecError> {
+        let mut cache = self.resolved.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(resolved) = cache.get(&id) {
+            return Ok(Arc::clone(resolved));
+        }
+        let resolved =
+            Arc::new(
+                OwnedSchema::new(schema.clone()).map_err(|e| CodecError::Shape {
+                    expected: "resolvable Avro schema",
+                    reason: format!("schema {id}: {e}"),
+                })?,
+            );
+        cache.insert(id, Arc::clone(&resolved));
+        Ok(resolved)
+    }
+}
+
+/// 4xx: the registry answered and does not know the id (poison). Anything else: it could not
+/// answer (transient); the cached error is dropped so that the retry asks again.
+fn registry_error(avro: &AvroDecoder, id: u32, error: SRCError) -> CodecError {
+    let client_error = error.error.contains("status 4");
+    if client_error && !error.retriable {
+        CodecError::UnknownSchema { id, source: error }
+    } else {
+        avro.remove_errors_from_cache();
+        CodecError::RegistryUnavailable(error)
+    }
+}

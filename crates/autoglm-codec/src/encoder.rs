@@ -1,0 +1,406 @@
+//! Aligned rows to Avro under a target schema, registered with the topic-name strategy.
+
+use apache_avro::schema::Names;
+use apache_avro::types::Value;
+use apache_avro::{Decimal, Schema};
+use autoglm_core::Row;
+use num_bigint::BigInt;
+use schema_registry_converter::async_impl::avro::AvroEncoder;
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::schema_registry_common::{
+    SchemaType, SubjectNameStrategy, SuppliedSchema,
+};
+use serde_json::Value as Json;
+
+use crate::CodecError;
+use crate::avro_json::OwnedSchema;
+use crate::error::truncated;
+
+/// An output topic's Avro schema and its registration (`<topic>-value`).
+pub struct AvroTarget {
+    encoder: AvroEncoder,
+    strategy: SubjectNameStrategy,
+    resolved: OwnedSchema,
+}
+
+impl std::fmt::Debug for AvroTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AvroTarget")
+            .field("subject", &self.strategy.get_subject().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AvroTarget {
+    /// Parses `schema` (Avro JSON) for `topic`. Nothing is registered until the first encode or
+    /// [`register`](Self::register).
+    pub fn new(registry: SrSettings, topic: &str, schema: &str) -> Result<AvroTarget, CodecError> {
+        let parsed = Schema::parse_str(schema).map_err(|e| CodecError::Shape {
+            expected: "Avro schema",
+            reason: e.to_string(),
+        })?;
+        let resolved = OwnedSchema::new(parsed).map_err(|e| CodecError::Shape {
+            expected: "Avro schema",
+            reason: e.to_string(),
+        })?;
+        Ok(AvroTarget {
+            encoder: AvroEncoder::new(registry),
+            strategy: SubjectNameStrategy::TopicNameStrategyWithSchema(
+                topic.to_owned(),
+                false,
+                SuppliedSchema::new(None, SchemaType::Avro, schema.to_owned()),
+            ),
+            resolved,
+        })
+    }
+
+    /// The top-level field names of the schema.
+    pub fn field_names(&self) -> Vec<String> {
+        match self.resolved.root() {
+            Schema::Record(r) => r.fields.iter().map(|f| f.name.clone()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Registers the schema (or finds it registered) and returns its id.
+    pub async fn register(&self) -> Result<u32, CodecError> {
+        let subject = self
+            .strategy
+            .get_subject()
+            .map_err(CodecError::RegistryUnavailable)?;
+        self.encoder
+            .get_schema_and_id(&subject, self.strategy.clone())
+            .await
+            .map(|s| s.id)
+            .map_err(|e| {
+                self.encoder.remove_errors_from_cache();
+                CodecError::RegistryUnavailable(e)
+            })
+    }
+
+    /// Encodes `row` in the Confluent wire format.
+    pub async fn encode(&self, row: &Row) -> Result<Vec<u8>, CodecError> {
+        let value = json_to_avro(
+            &Json::Object(row.clone()),
+            self.resolved.root(),
+            self.resolved.names(),
+            "",
+        )?;
+        self.encoder
+            .encode_value(value, &self.strategy)
+            .await
+            .map_err(|e| {
+                if e.retriable {
+                    self.encoder.remove_errors_from_cache();
+                    CodecError::RegistryUnavailable(e)
+                } else {
+                    CodecError::Encode {
+                        path: String::new(),
+                        reason: e.to_string(),
+                    }
+                }
+            })
+    }
+}
+
+/// Converts a JSON value into an Avro value of `schema`. Strings convert to numbers and numbers
+/// to strings; decimals accept strings or numbers and are rescaled exactly (more fractional
+/// digits than the scale is an error, not a rounding); timestamps accept epoch numbers in the
+/// schema's unit or ISO-8601/RFC 3339 strings.
+pub fn json_to_avro(
+    json: &Json,
+    schema: &Schema,
+    names: &Names,
+    path: &str,
+) -> Result<Value, CodecError> {
+    let fail = |reason: &str| CodecError::Encode {
+        path: path.trim_start_matches('.').to_owned(),
+        reason: format!("{reason}, got {}", truncated(json, 64)),
+    };
+    let schema = match schema {
+        Schema::Ref { name } => names.get(name).ok_or_else(|| fail("unknown named type"))?,
+        other => other,
+    };
+    Ok(match schema {
+        Schema::Null if json.is_null() => Value::Null,
+        Schema::Null => return Err(fail("expected null")),
+        Schema::Union(union) => {
+            let variants = union.variants();
+            if json.is_null() {
+                let index = variants
+                    .iter()
+                    .position(|v| matches!(v, Schema::Null))
+                    .ok_or_else(|| fail("a value is required"))?;
+                Value::Union(index_u32(index), Box::new(Value::Null))
+            } else {
+                let mut last_error = None;
+                for (index, variant) in variants.iter().enumerate() {
+                    if matches!(variant, Schema::Null) {
+                        continue;
+                    }
+                    match json_to_avro(json, variant, names, path) {
+                        Ok(v) => return Ok(Value::Union(index_u32(index), Box::new(v))),
+                        Err(e) => last_error = Some(e),
+                    }
+                }
+                return Err(last_error.unwrap_or_else(|| fail("no union branch fits")));
+            }
+        }
+        Schema::Record(record) => {
+            let Json::Object(map) = json else {
+                return Err(fail("expected an object"));
+            };
+            let mut fields = Vec::with_capacity(record.fields.len());
+            for field in &record.fields {
+                let field_path = format!("{path}.{}", field.name);
+                let value = match (map.get(&field.name), &field.default) {
+                    (Some(v), _) => json_to_avro(v, &field.schema, names, &field_path)?,
+                    (None, Some(default)) => {
+                        json_to_avro(default, &field.schema, names, &field_path)?
+                    }
+                    (None, None) => json_to_avro(&Json::Null, &field.schema, names, &field_path)
+                        .map_err(|_| CodecError::Encode {
+                            path: field_path.trim_start_matches('.').to_owned(),
+                            reason: "required by the target schema, but missing".to_owned(),
+                        })?,
+                };
+                fields.push((field.name.clone(), value));
+            }
+            Value::Record(fields)
+        }
+        Schema::Boolean => match json {
+            Json::Bool(b) => Value::Boolean(*b),
+            Json::String(s) if s == "true" || s == "false" => Value::Boolean(s == "true"),
+            _ => return Err(fail("expected a boolean")),
+        },
+        Schema::Int => Value::Int(
+            i32::try_from(integer(json).ok_or_else(|| fail("expected an integer"))?)
+                .map_err(|_| fail("out of the int range"))?,
+        ),
+        Schema::Long => Value::Long(integer(json).ok_or_else(|| fail("expected an integer"))?),
+        Schema::Date => Value::Date(
+            i32::try_from(
+                date_days(json).ok_or_else(|| fail("expected epoch days or YYYY-MM-DD"))?,
+            )
+            .map_err(|_| fail("out of the date range"))?,
+        ),
+        Schema::TimestampMillis => Value::TimestampMillis(
+            timestamp(json, 1_000)
+                .ok_or_else(|| fail("expected epoch millis or an ISO-8601 timestamp"))?,
+        ),
+        Schema::TimestampMicros => Value::TimestampMicros(
+            timestamp(json, 1_000_000)
+                .ok_or_else(|| fail("expected epoch micros or an ISO-8601 timestamp"))?,
+        ),
+        Schema::Float => Value::Float(float(json).ok_or_else(|| fail("expected a number"))? as f32),
+        Schema::Double => Value::Double(float(json).ok_or_else(|| fail("expected a number"))?),
+        Schema::String => Value::String(match json {
+            Json::String(s) => s.clone(),
+            Json::Number(n) => n.to_string(),
+            Json::Bool(b) => b.to_string(),
+            _ => return Err(fail("expected a string")),
+        }),
+        Schema::Bytes => match json {
+            Json::String(s) => Value::Bytes(s.as_bytes().to_vec()),
+            _ => return Err(fail("expected a string for bytes")),
+        },
+        Schema::Decimal(decimal) => {
+            let text = match json {
+                Json::String(s) => s.clone(),
+                Json::Number(n) => n.to_string(),
+                _ => return Err(fail("expected a decimal")),
+            };
+            let unscaled = unscaled_decimal(&text, decimal.scale).ok_or_else(|| {
+                fail(&format!(
+                    "expected a decimal with at most {} fractional digits",
+                    decimal.scale
+                ))
+            })?;
+            Value::Decimal(Decimal::from(unscaled.to_signed_bytes_be()))
+        }
+        Schema::Enum(e) => {
+            let symbol = json
+                .as_str()
+                .ok_or_else(|| fail("expected an enum symbol"))?;
+            let index = e
+                .symbols
+                .iter()
+                .position(|s| s == symbol)
+                .ok_or_else(|| fail("not a symbol of the enum"))?;
+            Value::Enum(index_u32(index), symbol.to_owned())
+        }
+        Schema::Array(array) => {
+            let Json::Array(items) = json else {
+                return Err(fail("expected an array"));
+            };
+            Value::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| json_to_avro(v, &array.items, names, &format!("{path}[{i}]")))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+        Schema::Map(map) => {
+            let Json::Object(entries) = json else {
+                return Err(fail("expected an object"));
+            };
+            Value::Map(
+                entries
+                    .iter()
+                    .map(|(k, v)| {
+                        Ok((
+                            k.clone(),
+                            json_to_avro(v, &map.types, names, &format!("{path}.{k}"))?,
+                        ))
+                    })
+                    .collect::<Result<_, CodecError>>()?,
+            )
+        }
+        _ => return Err(fail("this Avro type is not supported as a target")),
+    })
+}
+
+fn index_u32(index: usize) -> u32 {
+    u32::try_from(index).unwrap_or(u32::MAX)
+}
+
+fn integer(json: &Json) -> Option<i64> {
+    match json {
+        Json::Number(n) => n.as_i64(),
+        Json::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn float(json: &Json) -> Option<f64> {
+    match json {
+        Json::Number(n) => n.as_f64(),
+        Json::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn date_days(json: &Json) -> Option<i64> {
+    match json {
+        Json::String(s) => {
+            let date = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
+            let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
+            Some((date - epoch).num_days())
+        }
+        other => integer(other),
+    }
+}
+
+/// Epoch number in `per_second` units, or an RFC 3339 string converted to it.
+fn timestamp(json: &Json, per_second: i64) -> Option<i64> {
+    match json {
+        Json::String(s) => match chrono::DateTime::parse_from_rfc3339(s) {
+            Ok(t) => {
+                let micros = t.timestamp_micros();
+                Some(if per_second == 1_000 {
+                    micros.div_euclid(1_000)
+                } else {
+                    micros
+                })
+            }
+            Err(_) => s.trim().parse().ok(),
+        },
+        other => integer(other),
+    }
+}
+
+/// `"123.4"` at scale 2 → 12340. More fractional digits than `scale` → None.
+fn unscaled_decimal(text: &str, scale: usize) -> Option<BigInt> {
+    let text = text.trim();
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    let frac = frac.trim_end_matches('0');
+    if frac.len() > scale || !int.chars().chain(frac.chars()).all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let joined = format!("{int}{frac:0<scale$}");
+    let magnitude: BigInt = if joined.is_empty() {
+        BigInt::from(0)
+    } else {
+        joined.parse().ok()?
+    };
+    Some(if negative { -magnitude } else { magnitude })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn schema() -> OwnedSchema {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../schemas/erp.customers-value.avsc"
+        ))
+        .expect("schema file");
+        OwnedSchema::new(Schema::parse_str(&text).expect("parse")).expect("resolve")
+    }
+
+    fn encode(row: Json) -> Result<Value, CodecError> {
+        let s = schema();
+        json_to_avro(&row, s.root(), s.names(), "")
+    }
+
+    #[test]
+    fn aligned_row_encodes_under_the_erp_schema() {
+        let value = encode(json!({
+            "id": "42", "user_name": "ada", "email_address": "ada@example.com",
+            "credit_limit": "1500.5", "updated_at": "2026-11-26T10:00:00+08:00", "version": 3
+        }))
+        .expect("valid row");
+        let Value::Record(fields) = value else {
+            panic!("record")
+        };
+        assert_eq!(fields[0], ("id".to_owned(), Value::Long(42)));
+        assert_eq!(
+            fields[4].1,
+            Value::Union(
+                1,
+                Box::new(Value::Decimal(Decimal::from(
+                    BigInt::from(150_050).to_signed_bytes_be()
+                )))
+            )
+        );
+        assert_eq!(fields[5].1, Value::TimestampMillis(1_795_658_400_000));
+        // tax_id is absent and nullable with a default: null.
+        assert_eq!(fields[3].1, Value::Union(0, Box::new(Value::Null)));
+    }
+
+    #[test]
+    fn missing_required_field_names_the_path() {
+        let err =
+            encode(json!({"id": 1, "updated_at": 0, "version": 1})).expect_err("user_name missing");
+        assert_eq!(
+            err.to_string(),
+            "field `user_name`: required by the target schema, but missing"
+        );
+    }
+
+    #[test]
+    fn too_many_fraction_digits_is_an_error_not_a_rounding() {
+        let err = encode(json!({"id": 1, "user_name": "a", "credit_limit": "1.005", "updated_at": 0, "version": 1}))
+            .expect_err("scale 2");
+        assert!(err.to_string().contains("credit_limit"), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn decimal_strings_round_trip(unscaled in any::<i64>(), scale in 0usize..10) {
+            let text = crate::avro_json::format_decimal(&BigInt::from(unscaled), scale);
+            prop_assert_eq!(unscaled_decimal(&text, scale), Some(BigInt::from(unscaled)));
+        }
+    }
+}

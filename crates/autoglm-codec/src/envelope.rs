@@ -1,0 +1,194 @@
+//! JSON trees to change events: the Debezium envelope, or an upsert row.
+
+use autoglm_core::{ChangeEvent, Op, Row, SourcePosition};
+use serde_json::Value as Json;
+
+use crate::CodecError;
+use crate::decoder::Envelope;
+
+/// Reads a decoded value as a change event of the given `envelope` kind. `key` is the decoded
+/// record key, if any.
+pub fn parse_envelope(
+    envelope: Envelope,
+    key: Option<Row>,
+    value: Json,
+) -> Result<ChangeEvent, CodecError> {
+    match envelope {
+        Envelope::Debezium => debezium(key, value),
+        Envelope::Upsert => match value {
+            Json::Object(row) => Ok(ChangeEvent {
+                op: Op::Update,
+                before: None,
+                after: Some(row),
+                key,
+                source: SourcePosition::default(),
+                ts_ms: None,
+            }),
+            other => Err(shape("upsert row", format!("value is {}", kind(&other)))),
+        },
+    }
+}
+
+fn debezium(key: Option<Row>, value: Json) -> Result<ChangeEvent, CodecError> {
+    const WHAT: &str = "Debezium envelope";
+    let Json::Object(mut map) = value else {
+        return Err(shape(WHAT, format!("value is {}", kind(&value))));
+    };
+    let op = match map.get("op") {
+        Some(Json::String(code)) => Op::from_debezium(code)
+            .ok_or_else(|| shape(WHAT, format!("`op` is {code:?}, not one of c/u/d/r/t")))?,
+        Some(other) => return Err(shape(WHAT, format!("`op` is {}", kind(other)))),
+        None => return Err(shape(WHAT, "`op` is missing".to_owned())),
+    };
+    let before = row_field(&mut map, "before")?;
+    let after = row_field(&mut map, "after")?;
+    match op {
+        Op::Create | Op::Update | Op::Read if after.is_none() => {
+            return Err(shape(WHAT, format!("op `{}` without `after`", op.as_str())));
+        }
+        _ => {}
+    }
+    let source = map.get("source").map(source_position).unwrap_or_default();
+    Ok(ChangeEvent {
+        op,
+        before,
+        after,
+        key,
+        source,
+        ts_ms: map.get("ts_ms").and_then(Json::as_i64),
+    })
+}
+
+fn row_field(map: &mut Row, name: &str) -> Result<Option<Row>, CodecError> {
+    match map.remove(name) {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Object(row)) => Ok(Some(row)),
+        Some(other) => Err(shape(
+            "Debezium envelope",
+            format!("`{name}` is {}", kind(&other)),
+        )),
+    }
+}
+
+fn source_position(source: &Json) -> SourcePosition {
+    let u64_of = |name| source.get(name).and_then(as_u64_lenient);
+    SourcePosition {
+        lsn: u64_of("lsn"),
+        sequence: source.get("sequence").and_then(parse_sequence),
+        binlog_file: source.get("file").and_then(Json::as_str).map(str::to_owned),
+        binlog_pos: u64_of("pos"),
+        binlog_row: u64_of("row"),
+        ts_ms: source.get("ts_ms").and_then(Json::as_i64),
+        snapshot: match source.get("snapshot") {
+            Some(Json::Bool(b)) => *b,
+            // "true", "first", "last", "first_in_data_collection", "incremental", …
+            Some(Json::String(s)) => s != "false",
+            _ => false,
+        },
+    }
+}
+
+/// PostgreSQL's `source.sequence`: a JSON array, encoded as a string, of
+/// `["<last commit lsn>", "<lsn>"]`; either may be null.
+fn parse_sequence(value: &Json) -> Option<(u64, u64)> {
+    let parsed: Json = serde_json::from_str(value.as_str()?).ok()?;
+    let items = parsed.as_array()?;
+    let at = |i: usize| items.get(i).and_then(as_u64_lenient).unwrap_or(0);
+    Some((at(0), at(1)))
+}
+
+fn as_u64_lenient(value: &Json) -> Option<u64> {
+    match value {
+        Json::Number(n) => n.as_u64(),
+        Json::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn shape(expected: &'static str, reason: String) -> CodecError {
+    CodecError::Shape { expected, reason }
+}
+
+fn kind(value: &Json) -> &'static str {
+    match value {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "an array",
+        Json::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn postgres_update_carries_lsn_and_sequence() {
+        let event = parse_envelope(
+            Envelope::Debezium,
+            None,
+            json!({
+                "before": {"id": 1, "name": "a"},
+                "after": {"id": 1, "name": "b"},
+                "source": {"lsn": 24023128, "sequence": "[\"24023000\",\"24023128\"]",
+                           "snapshot": "false", "ts_ms": 1700000000000i64},
+                "op": "u", "ts_ms": 1700000000123i64
+            }),
+        )
+        .expect("valid envelope");
+        assert_eq!(event.op, Op::Update);
+        assert_eq!(event.source.lsn, Some(24_023_128));
+        assert_eq!(event.source.sequence, Some((24_023_000, 24_023_128)));
+        assert!(!event.is_snapshot());
+        assert_eq!(event.row().and_then(|r| r.get("name")), Some(&json!("b")));
+    }
+
+    #[test]
+    fn mysql_snapshot_read_carries_binlog_position() {
+        let event = parse_envelope(
+            Envelope::Debezium,
+            None,
+            json!({"after": {"id": 1}, "op": "r",
+                   "source": {"file": "mysql-bin.000003", "pos": 154, "row": 2, "snapshot": "last"}}),
+        )
+        .expect("valid envelope");
+        assert!(event.is_snapshot());
+        assert_eq!(
+            event.source.binlog_file.as_deref(),
+            Some("mysql-bin.000003")
+        );
+        assert_eq!(
+            (event.source.binlog_pos, event.source.binlog_row),
+            (Some(154), Some(2))
+        );
+    }
+
+    #[test]
+    fn delete_keeps_before_row() {
+        let event = parse_envelope(
+            Envelope::Debezium,
+            None,
+            json!({"before": {"id": 9}, "after": null, "op": "d"}),
+        )
+        .expect("valid envelope");
+        assert!(event.op.is_delete());
+        assert_eq!(event.row().and_then(|r| r.get("id")), Some(&json!(9)));
+    }
+
+    #[test]
+    fn malformed_envelopes_are_poison_with_a_reason() {
+        for (value, needle) in [
+            (json!([1, 2]), "value is an array"),
+            (json!({"after": {"id": 1}}), "`op` is missing"),
+            (json!({"op": "x", "after": {}}), "not one of"),
+            (json!({"op": "c", "after": null}), "without `after`"),
+            (json!({"op": "u", "after": 5}), "`after` is a number"),
+        ] {
+            let err = parse_envelope(Envelope::Debezium, None, value).expect_err("invalid");
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! Codecs: bytes from a CDC topic in, [`ChangeEvent`]s out; aligned rows in, bytes out.
+//!
+//! ```text
+//!  key/value bytes ─► wire header? ──yes─► registry lookup (cached by id) ─► Avro Value ─┐
+//!                       │                                                               ├─► JSON tree ─► envelope ─► ChangeEvent
+//!                       └──no──► JSON (with or without the Connect schema/payload) ─────┘
+//!
+//!  Row (JSON map) ─► Avro Value under the target schema ─► Confluent wire format   (or JSON bytes)
+//! ```
+//!
+//! Debezium logical types become plain JSON values on the way in: decimals become strings with
+//! their scale (`"1234.50"`), `io.debezium.time.*` and Avro date/time types stay integers in their
+//! own unit, so the mapping stage decides how to present them.
+//!
+//! Failure behaviour: bytes are parsed, never indexed. A short wire header, an unknown schema id,
+//! invalid JSON or a value that is not an envelope is a [`CodecError`] of class
+//! [`ErrorClass::Poison`](autoglm_core::ErrorClass) (the record goes to the dead-letter topic); a
+//! registry that does not answer is [`Transient`](autoglm_core::ErrorClass) (retried, never skipped).
+
+mod avro_json;
+mod connect;
+mod decoder;
+mod encoder;
+mod envelope;
+mod error;
+mod wire;
+
+pub use autoglm_core::ChangeEvent;
+pub use decoder::{Decoded, Decoder, Encoding, Envelope};
+pub use encoder::{AvroTarget, json_to_avro};
+pub use envelope::parse_envelope;
+pub use error::CodecError;
+pub use wire::{WIRE_HEADER_LEN, schema_id};
