@@ -13,5 +13,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 autoglm
 COPY --from=build /src/target/release/autoglm /usr/local/bin/autoglm
+COPY open-autoglm-config.yaml /etc/autoglm/open-autoglm-config.yaml
+COPY schemas /etc/autoglm/schemas
+RUN mkdir -p /var/lib/autoglm && chown autoglm /var/lib/autoglm
 USER autoglm
 ENTRYPOINT ["autoglm"]

@@ -8,6 +8,10 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/open-autoglm/target
 STACK := deploy/local/stack.sh
 # The local stack's addresses, as AUTOGLM_KAFKA_BOOTSTRAP=… AUTOGLM_SCHEMA_REGISTRY_URL=…
 STACK_ENV = $$($(STACK) env)
+# The demo config (open-autoglm-config.yaml) pointed at the local stack's actual ports.
+DEMO_ENV = AUTOGLM__KAFKA__BOOTSTRAP_SERVERS=$$($(STACK) env | sed -n 's/^AUTOGLM_KAFKA_BOOTSTRAP=//p') \
+	AUTOGLM__SCHEMA_REGISTRY__URL=$$($(STACK) env | sed -n 's/^AUTOGLM_SCHEMA_REGISTRY_URL=//p')
+BIN = $(CARGO_TARGET_DIR)/debug
 
 .PHONY: help up down status reset demo test fmt lint build
 
@@ -26,8 +30,14 @@ status: ## Show whether the local stack is ready, and where
 reset: ## Stop the local stack and delete its data and logs
 	@$(STACK) reset
 
-demo: up ## Run the main job on the local stack (for now: check that the stack is healthy)
-	@env $(STACK_ENV) cargo run --quiet -p autoglm -- check
+demo: up ## Run the CRM → ERP sync on the local stack: schemas, change stream, processor, results
+	cargo build --quiet -p autoglm -p autoglm-demo
+	@rm -rf .stack/demo
+	@env $(STACK_ENV) $(BIN)/autoglm-demo setup
+	@env $(STACK_ENV) $(DEMO_ENV) $(BIN)/autoglm schemas register
+	@env $(STACK_ENV) $(BIN)/autoglm-demo produce
+	@env $(STACK_ENV) $(DEMO_ENV) $(BIN)/autoglm run --exit-when-idle-secs 4
+	@env $(STACK_ENV) $(BIN)/autoglm-demo show
 
 build: ## Build every crate and test
 	cargo build --workspace --all-targets

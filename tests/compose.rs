@@ -157,6 +157,18 @@ fn compose_processor_is_built_from_the_repo_and_points_at_the_stack() {
         "{dockerfile} exists"
     );
     let env = environment(processor);
-    assert_eq!(env["AUTOGLM_KAFKA_BOOTSTRAP"], "kafka:19092");
-    assert!(env["AUTOGLM_SCHEMA_REGISTRY_URL"].ends_with("/apis/ccompat/v7"));
+    assert_eq!(env["AUTOGLM__KAFKA__BOOTSTRAP_SERVERS"], "kafka:19092");
+    assert!(env["AUTOGLM__SCHEMA_REGISTRY__URL"].ends_with("/apis/ccompat/v7"));
+    let command: Vec<&str> = processor
+        .get("command")
+        .and_then(Value::as_sequence)
+        .expect("command")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        command.first(),
+        Some(&"run"),
+        "the processor runs the pipeline"
+    );
 }

@@ -105,6 +105,13 @@ impl ClientSettings {
             .create()
     }
 
+    /// An idempotent producer without transactions, for at-least-once output.
+    pub fn idempotent_producer(&self) -> Result<FutureProducer, KafkaError> {
+        self.client_config()
+            .set("enable.idempotence", "true")
+            .create()
+    }
+
     /// A consumer in `group_id` that only sees committed records and never commits on its own:
     /// offsets are committed through the producer's transaction.
     pub fn read_committed_consumer(&self, group_id: &str) -> Result<StreamConsumer, KafkaError> {

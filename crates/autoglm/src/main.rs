@@ -1,13 +1,17 @@
 //! `autoglm`: the command-line entry point. Parsing and wiring only; the work lives in the
 //! library crates.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use autoglm_config::Config;
 use autoglm_kafka::ClientSettings;
+use autoglm_runtime::{Pipeline, RunOptions};
 use clap::{Parser, Subcommand};
 use schema_registry_converter::async_impl::schema_registry::{SrSettings, get_all_subjects};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,6 +26,32 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Check a config file; print every problem with its key path and exit non-zero if any.
+    Validate {
+        /// The config file.
+        #[arg(default_value = autoglm_config::DEFAULT_FILE)]
+        file: PathBuf,
+    },
+    /// Print the effective config (file + AUTOGLM__… overrides), secrets masked.
+    PrintConfig {
+        /// The config file.
+        #[arg(long, short, env = "AUTOGLM_CONFIG", default_value = autoglm_config::DEFAULT_FILE)]
+        config: PathBuf,
+    },
+    /// Run the sync pipeline until SIGTERM/ctrl-c (or until idle, with --exit-when-idle-secs).
+    Run {
+        /// The config file.
+        #[arg(long, short, env = "AUTOGLM_CONFIG", default_value = autoglm_config::DEFAULT_FILE)]
+        config: PathBuf,
+        /// Stop after this many seconds without input (for demos and batch jobs).
+        #[arg(long)]
+        exit_when_idle_secs: Option<u64>,
+    },
+    /// Schema Registry tasks for the target schemas in the config.
+    Schemas {
+        #[command(subcommand)]
+        command: SchemasCommand,
+    },
     /// Check that the Kafka cluster and the Schema Registry answer; exit non-zero if either does not.
     Check {
         /// Kafka bootstrap servers, `host:port[,host:port…]`.
@@ -36,29 +66,50 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+#[derive(Debug, Subcommand)]
+enum SchemasCommand {
+    /// Register every Avro target schema under `<topic>-value`.
+    Register {
+        /// The config file.
+        #[arg(long, short, env = "AUTOGLM_CONFIG", default_value = autoglm_config::DEFAULT_FILE)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match &cli.command {
+        Command::Validate { file } => Some(file.as_path()),
+        Command::PrintConfig { config } | Command::Run { config, .. } => Some(config.as_path()),
+        Command::Schemas {
+            command: SchemasCommand::Register { config },
+        } => Some(config.as_path()),
+        Command::Check { .. } => None,
+    }
+    .map(load)
+    .transpose();
+    let config = match config {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let level = config.as_ref().map_or("info", |c| c.log_level.as_str());
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Check {
-            bootstrap_servers,
-            schema_registry_url,
-            timeout_secs,
-        } => {
-            check(
-                &bootstrap_servers,
-                &schema_registry_url,
-                Duration::from_secs(timeout_secs),
-            )
-            .await
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
         }
     };
+    let result = runtime.block_on(execute(cli.command, config));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -66,6 +117,104 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    Ok(autoglm_config::load(path)?)
+}
+
+async fn execute(command: Command, config: Option<Config>) -> anyhow::Result<()> {
+    match (command, config) {
+        (Command::Validate { file }, Some(config)) => {
+            println!(
+                "{}: ok ({} routes, {})",
+                file.display(),
+                config.routes.len(),
+                if config.exactly_once() {
+                    "exactly once"
+                } else {
+                    "at least once"
+                }
+            );
+            Ok(())
+        }
+        (Command::PrintConfig { .. }, Some(config)) => {
+            print!("{}", serde_yaml::to_string(&config)?);
+            Ok(())
+        }
+        (
+            Command::Run {
+                exit_when_idle_secs,
+                ..
+            },
+            Some(config),
+        ) => {
+            let pipeline = Pipeline::new(config)?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            let summary = pipeline
+                .run(RunOptions {
+                    exit_when_idle: exit_when_idle_secs.map(Duration::from_secs),
+                    shutdown,
+                })
+                .await?;
+            println!(
+                "records {} · emitted {} · dropped (stale/duplicate) {} · dead-lettered {} · tombstones skipped {} · commits {} · retries {}",
+                summary.records,
+                summary.emitted,
+                summary.dropped,
+                summary.dead_lettered,
+                summary.tombstones,
+                summary.commits,
+                summary.retries
+            );
+            Ok(())
+        }
+        (Command::Schemas { .. }, Some(config)) => {
+            let pipeline = Pipeline::new(config)?;
+            for (topic, id) in pipeline.register_schemas().await? {
+                println!("{topic}-value: schema id {id}");
+            }
+            Ok(())
+        }
+        (
+            Command::Check {
+                bootstrap_servers,
+                schema_registry_url,
+                timeout_secs,
+            },
+            _,
+        ) => {
+            check(
+                &bootstrap_servers,
+                &schema_registry_url,
+                Duration::from_secs(timeout_secs),
+            )
+            .await
+        }
+        (_, None) => anyhow::bail!("this command needs a config file"),
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested; committing the open batch");
+    shutdown.cancel();
 }
 
 async fn check(bootstrap: &str, registry_url: &str, timeout: Duration) -> anyhow::Result<()> {

@@ -1,0 +1,232 @@
+//! The one typed configuration of Open-AutoGLM.
+//!
+//! ```text
+//!   open-autoglm-config.yaml ─┐
+//!                             ├─► figment ─► Config (serde, deny_unknown_fields) ─► validate() ─► Valid config
+//!   AUTOGLM__A__B=value ──────┘        (env overrides: AUTOGLM__KAFKA__BOOTSTRAP_SERVERS → kafka.bootstrap_servers)
+//! ```
+//!
+//! Failure behaviour: every problem is reported before any record is read, each naming its key
+//! path and the reason ([`ConfigError`]), all at once. The origin document's keys
+//! (`event_queue.*`, `retries`, `backoff`, `mapping_rules`, `log_level`) are accepted and mapped
+//! onto the Kafka-native design; `docs/configuration.md` documents each one.
+
+mod model;
+mod secret;
+mod validate;
+
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format as _, Yaml};
+
+pub use model::*;
+pub use secret::Secret;
+pub use validate::Problem;
+
+/// The default config file name.
+pub const DEFAULT_FILE: &str = "open-autoglm-config.yaml";
+
+/// Prefix of environment variables that override the file; `__` separates key levels.
+pub const ENV_PREFIX: &str = "AUTOGLM__";
+
+/// The configuration could not be loaded or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is missing or unreadable.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// One or more problems, each with its key path.
+    #[error("invalid configuration:\n{}", format_problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn format_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Loads `path`, applies `AUTOGLM__…` environment overrides, and validates the result.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let base_dir = path.parent().unwrap_or_else(|| Path::new("."));
+    parse(
+        &text,
+        &path.display().to_string(),
+        base_dir,
+        Overrides::Environment,
+    )
+}
+
+/// Where overrides of the YAML come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overrides {
+    /// `AUTOGLM__…` environment variables.
+    Environment,
+    /// None: the YAML alone (tests, tools).
+    None,
+}
+
+/// Parses YAML `text` (named `origin` in messages) with `overrides`, and validates it. Relative
+/// paths in the config (schemas, storage) are resolved against `base_dir`.
+pub fn parse(
+    text: &str,
+    origin: &str,
+    base_dir: &Path,
+    overrides: Overrides,
+) -> Result<Config, ConfigError> {
+    let env = match overrides {
+        Overrides::Environment => Env::prefixed(ENV_PREFIX),
+        // A prefix no variable has.
+        Overrides::None => Env::prefixed("AUTOGLM__\0__"),
+    };
+    // serde_yaml first: it knows line numbers, which figment does not.
+    if let Err(e) = serde_yaml::from_str::<Config>(text)
+        && env_is_empty(&env)
+    {
+        return Err(ConfigError::Invalid(vec![Problem::from_yaml(origin, &e)]));
+    }
+    let config: Config = Figment::new()
+        .merge(Yaml::string(text))
+        .merge(env.split("__").lowercase(true))
+        .extract()
+        .map_err(|e| ConfigError::Invalid(e.into_iter().map(Problem::from_figment).collect()))?;
+    let problems = validate::validate(&config, base_dir);
+    if problems.is_empty() {
+        Ok(config.with_base_dir(base_dir))
+    } else {
+        Err(ConfigError::Invalid(problems))
+    }
+}
+
+fn env_is_empty(env: &Env) -> bool {
+    env.iter().next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+kafka:
+  bootstrap_servers: 127.0.0.1:9092
+schema_registry:
+  url: http://127.0.0.1:8081
+mapping_rules:
+  "usr_?name|username": user_name
+routes:
+  - name: customers
+    source: { topic: crm.customers, envelope: debezium, encoding: avro }
+    key_fields: [id]
+    version: { column: version }
+    targets:
+      - { topic: erp.customers, format: avro, schema: schemas/erp.customers-value.avsc }
+    dlq_topic: crm.customers.dlq
+"#;
+
+    fn repo() -> &'static Path {
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse(text, "test.yaml", repo(), Overrides::None) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid(problems)) => {
+                problems.iter().map(ToString::to_string).collect()
+            }
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn origin_document_vocabulary_is_accepted_with_its_defaults() {
+        let text = format!(
+            "{BASE}event_queue:\n  persistence: false\n  storage_path: /var/lib/autoglm/queue\n  flush_interval_ms: 200\n  max_retry_attempts: 5\n  enable_compression: true\nretries: 3\nbackoff:\n  initial_interval: 1s\n  max_interval: 10s\n  multiplier: 2\nlog_level: debug\n"
+        );
+        let config = parse(&text, "t", repo(), Overrides::None).expect("valid");
+        assert!(!config.exactly_once());
+        assert_eq!(config.event_queue.flush_interval_ms, 200);
+        assert_eq!(config.retry_attempts(), 3);
+        assert_eq!(
+            config.backoff.max_interval,
+            std::time::Duration::from_secs(10)
+        );
+        assert_eq!(
+            config.mapping_spec(&config.routes[0]).rename_rules[0].to,
+            "user_name"
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_its_path_and_line() {
+        let text = BASE.replace(
+            "    key_fields: [id]",
+            "    key_fields: [id]\n    key_feilds: [id]",
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("routes[0]") && found[0].contains("key_feilds"),
+            "{found:?}"
+        );
+        assert!(found[0].contains("(line "), "{found:?}");
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_at_once() {
+        let text = BASE
+            .replace("\"usr_?name|username\"", "\"usr_(name\"")
+            .replace("    targets:\n      - { topic: erp.customers, format: avro, schema: schemas/erp.customers-value.avsc }\n", "    targets: []\n")
+            .replace("bootstrap_servers: 127.0.0.1:9092", "bootstrap_servers: 127.0.0.1:9092\n  properties: { isolation.level: read_uncommitted }");
+        let found = problems(&text).join("\n");
+        assert!(
+            found.contains("mapping_rules.\"usr_(name\": invalid regex"),
+            "{found}"
+        );
+        assert!(
+            found.contains("routes[0].targets: a route needs at least one target"),
+            "{found}"
+        );
+        assert!(
+            found.contains("kafka.properties.isolation.level"),
+            "{found}"
+        );
+    }
+
+    #[test]
+    fn mapping_onto_a_field_the_target_schema_lacks_is_an_error() {
+        let text = BASE.replace(
+            "    dlq_topic: crm.customers.dlq",
+            "    dlq_topic: crm.customers.dlq\n    mapping:\n      fields:\n        loyalty_tier: { const: gold }",
+        );
+        let found = problems(&text).join("\n");
+        assert!(found.contains("loyalty_tier"), "{found}");
+    }
+
+    #[test]
+    fn secrets_are_masked_when_printed() {
+        let text = BASE.replace(
+            "  url: http://127.0.0.1:8081",
+            "  url: http://127.0.0.1:8081\n  username: u\n  password: hunter2",
+        );
+        let config = parse(&text, "t", repo(), Overrides::None).expect("valid");
+        let printed = serde_yaml::to_string(&config).expect("yaml");
+        assert!(
+            !printed.contains("hunter2") && printed.contains("****"),
+            "{printed}"
+        );
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,317 @@
+//! The configuration's shape. Defaults live here, in one place.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use autoglm_codec::{Encoding, Envelope};
+use autoglm_mapping::MappingSpec;
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+use crate::Secret;
+
+/// The whole configuration (`open-autoglm-config.yaml`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The Kafka cluster and the consumer group.
+    pub kafka: KafkaConfig,
+    /// The Confluent-compatible Schema Registry; needed by Avro routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_registry: Option<RegistryConfig>,
+    /// Origin document: processing guarantee, state path, commit cadence, retries, compression.
+    #[serde(default)]
+    pub event_queue: EventQueue,
+    /// Origin document: how many times a transient failure is retried (overrides
+    /// `event_queue.max_retry_attempts` when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Origin document: exponential backoff between retries.
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// Origin document: regex rename rules applied by every route, before its own rules
+    /// (`pattern: target_name`, whole-name match, first match wins).
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub mapping_rules: IndexMap<String, String>,
+    /// Origin document: `error`, `warn`, `info`, `debug` or `trace`, or a `tracing` filter.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// Transactions: how many records at most before a commit.
+    #[serde(default)]
+    pub commit: CommitConfig,
+    /// The version state store.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// The sync routes.
+    pub routes: Vec<Route>,
+}
+
+/// Connection and group settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port…]`.
+    pub bootstrap_servers: String,
+    /// The consumer group every instance joins.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// This instance's stable id; the transactional id is `<group_id>-<instance_id>`.
+    #[serde(default = "default_instance_id")]
+    pub instance_id: String,
+    /// SASL password, kept out of logs and `print-config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl_password: Option<Secret>,
+    /// Raw librdkafka properties (security, tuning). Keys the processor owns are rejected.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// The registry's address and credentials.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Base URL of the Confluent-compatible API, e.g. `http://127.0.0.1:38081/apis/ccompat/v7`.
+    pub url: String,
+    /// Basic-auth user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Basic-auth password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+}
+
+/// The origin document's `event_queue` block, mapped onto Kafka.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventQueue {
+    /// `true`: exactly once (transactions); `false`: at least once.
+    pub persistence: bool,
+    /// The RocksDB directory of the version state.
+    pub storage_path: PathBuf,
+    /// The transaction commit cadence.
+    pub flush_interval_ms: u64,
+    /// Attempts for a transient failure before the processor waits (it never skips).
+    pub max_retry_attempts: u32,
+    /// Producer (zstd) and RocksDB (lz4/zstd) compression.
+    pub enable_compression: bool,
+}
+
+impl Default for EventQueue {
+    fn default() -> Self {
+        EventQueue {
+            persistence: true,
+            storage_path: PathBuf::from("data/state"),
+            flush_interval_ms: 100,
+            max_retry_attempts: 5,
+            enable_compression: false,
+        }
+    }
+}
+
+/// Exponential backoff between retries of a transient failure.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Backoff {
+    /// The first wait, e.g. `1s`.
+    #[serde(with = "humantime_serde")]
+    pub initial_interval: Duration,
+    /// The longest wait, e.g. `10s`.
+    #[serde(with = "humantime_serde")]
+    pub max_interval: Duration,
+    /// Growth factor per attempt.
+    pub multiplier: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial_interval: Duration::from_secs(1),
+            max_interval: Duration::from_secs(10),
+            multiplier: 2.0,
+        }
+    }
+}
+
+/// Transaction sizing besides the time cadence.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommitConfig {
+    /// A transaction commits after this many input records, or after
+    /// `event_queue.flush_interval_ms`, whichever comes first.
+    pub max_records: usize,
+}
+
+impl Default for CommitConfig {
+    fn default() -> Self {
+        CommitConfig {
+            max_records: 10_000,
+        }
+    }
+}
+
+/// The version state store.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// How long a delete's versioned tombstone blocks late updates, e.g. `7d`.
+    #[serde(with = "humantime_serde")]
+    pub tombstone_retention: Duration,
+    /// RocksDB block cache.
+    pub block_cache_bytes: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            tombstone_retention: Duration::from_secs(7 * 24 * 3600),
+            block_cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// One sync route: a source topic (or pattern) to one or more target topics.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Unique name; labels metrics and keys the state.
+    pub name: String,
+    /// Where the changes come from.
+    pub source: Source,
+    /// Source fields that identify the entity (read from the row, or from the record key).
+    pub key_fields: Vec<String>,
+    /// Which change is newer: `{ column: version }`, `log_position`, `source_timestamp` or
+    /// `{ hlc: { … } }`.
+    #[serde(with = "serde_yaml::with::singleton_map")]
+    pub version: VersionSource,
+    /// How a source row becomes a target row.
+    #[serde(default)]
+    pub mapping: MappingSpec,
+    /// Where aligned records go.
+    pub targets: Vec<Target>,
+    /// Where records that cannot be processed go, with the reason in headers.
+    pub dlq_topic: String,
+    /// Where stale and duplicate versions go, if anywhere (otherwise they are only counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_topic: Option<String>,
+    /// How a delete is written to the targets.
+    #[serde(default)]
+    pub delete: DeleteMode,
+}
+
+/// The source of a route.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// One topic…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// …or every topic matching this regex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_pattern: Option<String>,
+    /// `debezium` or `upsert`.
+    pub envelope: Envelope,
+    /// `avro` or `json`.
+    pub encoding: Encoding,
+}
+
+/// Where a route's versions come from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum VersionSource {
+    /// A numeric column, as in optimistic locking: `version: { column: version }`.
+    Column(String),
+    /// The source log position: PostgreSQL `source.lsn`/`source.sequence`, or the MySQL binlog
+    /// file, position and row.
+    LogPosition,
+    /// The source database's commit timestamp, `source.ts_ms`.
+    SourceTimestamp,
+    /// A hybrid logical clock column plus a region, ties broken by region priority.
+    Hlc(HlcVersion),
+}
+
+/// Hybrid-logical-clock versions for multi-region writers.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HlcVersion {
+    /// Column with the physical time in milliseconds.
+    pub physical_column: String,
+    /// Column with the logical counter.
+    pub logical_column: String,
+    /// Column with the writer's region.
+    pub region_column: String,
+    /// Regions from the lowest to the highest priority; an unknown region ranks lowest.
+    pub region_priority: Vec<String>,
+}
+
+/// One output topic of a route.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// The topic.
+    pub topic: String,
+    /// `avro` (Confluent wire format, schema registered under `<topic>-value`) or `json`.
+    pub format: Encoding,
+    /// The Avro schema file (`schemas/…avsc`); required for `avro`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<PathBuf>,
+}
+
+/// How deletes reach the targets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeleteMode {
+    /// A record with the key and a null value (what compacted topics and Kafka Connect sinks expect).
+    #[default]
+    Tombstone,
+    /// The mapped `before` row, with the header `autoglm.op: d`.
+    Record,
+}
+
+impl Config {
+    /// The number of attempts for a transient failure: `retries` if set, else
+    /// `event_queue.max_retry_attempts`.
+    pub fn retry_attempts(&self) -> u32 {
+        self.retries.unwrap_or(self.event_queue.max_retry_attempts)
+    }
+
+    /// Whether output is exactly once (`event_queue.persistence`).
+    pub fn exactly_once(&self) -> bool {
+        self.event_queue.persistence
+    }
+
+    /// This instance's transactional id.
+    pub fn transactional_id(&self) -> String {
+        format!("{}-{}", self.kafka.group_id, self.kafka.instance_id)
+    }
+
+    /// Resolves relative paths against the config file's folder.
+    pub(crate) fn with_base_dir(mut self, base: &Path) -> Config {
+        let absolute = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        absolute(&mut self.event_queue.storage_path);
+        for route in &mut self.routes {
+            for target in &mut route.targets {
+                if let Some(schema) = &mut target.schema {
+                    absolute(schema);
+                }
+            }
+        }
+        self
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+fn default_group_id() -> String {
+    "open-autoglm".to_owned()
+}
+
+fn default_instance_id() -> String {
+    "0".to_owned()
+}

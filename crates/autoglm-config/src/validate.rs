@@ -1,0 +1,276 @@
+//! Checks that serde cannot express: one problem per key path, all reported at once.
+
+use std::fmt;
+use std::path::Path;
+
+use autoglm_codec::Encoding;
+use autoglm_kafka::ClientSettings;
+use autoglm_mapping::{Mapping, RenameRule, Severity};
+
+use crate::{Config, Route};
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, e.g. `routes[0].source.topic_pattern`.
+    pub path: String,
+    /// The line in the file, where known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{} (line {line}): {}", self.path, self.reason),
+            None => write!(f, "{}: {}", self.path, self.reason),
+        }
+    }
+}
+
+impl Problem {
+    fn new(path: impl Into<String>, reason: impl Into<String>) -> Problem {
+        Problem {
+            path: path.into(),
+            line: None,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn from_yaml(origin: &str, error: &serde_yaml::Error) -> Problem {
+        // serde_yaml says "routes[0].source: unknown field `topc`, expected …"; split the path off.
+        let text = error.to_string();
+        let (path, reason) = match text.split_once(": ") {
+            Some((path, reason)) if !path.contains(' ') => (path.to_owned(), reason.to_owned()),
+            _ => (origin.to_owned(), text.clone()),
+        };
+        let reason = reason
+            .split(" at line ")
+            .next()
+            .unwrap_or(&reason)
+            .to_owned();
+        Problem {
+            path,
+            line: error.location().map(|l| l.line()),
+            reason,
+        }
+    }
+
+    pub(crate) fn from_figment(error: figment::Error) -> Problem {
+        let path = if error.path.is_empty() {
+            "(top level)".to_owned()
+        } else {
+            error.path.join(".")
+        };
+        let origin = error
+            .metadata
+            .as_ref()
+            .map(|m| format!(" (from {})", m.name))
+            .unwrap_or_default();
+        Problem::new(path, format!("{}{origin}", error.kind))
+    }
+}
+
+impl Config {
+    /// The route's mapping with the global `mapping_rules` placed before its own rename rules.
+    pub fn mapping_spec(&self, route: &Route) -> autoglm_mapping::MappingSpec {
+        let mut spec = route.mapping.clone();
+        let global = self.mapping_rules.iter().map(|(pattern, to)| RenameRule {
+            pattern: pattern.clone(),
+            to: to.clone(),
+            case_insensitive: false,
+        });
+        spec.rename_rules = global.chain(spec.rename_rules).collect();
+        spec
+    }
+}
+
+pub(crate) fn validate(config: &Config, base_dir: &Path) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut problem = |path: String, reason: String| problems.push(Problem::new(path, reason));
+
+    let mut client = ClientSettings::new(&config.kafka.bootstrap_servers);
+    for (key, value) in &config.kafka.properties {
+        match client.clone().with_property(key, value) {
+            Ok(next) => client = next,
+            Err(e) => problem(format!("kafka.properties.{key}"), e.to_string()),
+        }
+    }
+    if config.kafka.bootstrap_servers.trim().is_empty() {
+        problem("kafka.bootstrap_servers".into(), "must not be empty".into());
+    }
+    if config.event_queue.flush_interval_ms == 0 {
+        problem(
+            "event_queue.flush_interval_ms".into(),
+            "must be at least 1 (it is the transaction commit cadence)".into(),
+        );
+    }
+    if config.commit.max_records == 0 {
+        problem("commit.max_records".into(), "must be at least 1".into());
+    }
+    if config.backoff.multiplier < 1.0 {
+        problem("backoff.multiplier".into(), "must be at least 1.0".into());
+    }
+    if config.backoff.initial_interval > config.backoff.max_interval {
+        problem(
+            "backoff.initial_interval".into(),
+            "is longer than backoff.max_interval".into(),
+        );
+    }
+    if config.retry_attempts() == 0 {
+        problem("retries".into(), "must be at least 1 attempt".into());
+    }
+    if let Err(e) = config.log_level.parse::<LogFilter>() {
+        problem("log_level".into(), e);
+    }
+    for (pattern, _) in &config.mapping_rules {
+        if let Err(e) = regex::Regex::new(pattern) {
+            problem(
+                format!("mapping_rules.{pattern:?}"),
+                format!("invalid regex: {e}"),
+            );
+        }
+    }
+    if config.routes.is_empty() {
+        problem("routes".into(), "at least one route is needed".into());
+    }
+    for (i, route) in config.routes.iter().enumerate() {
+        let at = |key: &str| format!("routes[{i}].{key}");
+        if route.name.is_empty() || route.name.contains('\0') {
+            problem(at("name"), "must be a non-empty name without NUL".into());
+        }
+        if config.routes[..i].iter().any(|r| r.name == route.name) {
+            problem(
+                at("name"),
+                format!("route name {:?} is used twice", route.name),
+            );
+        }
+        match (&route.source.topic, &route.source.topic_pattern) {
+            (Some(_), Some(_)) | (None, None) => problem(
+                at("source"),
+                "set exactly one of `topic` and `topic_pattern`".into(),
+            ),
+            (None, Some(pattern)) => {
+                if let Err(e) = regex::Regex::new(pattern) {
+                    problem(at("source.topic_pattern"), format!("invalid regex: {e}"));
+                }
+            }
+            (Some(_), None) => {}
+        }
+        if route.source.encoding == Encoding::Avro && config.schema_registry.is_none() {
+            problem(
+                at("source.encoding"),
+                "avro needs `schema_registry.url`".into(),
+            );
+        }
+        if route.key_fields.is_empty() {
+            problem(at("key_fields"), "at least one key field is needed".into());
+        }
+        if route.dlq_topic.trim().is_empty() {
+            problem(at("dlq_topic"), "must name a topic".into());
+        }
+        if route.targets.is_empty() {
+            problem(at("targets"), "a route needs at least one target".into());
+        }
+        let mapping = match Mapping::compile(&route.name, &config.mapping_spec(route)) {
+            Ok(mapping) => Some(mapping),
+            Err(errors) => {
+                for e in errors {
+                    problem(format!("routes[{i}].{}", e.path), e.reason);
+                }
+                None
+            }
+        };
+        for (t, target) in route.targets.iter().enumerate() {
+            let at = |key: &str| format!("routes[{i}].targets[{t}].{key}");
+            if route.source.topic.as_deref() == Some(&target.topic) {
+                problem(
+                    at("topic"),
+                    "a target cannot be the route's own source".into(),
+                );
+            }
+            match (target.format, &target.schema) {
+                (Encoding::Avro, None) => {
+                    problem(at("schema"), "avro targets need a schema file".into())
+                }
+                (Encoding::Avro, Some(_)) if config.schema_registry.is_none() => {
+                    problem(at("format"), "avro needs `schema_registry.url`".into())
+                }
+                (_, Some(schema)) => {
+                    let path = if schema.is_relative() {
+                        base_dir.join(schema)
+                    } else {
+                        schema.clone()
+                    };
+                    match schema_fields(&path) {
+                        Ok(fields) => {
+                            if let Some(mapping) = &mapping {
+                                for d in mapping.check(None, Some(&fields)) {
+                                    if d.severity == Severity::Error {
+                                        problem(
+                                            format!("routes[{i}].{}", d.path),
+                                            format!(
+                                                "{} (target schema {})",
+                                                d.message,
+                                                schema.display()
+                                            ),
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                        Err(reason) => problem(at("schema"), reason),
+                    }
+                }
+                (Encoding::Json, None) => {}
+            }
+        }
+    }
+    problems
+}
+
+/// Top-level field names of an Avro record schema file.
+fn schema_fields(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let schema: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    schema
+        .get("fields")
+        .and_then(serde_json::Value::as_array)
+        .map(|fields| {
+            fields
+                .iter()
+                .filter_map(|f| f.get("name")?.as_str().map(str::to_owned))
+                .collect()
+        })
+        .ok_or_else(|| format!("{} is not an Avro record schema", path.display()))
+}
+
+/// Accepts the origin document's levels and `tracing` filter directives.
+struct LogFilter;
+
+impl std::str::FromStr for LogFilter {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<LogFilter, String> {
+        let level = |l: &str| {
+            matches!(
+                l.to_ascii_lowercase().as_str(),
+                "error" | "warn" | "info" | "debug" | "trace" | "off"
+            )
+        };
+        let ok = s.split(',').all(|directive| {
+            let l = directive.rsplit('=').next().unwrap_or("");
+            level(l.trim())
+        });
+        if ok && !s.trim().is_empty() {
+            Ok(LogFilter)
+        } else {
+            Err(format!(
+                "{s:?} is not a level (error, warn, info, debug, trace) or a `target=level` list"
+            ))
+        }
+    }
+}

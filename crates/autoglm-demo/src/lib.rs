@@ -1,0 +1,388 @@
+//! The origin document's CRM → ERP customer sync, as data: a Debezium (PostgreSQL) change stream
+//! of the `customers` table with the cases a real stream has, plus helpers to produce it and to
+//! read the results back `read_committed`. `make demo` and the end-to-end tests both use it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use autoglm_codec::{AvroTarget, Decoded, Decoder, Encoding, Envelope};
+use autoglm_kafka::ClientSettings;
+use futures::StreamExt as _;
+use rdkafka::Message as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::Consumer as _;
+use rdkafka::message::Headers as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use serde_json::{Value as Json, json};
+
+/// The CRM source schema (a Debezium envelope), from `schemas/`.
+pub const CRM_SCHEMA: &str = include_str!("../../../schemas/crm.customers-value.avsc");
+
+/// One input record of the stream.
+#[derive(Debug, Clone)]
+pub struct DemoRecord {
+    /// What this record shows.
+    pub note: &'static str,
+    /// The record key (JSON `{"id": …}`).
+    pub key: Json,
+    /// The value: an envelope to encode, a tombstone, or raw bytes.
+    pub value: DemoValue,
+}
+
+/// A record value.
+#[derive(Debug, Clone)]
+pub enum DemoValue {
+    /// A Debezium envelope, encoded with the CRM schema.
+    Envelope(Json),
+    /// The null value after a delete.
+    Tombstone,
+    /// Bytes as they are (a broken producer).
+    Raw(Vec<u8>),
+}
+
+/// A CRM customer row.
+pub fn customer(
+    id: i64,
+    name: &str,
+    email: &str,
+    tax_id: &str,
+    credit: &str,
+    version: i64,
+) -> Json {
+    json!({
+        "id": id, "usr_name": name, "Email": email, "tax_id": tax_id,
+        "credit_limit": credit, "password_hash": "x9f…", "region": "cn-east",
+        "updated_at": 1_795_600_000_000i64 + version * 60_000, "version": version
+    })
+}
+
+/// A Debezium envelope around `before`/`after`.
+pub fn envelope(
+    op: &str,
+    before: Option<Json>,
+    after: Option<Json>,
+    lsn: i64,
+    snapshot: bool,
+) -> Json {
+    json!({
+        "before": before, "after": after, "op": op, "ts_ms": 1_795_600_000_000i64 + lsn,
+        "source": {
+            "version": "3.1.0.Final", "connector": "postgresql", "name": "crm",
+            "ts_ms": 1_795_600_000_000i64 + lsn, "snapshot": if snapshot { "true" } else { "false" },
+            "db": "crm", "schema": "public", "table": "customers",
+            "lsn": lsn, "sequence": format!("[\"{}\",\"{lsn}\"]", lsn - 1)
+        }
+    })
+}
+
+fn record(note: &'static str, id: i64, value: DemoValue) -> DemoRecord {
+    DemoRecord {
+        note,
+        key: json!({"id": id}),
+        value,
+    }
+}
+
+/// The demo stream: creates, updates, an out-of-order stale update, an exact replay, a delete with
+/// its tombstone followed by a late update, a snapshot row older than the stream, and two bad
+/// records (a tax id that fails its check, and bytes that are not Avro).
+pub fn scenario() -> Vec<DemoRecord> {
+    use DemoValue::{Envelope as E, Raw, Tombstone};
+    let alice = |v, email: &str| customer(1, "alice", email, "91310000MA1FL0000X", "1500.00", v);
+    let bob = |v| {
+        customer(
+            2,
+            "bob",
+            "bob@example.com",
+            "91310000MA1FL0001Y",
+            "300.50",
+            v,
+        )
+    };
+    let carol = |v| {
+        customer(
+            3,
+            "carol",
+            "carol@example.com",
+            "91310000MA1FL0002Z",
+            "0.99",
+            v,
+        )
+    };
+    vec![
+        record(
+            "create alice v1",
+            1,
+            E(envelope(
+                "c",
+                None,
+                Some(alice(1, "alice@example.com")),
+                100,
+                false,
+            )),
+        ),
+        record(
+            "create bob v1",
+            2,
+            E(envelope("c", None, Some(bob(1)), 101, false)),
+        ),
+        record(
+            "create carol v1",
+            3,
+            E(envelope("c", None, Some(carol(1)), 102, false)),
+        ),
+        record(
+            "update alice v2 (new e-mail)",
+            1,
+            E(envelope(
+                "u",
+                Some(alice(1, "alice@example.com")),
+                Some(alice(2, "alice@new.example.com")),
+                103,
+                false,
+            )),
+        ),
+        record(
+            "stale: alice v1 arrives late",
+            1,
+            E(envelope(
+                "u",
+                None,
+                Some(alice(1, "alice@old.example.com")),
+                104,
+                false,
+            )),
+        ),
+        record(
+            "update bob v2",
+            2,
+            E(envelope("u", Some(bob(1)), Some(bob(2)), 105, false)),
+        ),
+        record(
+            "duplicate: bob v2 replayed",
+            2,
+            E(envelope("u", Some(bob(1)), Some(bob(2)), 105, false)),
+        ),
+        record(
+            "delete carol (v1)",
+            3,
+            E(envelope("d", Some(carol(1)), None, 106, false)),
+        ),
+        record("tombstone after the delete", 3, Tombstone),
+        record(
+            "late: carol v1 update after the delete",
+            3,
+            E(envelope("u", None, Some(carol(1)), 107, false)),
+        ),
+        record(
+            "snapshot: alice v1 read by a snapshot",
+            1,
+            E(envelope(
+                "r",
+                None,
+                Some(alice(1, "alice@example.com")),
+                99,
+                true,
+            )),
+        ),
+        record(
+            "bad: tax id fails its check",
+            4,
+            E(envelope(
+                "c",
+                None,
+                Some(customer(
+                    4,
+                    "dave",
+                    "dave@example.com",
+                    "not-a-tax-id",
+                    "10.00",
+                    1,
+                )),
+                108,
+                false,
+            )),
+        ),
+        record("bad: 3 bytes that are not Avro", 5, Raw(vec![0, 1, 2])),
+        record(
+            "create erin v1 (after the bad ones)",
+            6,
+            E(envelope(
+                "c",
+                None,
+                Some(customer(
+                    6,
+                    "erin",
+                    "erin@example.com",
+                    "91310000MA1FL0003W",
+                    "42.00",
+                    1,
+                )),
+                109,
+                false,
+            )),
+        ),
+    ]
+}
+
+/// Creates `topics` (each with `partitions`), deleting them first if they exist.
+pub async fn recreate_topics(
+    settings: &ClientSettings,
+    topics: &[&str],
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = settings.client_config().create()?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    admin.delete_topics(topics, &options).await?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    // Deletion is asynchronous on the broker; retry creation until the old topic is gone.
+    for attempt in 0..60 {
+        let results = admin.create_topics(&new, &options).await?;
+        let pending: Vec<_> = results
+            .into_iter()
+            .filter_map(|r| r.err())
+            .filter(|(_, code)| {
+                *code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists || attempt < 59
+            })
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!("topics {topics:?} could not be recreated")
+}
+
+/// Deletes a consumer group (its committed offsets), ignoring "not found".
+pub async fn delete_group(settings: &ClientSettings, group: &str) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = settings.client_config().create()?;
+    let _ = admin.delete_groups(&[group], &AdminOptions::new()).await?;
+    Ok(())
+}
+
+/// Produces `records` to `topic`, Avro-encoding envelopes with the CRM schema (registered under
+/// `<topic>-value`), all to the partition the key hashes to.
+pub async fn produce(
+    settings: &ClientSettings,
+    registry: SrSettings,
+    topic: &str,
+    records: &[DemoRecord],
+) -> anyhow::Result<()> {
+    let avro = AvroTarget::new(registry, topic, CRM_SCHEMA)?;
+    let producer: FutureProducer = settings
+        .client_config()
+        .set("enable.idempotence", "true")
+        .create()?;
+    for r in records {
+        let key = r.key.to_string();
+        let payload = match &r.value {
+            DemoValue::Envelope(json) => {
+                let Json::Object(row) = json else {
+                    anyhow::bail!("envelope is not an object")
+                };
+                Some(
+                    avro.encode(row)
+                        .await
+                        .with_context(|| format!("encode {}", r.note))?,
+                )
+            }
+            DemoValue::Tombstone => None,
+            DemoValue::Raw(bytes) => Some(bytes.clone()),
+        };
+        let mut record = FutureRecord::to(topic).key(&key);
+        if let Some(payload) = &payload {
+            record = record.payload(payload);
+        }
+        producer
+            .send(record, Timeout::After(Duration::from_secs(30)))
+            .await
+            .map_err(|(e, _)| e)
+            .with_context(|| format!("produce {}", r.note))?;
+    }
+    Ok(())
+}
+
+/// A record read back from an output topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    /// Partition and offset.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+    /// The key, as text.
+    pub key: String,
+    /// The decoded value (`None` for a tombstone).
+    pub value: Option<Json>,
+    /// The headers, as text.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Reads every record of `topic` with a `read_committed` consumer in a fresh group, until
+/// `quiet` passes without a new record. Values are decoded as Avro (via the registry) when they
+/// carry the wire header, else as JSON, else shown as bytes.
+pub async fn read_committed(
+    settings: &ClientSettings,
+    registry: Option<SrSettings>,
+    topic: &str,
+    quiet: Duration,
+) -> anyhow::Result<Vec<Received>> {
+    let group = format!(
+        "autoglm-reader-{}",
+        std::process::id() as u64 * 1_000_003 + rand_suffix()
+    );
+    let consumer = settings.read_committed_consumer(&group)?;
+    consumer.subscribe(&[topic])?;
+    let decoder = Decoder::new(registry);
+    let mut out = Vec::new();
+    let mut stream = consumer.stream();
+    while let Ok(Some(message)) = tokio::time::timeout(quiet, stream.next()).await {
+        let message = message?;
+        let value = match message.payload() {
+            None => None,
+            Some(bytes) => Some(
+                match decoder
+                    .decode(Envelope::Upsert, Encoding::Avro, None, Some(bytes))
+                    .await
+                {
+                    Ok(Decoded::Event(e)) => Json::Object(e.after.unwrap_or_default()),
+                    _ => serde_json::from_slice(bytes)
+                        .unwrap_or_else(|_| Json::String(format!("<{} bytes>", bytes.len()))),
+                },
+            ),
+        };
+        let headers = message
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(Received {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+            value,
+            headers,
+        });
+    }
+    Ok(out)
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()))
+}

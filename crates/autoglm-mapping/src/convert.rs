@@ -1,0 +1,401 @@
+//! Type conversions of single JSON values; the crate docs' `# Types` table says what each type
+//! accepts and writes. Every function returns a reason instead of panicking.
+
+use chrono::NaiveTime;
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde_json::{Number, Value};
+
+use crate::spec::{DecimalSpec, Rounding};
+use crate::time::{TimeInput, TimeOutput, kind, truncate};
+
+/// A compiled target type.
+#[derive(Debug, Clone)]
+pub(crate) enum Conversion {
+    String,
+    Int,
+    Long,
+    Double,
+    Decimal(DecimalSpec),
+    Bool,
+    Timestamp(TimeInput, TimeOutput),
+    Date(TimeInput, TimeOutput),
+}
+
+impl Conversion {
+    /// The type's name, for messages.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Conversion::String => "string",
+            Conversion::Int => "int",
+            Conversion::Long => "long",
+            Conversion::Double => "double",
+            Conversion::Decimal(_) => "decimal",
+            Conversion::Bool => "bool",
+            Conversion::Timestamp(..) => "timestamp",
+            Conversion::Date(..) => "date",
+        }
+    }
+
+    /// Converts one non-null value (`null` stays `null`).
+    pub(crate) fn apply(&self, value: &Value) -> Result<Value, String> {
+        if value.is_null() {
+            return Ok(Value::Null);
+        }
+        self.convert(value)
+    }
+
+    #[cfg(test)]
+    fn run(&self, value: Value) -> Result<Value, String> {
+        self.apply(&value)
+    }
+
+    fn convert(&self, value: &Value) -> Result<Value, String> {
+        match self {
+            Conversion::String => Ok(to_string(value)),
+            Conversion::Int => {
+                let n = to_i64(value, "int")?;
+                i32::try_from(n)
+                    .map(Value::from)
+                    .map_err(|_| format!("{n} is outside the int range (32 bits)"))
+            }
+            Conversion::Long => to_i64(value, "long").map(Value::from),
+            Conversion::Double => to_f64(value).and_then(|f| {
+                Number::from_f64(f)
+                    .map(Value::Number)
+                    .ok_or_else(|| format!("{f} is not a finite number"))
+            }),
+            Conversion::Decimal(spec) => to_decimal(value, *spec),
+            Conversion::Bool => to_bool(value).map(Value::Bool),
+            Conversion::Timestamp(input, output) => output.render(input.timestamp(value)?, false),
+            Conversion::Date(input, output) => {
+                let d = input.date(value)?;
+                output.render(d.and_time(NaiveTime::MIN).and_utc(), true)
+            }
+        }
+    }
+}
+
+fn to_string(value: &Value) -> Value {
+    match value {
+        Value::String(_) => value.clone(),
+        Value::Number(n) => Value::String(n.to_string()),
+        Value::Bool(b) => Value::String(if *b { "true" } else { "false" }.to_owned()),
+        other => Value::String(other.to_string()),
+    }
+}
+
+fn not_convertible(value: &Value, to: &str) -> String {
+    format!("a {} cannot be converted to {to}", kind(value))
+}
+
+fn to_i64(value: &Value, to: &str) -> Result<i64, String> {
+    match value {
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Ok(i)
+            } else if n.is_u64() {
+                Err(format!("{n} is outside the {to} range"))
+            } else {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                if f.fract() != 0.0 {
+                    Err(format!("{n} has a fractional part"))
+                } else if (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f) {
+                    Ok(f as i64)
+                } else {
+                    Err(format!("{n} is outside the {to} range"))
+                }
+            }
+        }
+        Value::String(s) => s
+            .trim()
+            .parse::<i64>()
+            .map_err(|e| format!("`{}` is not an integer ({e})", truncate(s, 40))),
+        Value::Bool(b) => Ok(i64::from(*b)),
+        other => Err(not_convertible(other, to)),
+    }
+}
+
+fn to_f64(value: &Value) -> Result<f64, String> {
+    match value {
+        Value::Number(n) => n
+            .as_f64()
+            .ok_or_else(|| format!("{n} is not representable as a double")),
+        Value::String(s) => {
+            let t = s.trim();
+            // `f64::from_str` also takes `inf` and `NaN`, which JSON cannot carry.
+            match t.parse::<f64>() {
+                Ok(f) if f.is_finite() && t.bytes().any(|b| b.is_ascii_digit()) => Ok(f),
+                _ => Err(format!("`{}` is not a number", truncate(s, 40))),
+            }
+        }
+        Value::Bool(b) => Ok(f64::from(u8::from(*b))),
+        other => Err(not_convertible(other, "double")),
+    }
+}
+
+fn parse_decimal(text: &str) -> Result<Decimal, String> {
+    let t = text.trim();
+    let well_formed = !t.is_empty()
+        && t.bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
+        && t.bytes().any(|b| b.is_ascii_digit());
+    if !well_formed {
+        return Err(format!("`{}` is not a decimal number", truncate(text, 40)));
+    }
+    let parsed = if t.contains(['e', 'E']) {
+        Decimal::from_scientific(t)
+    } else {
+        Decimal::from_str_exact(t)
+    };
+    parsed.map_err(|e| {
+        format!(
+            "`{}` is not a representable decimal ({e})",
+            truncate(text, 40)
+        )
+    })
+}
+
+fn to_decimal(value: &Value, spec: DecimalSpec) -> Result<Value, String> {
+    let d = match value {
+        Value::String(s) => parse_decimal(s)?,
+        Value::Number(n) => parse_decimal(&n.to_string())?,
+        other => return Err(not_convertible(other, "decimal")),
+    };
+    let scale = spec.scale;
+    let mut r = match spec.rounding {
+        Rounding::Reject => {
+            let cut = d.round_dp_with_strategy(scale, RoundingStrategy::ToZero);
+            if cut != d {
+                return Err(format!(
+                    "{d} has more than {scale} fractional digits (rounding: reject)"
+                ));
+            }
+            cut
+        }
+        Rounding::HalfEven => {
+            d.round_dp_with_strategy(scale, RoundingStrategy::MidpointNearestEven)
+        }
+        Rounding::HalfUp => d.round_dp_with_strategy(scale, RoundingStrategy::MidpointAwayFromZero),
+    };
+    r.rescale(scale);
+    if r.scale() != scale {
+        return Err(format!(
+            "{d} has too many digits to carry {scale} fractional digits"
+        ));
+    }
+    if r.is_zero() {
+        r.set_sign_positive(true);
+    }
+    if let Some(precision) = spec.precision {
+        let digits = r
+            .mantissa()
+            .unsigned_abs()
+            .checked_ilog10()
+            .map_or(1, |l| l + 1);
+        if digits > precision {
+            return Err(format!(
+                "{r} needs {digits} digits, more than precision {precision}"
+            ));
+        }
+    }
+    Ok(Value::String(r.to_string()))
+}
+
+fn to_bool(value: &Value) -> Result<bool, String> {
+    match value {
+        Value::Bool(b) => Ok(*b),
+        Value::Number(n) => match n.as_f64() {
+            Some(1.0) => Ok(true),
+            Some(0.0) => Ok(false),
+            _ => Err(format!("{n} is not a boolean (only 1 and 0 are)")),
+        },
+        Value::String(s) => {
+            let t = s.trim();
+            const TRUE: [&str; 6] = ["true", "t", "yes", "y", "on", "1"];
+            const FALSE: [&str; 6] = ["false", "f", "no", "n", "off", "0"];
+            if TRUE.iter().any(|w| t.eq_ignore_ascii_case(w)) {
+                Ok(true)
+            } else if FALSE.iter().any(|w| t.eq_ignore_ascii_case(w)) {
+                Ok(false)
+            } else {
+                Err(format!(
+                    "`{}` is not a boolean (true/false, yes/no, y/n, t/f, on/off, 1/0)",
+                    truncate(s, 40)
+                ))
+            }
+        }
+        other => Err(not_convertible(other, "bool")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn dec(scale: u32, rounding: Rounding) -> Conversion {
+        Conversion::Decimal(DecimalSpec {
+            scale,
+            precision: None,
+            rounding,
+        })
+    }
+
+    #[test]
+    fn strings_become_numbers_and_back() {
+        assert_eq!(Conversion::Long.run(json!(" 42 ")), Ok(json!(42)));
+        assert_eq!(
+            Conversion::Long.run(json!("-9223372036854775808")),
+            Ok(json!(i64::MIN))
+        );
+        assert_eq!(
+            Conversion::Int.run(json!("2147483647")),
+            Ok(json!(i32::MAX))
+        );
+        assert_eq!(Conversion::Double.run(json!("1234.50")), Ok(json!(1234.5)));
+        assert_eq!(Conversion::String.run(json!(42)), Ok(json!("42")));
+        assert_eq!(Conversion::String.run(json!(-1.5)), Ok(json!("-1.5")));
+        assert_eq!(Conversion::String.run(json!(true)), Ok(json!("true")));
+        assert_eq!(
+            Conversion::String.run(json!({"a": [1]})),
+            Ok(json!(r#"{"a":[1]}"#))
+        );
+        assert_eq!(Conversion::String.run(json!("same")), Ok(json!("same")));
+    }
+
+    #[test]
+    fn numbers_convert_between_widths_with_range_checks() {
+        assert_eq!(Conversion::Long.run(json!(3.0)), Ok(json!(3)));
+        assert_eq!(Conversion::Double.run(json!(3)), Ok(json!(3.0)));
+        assert_eq!(Conversion::Long.run(json!(true)), Ok(json!(1)));
+        let too_big = Conversion::Int
+            .run(json!(2_147_483_648_i64))
+            .expect_err("range");
+        assert!(too_big.contains("int range"), "{too_big}");
+        assert!(Conversion::Long.run(json!(u64::MAX)).is_err());
+        assert!(Conversion::Long.run(json!(1e300)).is_err());
+        assert!(
+            Conversion::Long
+                .run(json!(2.5))
+                .expect_err("fraction")
+                .contains("fractional")
+        );
+    }
+
+    #[test]
+    fn unparsable_numbers_say_why_instead_of_crashing() {
+        // The origin document's `Integer.parseInt("123a")` case.
+        let e = Conversion::Int
+            .run(json!("123a"))
+            .expect_err("not a number");
+        assert!(e.contains("`123a` is not an integer"), "{e}");
+        for bad in ["abc", "", "NaN", "inf", "-infinity", "1,5"] {
+            assert!(Conversion::Double.run(json!(bad)).is_err(), "{bad}");
+        }
+        assert!(
+            Conversion::Long
+                .run(json!([1]))
+                .expect_err("array")
+                .contains("array")
+        );
+    }
+
+    #[test]
+    fn decimals_get_exactly_the_scale() {
+        let d2 = dec(2, Rounding::Reject);
+        assert_eq!(d2.run(json!("1234.5")), Ok(json!("1234.50")));
+        assert_eq!(d2.run(json!("1234.500")), Ok(json!("1234.50")));
+        assert_eq!(d2.run(json!(7)), Ok(json!("7.00")));
+        assert_eq!(d2.run(json!(0.1)), Ok(json!("0.10")));
+        assert_eq!(d2.run(json!("-1.5e3")), Ok(json!("-1500.00")));
+        assert_eq!(d2.run(json!("-0.00")), Ok(json!("0.00")));
+        let e = d2.run(json!("1234.505")).expect_err("reject");
+        assert!(e.contains("rounding: reject"), "{e}");
+        assert!(d2.run(json!("12a")).is_err());
+        assert!(d2.run(json!("1_000")).is_err());
+        assert!(d2.run(json!(true)).is_err());
+    }
+
+    #[test]
+    fn decimal_rounding_modes_differ_only_at_midpoints() {
+        let even = dec(2, Rounding::HalfEven);
+        let up = dec(2, Rounding::HalfUp);
+        assert_eq!(even.run(json!("2.345")), Ok(json!("2.34")));
+        assert_eq!(up.run(json!("2.345")), Ok(json!("2.35")));
+        assert_eq!(even.run(json!("2.355")), Ok(json!("2.36")));
+        assert_eq!(even.run(json!("-2.345")), Ok(json!("-2.34")));
+        assert_eq!(up.run(json!("-2.345")), Ok(json!("-2.35")));
+        assert_eq!(even.run(json!("2.3449")), Ok(json!("2.34")));
+    }
+
+    #[test]
+    fn decimal_precision_and_range_limits_are_errors() {
+        let p5 = Conversion::Decimal(DecimalSpec {
+            scale: 2,
+            precision: Some(5),
+            rounding: Rounding::Reject,
+        });
+        assert_eq!(p5.run(json!("999.99")), Ok(json!("999.99")));
+        assert!(
+            p5.run(json!("1000"))
+                .expect_err("precision")
+                .contains("precision 5")
+        );
+        let d20 = dec(20, Rounding::Reject);
+        assert!(
+            d20.run(json!("123456789012")).is_err(),
+            "28 digits is the limit"
+        );
+    }
+
+    #[test]
+    fn decimal_strings_convert_to_other_numbers() {
+        assert_eq!(Conversion::Double.run(json!("1234.50")), Ok(json!(1234.5)));
+        assert!(Conversion::Long.run(json!("1234.50")).is_err());
+    }
+
+    #[test]
+    fn booleans_accept_the_documented_spellings() {
+        for t in [
+            json!(true),
+            json!(1),
+            json!("TRUE"),
+            json!("yes"),
+            json!(" Y "),
+            json!("on"),
+            json!("1"),
+            json!("t"),
+        ] {
+            assert_eq!(Conversion::Bool.run(t.clone()), Ok(json!(true)), "{t}");
+        }
+        for f in [
+            json!(false),
+            json!(0),
+            json!("False"),
+            json!("no"),
+            json!("N"),
+            json!("off"),
+            json!("0"),
+            json!("f"),
+        ] {
+            assert_eq!(Conversion::Bool.run(f.clone()), Ok(json!(false)), "{f}");
+        }
+        assert!(Conversion::Bool.run(json!(2)).is_err());
+        assert!(Conversion::Bool.run(json!("maybe")).is_err());
+        assert_eq!(Conversion::String.run(json!(false)), Ok(json!("false")));
+    }
+
+    #[test]
+    fn null_stays_null_for_every_type() {
+        for c in [
+            Conversion::String,
+            Conversion::Int,
+            Conversion::Long,
+            Conversion::Double,
+            Conversion::Bool,
+            dec(2, Rounding::Reject),
+        ] {
+            assert_eq!(c.run(Value::Null), Ok(Value::Null), "{}", c.name());
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! The runtime: wires consumer, codecs, version guard, mapping and the transactional producer.
+//!
+//! ```text
+//!  poll batch (≤ max_records or flush_interval_ms)
+//!     │ decode ─► route ─► key + version ─► guard.process (one multi_get)
+//!     │                                        │ accepted: map ─► encode ─► target topics
+//!     │                                        │ stale/duplicate: counted (─► audit topic)
+//!     │ poison at any step ─► DLQ topic (original bytes + reason headers)
+//!     ▼
+//!  changelog records (state entries) ─► send_offsets_to_transaction ─► commit
+//!     ▼
+//!  guard.commit ─► one RocksDB WriteBatch (state follows commits)
+//! ```
+//!
+//! Failure behaviour: a poison record goes to the route's DLQ in the same transaction and its
+//! offset advances. A transient failure (registry down, broker timeout, abortable transaction
+//! error) aborts the transaction, drops the uncommitted state and retries the same batch with
+//! exponential backoff; after the configured attempts it keeps waiting and says so once a minute —
+//! it never skips. A fatal error (fenced, authorization, configuration) stops the pipeline with an
+//! error and a non-zero exit.
+
+mod pipeline;
+mod route;
+
+pub use pipeline::{Pipeline, RunError, RunOptions, RunSummary};
+pub use route::RouteRuntime;

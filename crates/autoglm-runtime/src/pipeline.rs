@@ -1,0 +1,818 @@
+//! The poll → process → commit loop.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use autoglm_codec::{CodecError, Decoded, Decoder};
+use autoglm_config::{Config, DeleteMode};
+use autoglm_core::{ChangeEvent, Classify, ErrorClass, Row, Version};
+use autoglm_kafka::{ClientSettings, classify};
+use autoglm_state::{Decision, GuardInput, RocksBackend, RocksOptions, StateError, VersionGuard};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use tokio_util::sync::CancellationToken;
+
+use crate::route::RouteRuntime;
+
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the pipeline stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration cannot be turned into a running pipeline.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A Kafka error that retrying cannot fix (fenced, authorization, …).
+    #[error("kafka ({class}): {source}")]
+    Kafka {
+        /// The error's class.
+        class: ErrorClass,
+        /// The client's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The state store failed.
+    #[error("state store")]
+    State(#[from] StateError),
+    /// The schema registry refused a target schema.
+    #[error("schema registration for {topic}")]
+    Schema {
+        /// The target topic.
+        topic: String,
+        /// The registry's error.
+        #[source]
+        source: CodecError,
+    },
+}
+
+impl From<KafkaError> for RunError {
+    fn from(source: KafkaError) -> RunError {
+        RunError::Kafka {
+            class: classify(&source),
+            source,
+        }
+    }
+}
+
+/// How long to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop after this long without any input record (demos, tests). `None`: run until cancelled.
+    pub exit_when_idle: Option<Duration>,
+    /// Cancelled on SIGTERM/ctrl-c: the open batch is committed, then the pipeline stops.
+    pub shutdown: CancellationToken,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Input records read and committed.
+    pub records: u64,
+    /// Records written to target topics (one per target).
+    pub emitted: u64,
+    /// Records dropped by the version guard (stale, duplicate, superseded by the stream).
+    pub dropped: u64,
+    /// Records sent to a dead-letter topic.
+    pub dead_lettered: u64,
+    /// Debezium tombstones skipped (the delete before them carried the change).
+    pub tombstones: u64,
+    /// Committed transactions (or offset commits, at least once).
+    pub commits: u64,
+    /// Batches that were aborted and retried.
+    pub retries: u64,
+}
+
+/// A transient failure inside one batch: abort, back off, retry the batch.
+#[derive(Debug)]
+struct Transient(String);
+
+enum BatchError {
+    Transient(Transient),
+    Fatal(RunError),
+}
+
+impl From<KafkaError> for BatchError {
+    fn from(e: KafkaError) -> BatchError {
+        match classify(&e) {
+            ErrorClass::Fatal => BatchError::Fatal(e.into()),
+            _ => BatchError::Transient(Transient(e.to_string())),
+        }
+    }
+}
+
+impl From<StateError> for BatchError {
+    fn from(e: StateError) -> BatchError {
+        match e.class() {
+            ErrorClass::Transient => BatchError::Transient(Transient(e.to_string())),
+            _ => BatchError::Fatal(e.into()),
+        }
+    }
+}
+
+/// One record on its way through a batch.
+struct Work {
+    /// Index into the batch.
+    at: usize,
+    route: usize,
+    event: ChangeEvent,
+    state_key: Vec<u8>,
+    entity_key: Vec<u8>,
+    version: Version,
+    /// The mapped row (`after`, or `before` for deletes written as records).
+    mapped: Option<Row>,
+}
+
+/// A configured pipeline, ready to run.
+pub struct Pipeline {
+    config: Config,
+    settings: ClientSettings,
+    registry: Option<SrSettings>,
+    routes: Vec<RouteRuntime>,
+    decoder: Decoder,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("routes", &self.routes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    /// Compiles the routes of a validated config.
+    pub fn new(config: Config) -> Result<Pipeline, RunError> {
+        let mut settings = ClientSettings::new(&config.kafka.bootstrap_servers)
+            .with_client_id(format!("autoglm-{}", config.kafka.instance_id));
+        for (key, value) in &config.kafka.properties {
+            settings = settings
+                .with_property(key, value)
+                .map_err(|e| RunError::Config(e.to_string()))?;
+        }
+        if let Some(password) = &config.kafka.sasl_password {
+            settings = settings
+                .with_property("sasl.password", password.expose())
+                .map_err(|e| RunError::Config(e.to_string()))?;
+        }
+        let registry = match &config.schema_registry {
+            Some(r) => {
+                let mut builder = SrSettings::new_builder(r.url.clone());
+                builder.set_timeout(Duration::from_secs(10));
+                if let Some(user) = &r.username {
+                    builder.set_basic_authorization(user, r.password.as_ref().map(|p| p.expose()));
+                }
+                Some(
+                    builder
+                        .build()
+                        .map_err(|e| RunError::Config(format!("schema_registry.url: {e}")))?,
+                )
+            }
+            None => None,
+        };
+        let routes = config
+            .routes
+            .iter()
+            .map(|route| {
+                RouteRuntime::compile(&config, route, registry.as_ref())
+                    .map_err(|e| RunError::Config(format!("route {}: {e}", route.name)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Pipeline {
+            decoder: Decoder::new(registry.clone()),
+            config,
+            settings,
+            registry,
+            routes,
+        })
+    }
+
+    /// Registers every Avro target schema (topic-name strategy) and returns `(topic, id)` pairs.
+    pub async fn register_schemas(&self) -> Result<Vec<(String, u32)>, RunError> {
+        let mut ids = Vec::new();
+        for route in &self.routes {
+            for target in &route.targets {
+                if let crate::route::TargetRuntime::Avro { topic, avro } = target {
+                    let id = avro.register().await.map_err(|source| RunError::Schema {
+                        topic: topic.clone(),
+                        source,
+                    })?;
+                    ids.push((topic.clone(), id));
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Whether a schema registry is configured.
+    pub fn has_registry(&self) -> bool {
+        self.registry.is_some()
+    }
+
+    /// Runs until cancelled, idle for `exit_when_idle`, or a fatal error.
+    pub async fn run(self, options: RunOptions) -> Result<RunSummary, RunError> {
+        let exactly_once = self.config.exactly_once();
+        let state_path = self.config.event_queue.storage_path.clone();
+        let rocks = RocksOptions {
+            block_cache_bytes: self.config.state.block_cache_bytes,
+            compression: self.config.event_queue.enable_compression,
+            ..RocksOptions::default()
+        };
+        let backend = RocksBackend::open(&state_path, rocks)?;
+        let retention_ms =
+            i64::try_from(self.config.state.tombstone_retention.as_millis()).unwrap_or(i64::MAX);
+        let mut guard = VersionGuard::new(backend, retention_ms);
+
+        self.ensure_changelogs().await?;
+        self.register_schemas().await?;
+
+        let consumer: Arc<StreamConsumer> = Arc::new(
+            self.settings
+                .read_committed_consumer(&self.config.kafka.group_id)?,
+        );
+        let subscriptions: Vec<String> =
+            self.routes.iter().map(RouteRuntime::subscription).collect();
+        let topics: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+
+        let mut producer_config = self.settings.client_config();
+        if self.config.event_queue.enable_compression {
+            producer_config.set("compression.type", "zstd");
+        }
+        let producer = if exactly_once {
+            let producer = self
+                .settings
+                .transactional_producer(&self.config.transactional_id())?;
+            let p = producer.clone();
+            tokio::task::spawn_blocking(move || p.init_transactions(TXN_TIMEOUT))
+                .await
+                .map_err(|e| RunError::Config(format!("init_transactions task: {e}")))??;
+            producer
+        } else {
+            self.settings.idempotent_producer()?
+        };
+        tracing::info!(
+            routes = self.routes.len(),
+            exactly_once,
+            transactional_id = %self.config.transactional_id(),
+            state = %state_path.display(),
+            "pipeline started"
+        );
+
+        let flush = Duration::from_millis(self.config.event_queue.flush_interval_ms);
+        let max_records = self.config.commit.max_records;
+        let mut summary = RunSummary::default();
+        let mut last_record = Instant::now();
+        loop {
+            if options.shutdown.is_cancelled() {
+                break;
+            }
+            if let Some(idle) = options.exit_when_idle {
+                if last_record.elapsed() >= idle {
+                    tracing::info!(idle_secs = idle.as_secs(), "no input for a while; stopping");
+                    break;
+                }
+            }
+            let batch = poll_batch(&consumer, flush, max_records, &options.shutdown).await?;
+            if batch.is_empty() {
+                continue;
+            }
+            last_record = Instant::now();
+            let mut attempt = 0u32;
+            loop {
+                match self
+                    .process(&batch, &consumer, &producer, &mut guard, exactly_once)
+                    .await
+                {
+                    Ok(batch_summary) => {
+                        summary.records += batch_summary.records;
+                        summary.emitted += batch_summary.emitted;
+                        summary.dropped += batch_summary.dropped;
+                        summary.dead_lettered += batch_summary.dead_lettered;
+                        summary.tombstones += batch_summary.tombstones;
+                        summary.commits += 1;
+                        break;
+                    }
+                    Err(BatchError::Fatal(e)) => {
+                        guard.abort();
+                        return Err(e);
+                    }
+                    Err(BatchError::Transient(Transient(reason))) => {
+                        guard.abort();
+                        if exactly_once {
+                            abort(&producer).await?;
+                        }
+                        summary.retries += 1;
+                        attempt += 1;
+                        let wait = self.backoff(attempt);
+                        if attempt <= self.config.retry_attempts() {
+                            tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, %reason, "batch failed; retrying");
+                        } else if attempt % (60 / wait.as_secs().max(1)).max(1) as u32 == 0 {
+                            tracing::error!(attempt, %reason, "still failing after the configured attempts; waiting, not skipping");
+                        }
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        }
+        if exactly_once {
+            // Nothing is open between batches; leave the group cleanly.
+            tracing::info!("pipeline stopping");
+        }
+        consumer.unsubscribe();
+        tracing::info!(?summary, "pipeline stopped");
+        Ok(summary)
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let b = &self.config.backoff;
+        let factor = b
+            .multiplier
+            .powi(i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX));
+        b.initial_interval
+            .mul_f64(factor.min(1e6))
+            .min(b.max_interval)
+    }
+
+    /// Creates each route's compacted changelog topic if it is missing, partitioned like its
+    /// source.
+    async fn ensure_changelogs(&self) -> Result<(), RunError> {
+        let admin: AdminClient<DefaultClientContext> = self.settings.client_config().create()?;
+        let settings = self.settings.clone();
+        let metadata = tokio::task::spawn_blocking(move || {
+            let consumer: rdkafka::consumer::BaseConsumer = settings.client_config().create()?;
+            consumer.fetch_metadata(None, Duration::from_secs(10))
+        })
+        .await
+        .map_err(|e| RunError::Config(format!("metadata task: {e}")))??;
+        let partitions_of = |route: &RouteRuntime| {
+            metadata
+                .topics()
+                .iter()
+                .filter(|t| route.matches(t.name()))
+                .map(|t| t.partitions().len())
+                .max()
+                .unwrap_or(1)
+        };
+        let existing: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+        let missing: Vec<(String, i32)> = self
+            .routes
+            .iter()
+            .filter(|r| !existing.contains(&r.changelog_topic.as_str()))
+            .map(|r| {
+                (
+                    r.changelog_topic.clone(),
+                    i32::try_from(partitions_of(r)).unwrap_or(1),
+                )
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let new_topics: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|(name, partitions)| {
+                NewTopic::new(name, *partitions, TopicReplication::Fixed(-1))
+                    .set("cleanup.policy", "compact")
+            })
+            .collect();
+        for result in admin
+            .create_topics(
+                &new_topics,
+                &AdminOptions::new().operation_timeout(Some(TXN_TIMEOUT)),
+            )
+            .await?
+        {
+            match result {
+                Ok(topic) => tracing::info!(%topic, "created changelog topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(RunError::Config(format!(
+                        "cannot create changelog topic {topic}: {code}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Processes one batch in one transaction (or one offset commit, at least once).
+    async fn process(
+        &self,
+        batch: &[OwnedMessage],
+        consumer: &Arc<StreamConsumer>,
+        producer: &FutureProducer,
+        guard: &mut VersionGuard<RocksBackend>,
+        exactly_once: bool,
+    ) -> Result<RunSummary, BatchError> {
+        if exactly_once {
+            producer.begin_transaction()?;
+        }
+        let mut out = Output::new(producer);
+        let mut summary = RunSummary {
+            records: batch.len() as u64,
+            ..RunSummary::default()
+        };
+
+        // Decode, key, version and map every record; poison goes to the DLQ right away.
+        let mut work = Vec::with_capacity(batch.len());
+        for (at, msg) in batch.iter().enumerate() {
+            let Some(route_index) = self.routes.iter().position(|r| r.matches(msg.topic())) else {
+                continue;
+            };
+            let route = &self.routes[route_index];
+            let decoded = self
+                .decoder
+                .decode(route.envelope, route.encoding, msg.key(), msg.payload())
+                .await;
+            let event = match decoded {
+                Ok(Decoded::Event(event)) => event,
+                Ok(Decoded::Tombstone { .. }) => {
+                    summary.tombstones += 1;
+                    continue;
+                }
+                Err(e) if e.class() == ErrorClass::Transient => {
+                    return Err(BatchError::Transient(Transient(format!("decode: {e}"))));
+                }
+                Err(e) => {
+                    out.dead_letter(route, msg, &e.class(), &e.to_string(), "decode", "");
+                    summary.dead_lettered += 1;
+                    continue;
+                }
+            };
+            if event.op == autoglm_core::Op::Truncate {
+                tracing::warn!(route = %route.name, "truncate events are not propagated");
+                continue;
+            }
+            let keyed = route
+                .entity_key(&event)
+                .and_then(|key| Ok((key, route.version(&event)?)));
+            let (entity_key, version) = match keyed {
+                Ok(kv) => kv,
+                Err(e) => {
+                    out.dead_letter(route, msg, &ErrorClass::Poison, &e.to_string(), e.rule, "");
+                    summary.dead_lettered += 1;
+                    continue;
+                }
+            };
+            let source_row = if event.op.is_delete() {
+                (route.delete == DeleteMode::Record)
+                    .then_some(event.before.as_ref())
+                    .flatten()
+            } else {
+                event.after.as_ref()
+            };
+            let mapped = match source_row.map(|row| route.mapping.apply(row)).transpose() {
+                Ok(mapped) => mapped,
+                Err(e) => {
+                    out.dead_letter(route, msg, &e.class(), &e.to_string(), e.rule(), e.field());
+                    summary.dead_lettered += 1;
+                    continue;
+                }
+            };
+            work.push(Work {
+                at,
+                route: route_index,
+                state_key: autoglm_state::state_key(&route.name, &entity_key),
+                entity_key,
+                version,
+                mapped,
+                event,
+            });
+        }
+
+        // One multi_get for the whole batch; later records of a key see earlier ones.
+        let inputs: Vec<GuardInput<'_>> = work
+            .iter()
+            .map(|w| GuardInput {
+                key: &w.state_key,
+                version: w.version,
+                is_delete: w.event.op.is_delete(),
+                is_snapshot: w.event.is_snapshot(),
+            })
+            .collect();
+        let outcome = guard.process(&inputs, now_ms()).await?;
+        drop(inputs);
+
+        let mut changelog_partition: HashMap<&[u8], (usize, i32)> = HashMap::new();
+        for (w, decision) in work.iter().zip(&outcome.decisions) {
+            let msg = &batch[w.at];
+            let route = &self.routes[w.route];
+            if *decision != Decision::Accept {
+                summary.dropped += 1;
+                if let Some(audit) = &route.audit_topic {
+                    out.audit(
+                        audit,
+                        msg,
+                        decision.as_str(),
+                        &route.version_label(w.version),
+                    );
+                }
+                continue;
+            }
+            changelog_partition.insert(&w.state_key, (w.route, msg.partition()));
+            let key = route.output_key(&w.entity_key);
+            for target in &route.targets {
+                let payload = match &w.mapped {
+                    Some(row) => match target.encode(row).await {
+                        Ok(bytes) => Some(bytes),
+                        Err(e) if e.class() == ErrorClass::Transient => {
+                            return Err(BatchError::Transient(Transient(format!("encode: {e}"))));
+                        }
+                        Err(e) => {
+                            out.dead_letter(
+                                route,
+                                msg,
+                                &e.class(),
+                                &e.to_string(),
+                                "encode",
+                                target.topic(),
+                            );
+                            summary.dead_lettered += 1;
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
+                out.emit(
+                    target.topic(),
+                    &key,
+                    payload.as_deref(),
+                    msg,
+                    &w.event,
+                    &route.version_label(w.version),
+                )?;
+                summary.emitted += 1;
+            }
+        }
+
+        // The state entries this batch accepted, to the changelog, in the same transaction.
+        let mut changelog = Vec::new();
+        for (key, entry) in guard.pending_writes() {
+            let Some(&(route, partition)) = changelog_partition.get(key) else {
+                continue;
+            };
+            let topic = &self.routes[route].changelog_topic;
+            let record = FutureRecord::to(topic)
+                .key(key)
+                .payload(&entry[..])
+                .partition(partition);
+            changelog.push((topic.clone(), out.send(record)?));
+        }
+
+        let offsets = next_offsets(batch)?;
+        if exactly_once {
+            let metadata = consumer
+                .group_metadata()
+                .ok_or_else(|| BatchError::Transient(Transient("no group metadata yet".into())))?;
+            let p = producer.clone();
+            blocking(move || {
+                p.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT)?;
+                p.commit_transaction(TXN_TIMEOUT)
+            })
+            .await?;
+        } else {
+            out.wait_all().await?;
+            let c = Arc::clone(consumer);
+            blocking(move || c.commit(&offsets, CommitMode::Sync)).await?;
+        }
+
+        // Kafka has committed: now, and only now, the state follows.
+        let mut checkpoints: HashMap<(String, i32), i64> = HashMap::new();
+        for (topic, delivery) in changelog {
+            if let Ok(Ok(delivered)) = delivery.await {
+                let next = delivered.offset + 1;
+                let slot = checkpoints
+                    .entry((topic, delivered.partition))
+                    .or_insert(next);
+                *slot = (*slot).max(next);
+            }
+        }
+        guard
+            .commit(
+                checkpoints
+                    .into_iter()
+                    .map(|((t, p), o)| (t, p, o))
+                    .collect(),
+            )
+            .await
+            .map_err(|e| BatchError::Fatal(e.into()))?;
+        Ok(summary)
+    }
+}
+
+/// Produces the batch's records and remembers their delivery futures.
+struct Output<'p> {
+    producer: &'p FutureProducer,
+    deliveries: Vec<DeliveryFuture>,
+}
+
+impl<'p> Output<'p> {
+    fn new(producer: &'p FutureProducer) -> Output<'p> {
+        Output {
+            producer,
+            deliveries: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, record: FutureRecord<'_, [u8], [u8]>) -> Result<DeliveryFuture, BatchError> {
+        self.producer
+            .send_result(record)
+            .map_err(|(e, _)| BatchError::from(e))
+    }
+
+    fn emit(
+        &mut self,
+        topic: &str,
+        key: &[u8],
+        payload: Option<&[u8]>,
+        source: &OwnedMessage,
+        event: &ChangeEvent,
+        version: &str,
+    ) -> Result<(), BatchError> {
+        let partition = source.partition().to_string();
+        let offset = source.offset().to_string();
+        let mut headers = OwnedHeaders::new()
+            .insert(header("autoglm.source.topic", source.topic()))
+            .insert(header("autoglm.source.partition", &partition))
+            .insert(header("autoglm.source.offset", &offset))
+            .insert(header("autoglm.version", version))
+            .insert(header("autoglm.op", event.op.as_str()));
+        if let Some(trace) = traceparent(source) {
+            headers = headers.insert(header("traceparent", &trace));
+        }
+        let mut record = FutureRecord::to(topic).key(key).headers(headers);
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        let delivery = self.send(record)?;
+        self.deliveries.push(delivery);
+        Ok(())
+    }
+
+    fn dead_letter(
+        &mut self,
+        route: &RouteRuntime,
+        msg: &OwnedMessage,
+        class: &ErrorClass,
+        message: &str,
+        rule: &str,
+        field: &str,
+    ) {
+        tracing::warn!(route = %route.name, topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), %message, "record dead-lettered");
+        let partition = msg.partition().to_string();
+        let offset = msg.offset().to_string();
+        let mut headers = OwnedHeaders::new()
+            .insert(header("autoglm.error.class", class.as_str()))
+            .insert(header("autoglm.error.message", message))
+            .insert(header("autoglm.error.rule", rule))
+            .insert(header("autoglm.error.field", field))
+            .insert(header("autoglm.route", &route.name))
+            .insert(header("autoglm.source.topic", msg.topic()))
+            .insert(header("autoglm.source.partition", &partition))
+            .insert(header("autoglm.source.offset", &offset));
+        if let Some(trace) = traceparent(msg) {
+            headers = headers.insert(header("traceparent", &trace));
+        }
+        let mut record = FutureRecord::to(&route.dlq_topic).headers(headers);
+        if let Some(key) = msg.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = msg.payload() {
+            record = record.payload(payload);
+        }
+        // A DLQ send that fails to enqueue fails the transaction at commit; nothing is lost.
+        if let Ok(delivery) = self.send(record) {
+            self.deliveries.push(delivery);
+        }
+    }
+
+    fn audit(&mut self, topic: &str, msg: &OwnedMessage, decision: &str, version: &str) {
+        let headers = OwnedHeaders::new()
+            .insert(header("autoglm.decision", decision))
+            .insert(header("autoglm.version", version))
+            .insert(header("autoglm.source.topic", msg.topic()));
+        let mut record = FutureRecord::to(topic).headers(headers);
+        if let Some(key) = msg.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = msg.payload() {
+            record = record.payload(payload);
+        }
+        if let Ok(delivery) = self.send(record) {
+            self.deliveries.push(delivery);
+        }
+    }
+
+    /// At least once: every record must be acknowledged before the offsets are committed.
+    async fn wait_all(&mut self) -> Result<(), BatchError> {
+        for delivery in self.deliveries.drain(..) {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(e.into()),
+                Err(_) => return Err(BatchError::Transient(Transient("delivery canceled".into()))),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
+    Header {
+        key,
+        value: Some(value),
+    }
+}
+
+fn traceparent(msg: &OwnedMessage) -> Option<String> {
+    let headers = msg.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == "traceparent")
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Offsets to commit: the last record of each partition + 1.
+fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, BatchError> {
+    let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+    for msg in batch {
+        let slot = next.entry((msg.topic(), msg.partition())).or_insert(0);
+        *slot = (*slot).max(msg.offset() + 1);
+    }
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in next {
+        list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    }
+    Ok(list)
+}
+
+/// Polls until `flush` has passed since the first record, `max` records arrived, or shutdown.
+async fn poll_batch(
+    consumer: &StreamConsumer,
+    flush: Duration,
+    max: usize,
+    shutdown: &CancellationToken,
+) -> Result<Vec<OwnedMessage>, RunError> {
+    let mut batch = Vec::new();
+    // Wait up to a second for the first record, then fill the batch until the cadence ends.
+    let mut deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while batch.len() < max {
+        let received = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = tokio::time::timeout_at(deadline, consumer.recv()) => r,
+        };
+        match received {
+            Err(_) => break,
+            Ok(Ok(msg)) => {
+                if batch.is_empty() {
+                    deadline = tokio::time::Instant::now() + flush;
+                }
+                batch.push(msg.detach());
+            }
+            Ok(Err(e)) if classify(&e) == ErrorClass::Fatal => return Err(e.into()),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "consumer error; going on");
+            }
+        }
+    }
+    Ok(batch)
+}
+
+async fn abort(producer: &FutureProducer) -> Result<(), RunError> {
+    let p = producer.clone();
+    match blocking(move || p.abort_transaction(TXN_TIMEOUT)).await {
+        Ok(()) => Ok(()),
+        Err(BatchError::Fatal(e)) => Err(e),
+        Err(BatchError::Transient(Transient(reason))) => {
+            tracing::warn!(%reason, "abort failed; the broker aborts the transaction on timeout");
+            Ok(())
+        }
+    }
+}
+
+/// Runs a blocking librdkafka call off the async executor.
+async fn blocking<F>(f: F) -> Result<(), BatchError>
+where
+    F: FnOnce() -> Result<(), KafkaError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(BatchError::from),
+        Err(e) => Err(BatchError::Fatal(RunError::Config(format!(
+            "blocking task: {e}"
+        )))),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

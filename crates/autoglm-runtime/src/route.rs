@@ -1,0 +1,259 @@
+//! A configured route, compiled for the hot path: topic matching, entity keys, versions, mapping
+//! and targets.
+
+use autoglm_codec::{AvroTarget, CodecError, Encoding, Envelope};
+use autoglm_config::{Config, DeleteMode, Route, VersionSource};
+use autoglm_core::{ChangeEvent, Row, Version};
+use autoglm_mapping::Mapping;
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use serde_json::Value as Json;
+
+/// Why a record's key or version could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("route {route}: {reason}")]
+pub struct RecordError {
+    route: String,
+    /// `key_fields` or `version`.
+    pub rule: &'static str,
+    reason: String,
+}
+
+/// An output topic, ready to encode.
+#[derive(Debug)]
+pub(crate) enum TargetRuntime {
+    Avro { topic: String, avro: AvroTarget },
+    Json { topic: String },
+}
+
+impl TargetRuntime {
+    pub(crate) fn topic(&self) -> &str {
+        match self {
+            TargetRuntime::Avro { topic, .. } | TargetRuntime::Json { topic } => topic,
+        }
+    }
+
+    pub(crate) async fn encode(&self, row: &Row) -> Result<Vec<u8>, CodecError> {
+        match self {
+            TargetRuntime::Avro { avro, .. } => avro.encode(row).await,
+            TargetRuntime::Json { .. } => serde_json::to_vec(row).map_err(CodecError::Json),
+        }
+    }
+}
+
+/// One route, compiled.
+#[derive(Debug)]
+pub struct RouteRuntime {
+    /// The route's name (metric label, state key prefix).
+    pub name: String,
+    topic: Option<String>,
+    pattern: Option<regex::Regex>,
+    pub(crate) envelope: Envelope,
+    pub(crate) encoding: Encoding,
+    key_fields: Vec<String>,
+    version: VersionSource,
+    pub(crate) mapping: Mapping,
+    pub(crate) targets: Vec<TargetRuntime>,
+    pub(crate) dlq_topic: String,
+    pub(crate) audit_topic: Option<String>,
+    pub(crate) delete: DeleteMode,
+    /// Compacted topic holding this route's state entries.
+    pub(crate) changelog_topic: String,
+}
+
+impl RouteRuntime {
+    /// Compiles `route`. The config was validated, so errors here are about files and schemas.
+    pub fn compile(
+        config: &Config,
+        route: &Route,
+        registry: Option<&SrSettings>,
+    ) -> Result<RouteRuntime, String> {
+        let mapping =
+            Mapping::compile(&route.name, &config.mapping_spec(route)).map_err(|errors| {
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?;
+        let mut targets = Vec::new();
+        for target in &route.targets {
+            targets.push(match (target.format, &target.schema) {
+                (Encoding::Avro, Some(schema)) => {
+                    let text = std::fs::read_to_string(schema)
+                        .map_err(|e| format!("cannot read {}: {e}", schema.display()))?;
+                    let registry = registry.ok_or("avro target without schema_registry")?;
+                    let avro = AvroTarget::new(registry.clone(), &target.topic, &text)
+                        .map_err(|e| format!("{}: {e}", schema.display()))?;
+                    TargetRuntime::Avro {
+                        topic: target.topic.clone(),
+                        avro,
+                    }
+                }
+                (Encoding::Avro, None) => return Err("avro target without schema".to_owned()),
+                (Encoding::Json, _) => TargetRuntime::Json {
+                    topic: target.topic.clone(),
+                },
+            });
+        }
+        let pattern = match &route.source.topic_pattern {
+            Some(p) => Some(regex::Regex::new(&format!("^(?:{p})$")).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        Ok(RouteRuntime {
+            name: route.name.clone(),
+            topic: route.source.topic.clone(),
+            pattern,
+            envelope: route.source.envelope,
+            encoding: route.source.encoding,
+            key_fields: route.key_fields.clone(),
+            version: route.version.clone(),
+            mapping,
+            targets,
+            dlq_topic: route.dlq_topic.clone(),
+            audit_topic: route.audit_topic.clone(),
+            delete: route.delete,
+            changelog_topic: format!("{}-{}-changelog", config.kafka.group_id, route.name),
+        })
+    }
+
+    /// The subscription entry: the topic, or `^pattern` (librdkafka's regex subscription).
+    pub(crate) fn subscription(&self) -> String {
+        match (&self.topic, &self.pattern) {
+            (Some(topic), _) => topic.clone(),
+            (None, Some(pattern)) => format!("^{}", pattern.as_str().trim_start_matches('^')),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// Whether records of `topic` belong to this route.
+    pub(crate) fn matches(&self, topic: &str) -> bool {
+        self.topic.as_deref() == Some(topic)
+            || self.pattern.as_ref().is_some_and(|p| p.is_match(topic))
+    }
+
+    /// The entity key: the key fields' values as a JSON array, read from the row (or the record
+    /// key for deletes without a row).
+    pub(crate) fn entity_key(&self, event: &ChangeEvent) -> Result<Vec<u8>, RecordError> {
+        let mut values = Vec::with_capacity(self.key_fields.len());
+        for field in &self.key_fields {
+            let value = event
+                .row()
+                .and_then(|r| r.get(field))
+                .or_else(|| event.key.as_ref().and_then(|k| k.get(field)))
+                .filter(|v| !v.is_null())
+                .ok_or_else(|| {
+                    self.error("key_fields", format!("key field `{field}` is missing"))
+                })?;
+            values.push(value.clone());
+        }
+        serde_json::to_vec(&values).map_err(|e| self.error("key_fields", e.to_string()))
+    }
+
+    /// The version of `event` under this route's version source.
+    pub(crate) fn version(&self, event: &ChangeEvent) -> Result<Version, RecordError> {
+        let row = event.row();
+        let number = |field: &str| -> Result<i64, RecordError> {
+            let value = row.and_then(|r| r.get(field)).ok_or_else(|| {
+                self.error("version", format!("version column `{field}` is missing"))
+            })?;
+            as_i64(value).ok_or_else(|| {
+                self.error(
+                    "version",
+                    format!("version column `{field}` is not an integer: {value}"),
+                )
+            })
+        };
+        match &self.version {
+            VersionSource::Column(column) => number(column).map(Version::from_i64),
+            VersionSource::SourceTimestamp => event
+                .source
+                .ts_ms
+                .or(event.ts_ms)
+                .map(Version::from_i64)
+                .ok_or_else(|| self.error("version", "the event has no source.ts_ms".to_owned())),
+            VersionSource::LogPosition => {
+                let s = &event.source;
+                if let Some((commit, lsn)) = s.sequence {
+                    Ok(Version([commit, lsn, 0]))
+                } else if let Some(lsn) = s.lsn {
+                    Ok(Version([lsn, 0, 0]))
+                } else if let (Some(file), Some(pos)) = (&s.binlog_file, s.binlog_pos) {
+                    let index = file
+                        .rsplit('.')
+                        .next()
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .ok_or_else(|| {
+                            self.error("version", format!("binlog file {file:?} has no index"))
+                        })?;
+                    Ok(Version([index, pos, s.binlog_row.unwrap_or(0)]))
+                } else {
+                    Err(self.error(
+                        "version",
+                        "the event has no source.lsn, source.sequence or binlog position"
+                            .to_owned(),
+                    ))
+                }
+            }
+            VersionSource::Hlc(hlc) => {
+                let physical = number(&hlc.physical_column)?;
+                let logical = number(&hlc.logical_column)?;
+                let region = row
+                    .and_then(|r| r.get(&hlc.region_column))
+                    .and_then(Json::as_str)
+                    .unwrap_or_default();
+                let priority = hlc
+                    .region_priority
+                    .iter()
+                    .position(|r| r == region)
+                    .map_or(0, |p| p as u64 + 1);
+                Ok(Version([
+                    Version::from_i64(physical).0[0],
+                    Version::from_i64(logical).0[0],
+                    priority,
+                ]))
+            }
+        }
+    }
+
+    /// The version as people read it: the column value or timestamp for single-number sources,
+    /// `a.b.c` components otherwise.
+    pub(crate) fn version_label(&self, version: Version) -> String {
+        match self.version {
+            VersionSource::Column(_) | VersionSource::SourceTimestamp => {
+                ((version.0[0] ^ (1 << 63)) as i64).to_string()
+            }
+            _ => version.to_string(),
+        }
+    }
+
+    /// The output key: a single key field's value as text, or the JSON array of several.
+    pub(crate) fn output_key(&self, entity_key: &[u8]) -> Vec<u8> {
+        if self.key_fields.len() == 1 {
+            if let Ok(Json::Array(values)) = serde_json::from_slice::<Json>(entity_key) {
+                if let Some(value) = values.first() {
+                    return match value {
+                        Json::String(s) => s.clone().into_bytes(),
+                        other => other.to_string().into_bytes(),
+                    };
+                }
+            }
+        }
+        entity_key.to_vec()
+    }
+
+    fn error(&self, rule: &'static str, reason: String) -> RecordError {
+        RecordError {
+            route: self.name.clone(),
+            rule,
+            reason,
+        }
+    }
+}
+
+fn as_i64(value: &Json) -> Option<i64> {
+    match value {
+        Json::Number(n) => n.as_i64(),
+        Json::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}

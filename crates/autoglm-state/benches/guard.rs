@@ -1,0 +1,98 @@
+//! Per-record cost of one guard batch: 1000 records → one multi_get, 1000 decisions, one
+//! WriteBatch commit, over a store pre-loaded with 100k keys.
+
+use autoglm_core::Version;
+use autoglm_state::{
+    GuardInput, KvBackend, MemoryBackend, RocksBackend, RocksOptions, VersionGuard, state_key,
+};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tokio::runtime::Runtime;
+
+const PRELOADED_KEYS: u64 = 100_000;
+const BATCH: usize = 1_000;
+
+fn keys() -> Vec<Vec<u8>> {
+    (0..PRELOADED_KEYS)
+        .map(|i| state_key("bench", &i.to_be_bytes()))
+        .collect()
+}
+
+fn inputs<'a>(keys: &'a [Vec<u8>], picks: &[usize], version: u64) -> Vec<GuardInput<'a>> {
+    picks
+        .iter()
+        .map(|&i| GuardInput {
+            key: &keys[i],
+            version: Version([version, 0, 0]),
+            is_delete: false,
+            is_snapshot: false,
+        })
+        .collect()
+}
+
+/// Deterministic pseudo-random key picks (xorshift), distinct per round.
+fn picks(round: u64) -> Vec<usize> {
+    let mut x = round.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..BATCH)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % PRELOADED_KEYS) as usize
+        })
+        .collect()
+}
+
+fn preload<B: KvBackend>(rt: &Runtime, guard: &mut VersionGuard<B>, keys: &[Vec<u8>]) {
+    rt.block_on(async {
+        let all: Vec<usize> = (0..keys.len()).collect();
+        for chunk in all.chunks(10_000) {
+            guard
+                .process(&inputs(keys, chunk, 1), 0)
+                .await
+                .expect("preload process");
+            guard
+                .commit(vec![("changelog".into(), 0, 0)])
+                .await
+                .expect("preload commit");
+        }
+    });
+}
+
+fn bench_batch<B: KvBackend>(c: &mut Criterion, name: &str, backend: B) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let keys = keys();
+    let mut guard = VersionGuard::new(backend, i64::MAX);
+    preload(&rt, &mut guard, &keys);
+
+    let mut group = c.benchmark_group("guard_batch");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let mut round = 1u64;
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            round += 1;
+            let picks = picks(round);
+            let batch = inputs(&keys, &picks, round);
+            rt.block_on(async {
+                let outcome = guard.process(&batch, 0).await.expect("process");
+                guard
+                    .commit(vec![("changelog".into(), 0, round as i64)])
+                    .await
+                    .expect("commit");
+                outcome.counts
+            })
+        });
+    });
+    group.finish();
+}
+
+fn guard_batches(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rocks = RocksBackend::open(dir.path(), RocksOptions::default()).expect("open rocksdb");
+    bench_batch(c, "rocksdb_1000_of_100k", rocks);
+    bench_batch(c, "memory_1000_of_100k", MemoryBackend::new());
+}
+
+criterion_group!(benches, guard_batches);
+criterion_main!(benches);

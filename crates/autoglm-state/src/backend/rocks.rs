@@ -1,0 +1,421 @@
+//! [`KvBackend`] over RocksDB, owned by one dedicated OS thread.
+//!
+//! ```text
+//!  RocksBackend (Clone) ──mpsc(bounded)──► thread "autoglm-rocksdb" ──► DB
+//!        ▲                                      │
+//!        └──────────── oneshot reply ◄──────────┘
+//! ```
+//!
+//! The thread handles one command at a time, so every command sees the effects of the ones
+//! before it. It stops when [`RocksBackend::close`] is called or the last handle is dropped;
+//! commands still queued then fail with [`StateError::BackendGone`].
+//!
+//! With `disable_wal`, writes survive only once flushed; `atomic_flush` keeps the state and
+//! checkpoint column families flushed together, so after a crash the checkpoint still matches
+//! the state it describes and the changelog tail replay is exact. The store is flushed on close.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
+    FlushOptions, Options, WriteBatch, WriteOptions,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    KvBackend, ScanPage, WriteRequest, checkpoint_key, decode_checkpoint, prefix_successor,
+};
+use crate::StateError;
+
+const STATE_CF: &str = "state";
+const CHECKPOINTS_CF: &str = "checkpoints";
+
+/// Tuning of the RocksDB store. [`Default`] holds every default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RocksOptions {
+    /// Size of the LRU block cache (data, index and filter blocks), in bytes.
+    pub block_cache_bytes: usize,
+    /// Bloom filter bits per key for the state column family; `0` disables the filter.
+    pub bloom_filter_bits_per_key: u32,
+    /// Compress SST files: LZ4 on the upper levels, ZSTD on the bottommost level.
+    pub compression: bool,
+    /// Size of one memtable, in bytes.
+    pub write_buffer_bytes: usize,
+    /// Skip the write-ahead log. Faster; a crash then loses the writes since the last flush, and
+    /// the runtime replays them from the changelog after the (equally old) checkpoint.
+    pub disable_wal: bool,
+    /// Capacity of the command queue in front of the RocksDB thread.
+    pub command_queue_len: usize,
+}
+
+impl Default for RocksOptions {
+    fn default() -> Self {
+        RocksOptions {
+            block_cache_bytes: 128 << 20,
+            bloom_filter_bits_per_key: 10,
+            compression: true,
+            write_buffer_bytes: 64 << 20,
+            disable_wal: false,
+            command_queue_len: 64,
+        }
+    }
+}
+
+impl RocksOptions {
+    fn db_options(&self) -> Options {
+        let mut db = Options::default();
+        db.create_if_missing(true);
+        db.create_missing_column_families(true);
+        db.set_atomic_flush(true);
+        db
+    }
+
+    fn state_cf_options(&self, cache: &Cache) -> Options {
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(cache);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        if self.bloom_filter_bits_per_key > 0 {
+            table.set_bloom_filter(f64::from(self.bloom_filter_bits_per_key), false);
+        }
+        let mut cf = Options::default();
+        cf.set_block_based_table_factory(&table);
+        cf.set_write_buffer_size(self.write_buffer_bytes);
+        if self.compression {
+            cf.set_compression_type(DBCompressionType::Lz4);
+            cf.set_bottommost_compression_type(DBCompressionType::Zstd);
+        } else {
+            cf.set_compression_type(DBCompressionType::None);
+            cf.set_bottommost_compression_type(DBCompressionType::None);
+        }
+        cf
+    }
+}
+
+/// A handle to the RocksDB thread. Cheap to clone; all clones talk to the same thread.
+#[derive(Debug, Clone)]
+pub struct RocksBackend {
+    commands: mpsc::Sender<Command>,
+    path: Arc<PathBuf>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StateError>>;
+
+#[derive(Debug)]
+enum Command {
+    MultiGet {
+        keys: Vec<Vec<u8>>,
+        reply: Reply<Vec<Option<Vec<u8>>>>,
+    },
+    Write {
+        request: WriteRequest,
+        reply: Reply<()>,
+    },
+    Checkpoint {
+        topic: String,
+        partition: i32,
+        reply: Reply<Option<i64>>,
+    },
+    DropPrefix {
+        prefix: Vec<u8>,
+        reply: Reply<()>,
+    },
+    Scan {
+        prefix: Vec<u8>,
+        start_after: Option<Vec<u8>>,
+        limit: usize,
+        reply: Reply<ScanPage>,
+    },
+    Close {
+        reply: Reply<()>,
+    },
+}
+
+impl RocksBackend {
+    /// Opens (or creates) the store at `path` and starts its thread.
+    ///
+    /// Opening may replay the write-ahead log, so it blocks: from async code call it inside
+    /// `tokio::task::spawn_blocking`.
+    pub fn open(path: impl AsRef<Path>, options: RocksOptions) -> Result<RocksBackend, StateError> {
+        let path = path.as_ref().to_path_buf();
+        let cache = Cache::new_lru_cache(options.block_cache_bytes);
+        let cfs = [
+            ColumnFamilyDescriptor::new(STATE_CF, options.state_cf_options(&cache)),
+            ColumnFamilyDescriptor::new(CHECKPOINTS_CF, Options::default()),
+        ];
+        let db = DB::open_cf_descriptors(&options.db_options(), &path, cfs).map_err(|source| {
+            StateError::Open {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        let (commands, receiver) = mpsc::channel(options.command_queue_len.max(1));
+        let disable_wal = options.disable_wal;
+        std::thread::Builder::new()
+            .name("autoglm-rocksdb".into())
+            .spawn(move || Worker::new(db, disable_wal).run(receiver))
+            .map_err(StateError::Spawn)?;
+        tracing::info!(path = %path.display(), wal = !disable_wal, "state store opened");
+        Ok(RocksBackend {
+            commands,
+            path: Arc::new(path),
+        })
+    }
+
+    /// The store directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Flushes and closes the store and waits until RocksDB has released it, so the same
+    /// path can be opened again. Every other clone of this handle then gets
+    /// [`StateError::BackendGone`].
+    pub async fn close(self) -> Result<(), StateError> {
+        self.call(|reply| Command::Close { reply }).await
+    }
+
+    async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, StateError> {
+        let (reply, response) = oneshot::channel();
+        // A send error only gives the command back: the thread is gone.
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| StateError::BackendGone)?;
+        response.await.map_err(|_| StateError::BackendGone)?
+    }
+}
+
+impl KvBackend for RocksBackend {
+    async fn multi_get(&self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.call(|reply| Command::MultiGet { keys, reply }).await
+    }
+
+    async fn write(&self, request: WriteRequest) -> Result<(), StateError> {
+        if request.is_empty() {
+            return Ok(());
+        }
+        self.call(|reply| Command::Write { request, reply }).await
+    }
+
+    async fn checkpoint(&self, topic: &str, partition: i32) -> Result<Option<i64>, StateError> {
+        let topic = topic.to_owned();
+        self.call(|reply| Command::Checkpoint {
+            topic,
+            partition,
+            reply,
+        })
+        .await
+    }
+
+    async fn drop_prefix(&self, prefix: Vec<u8>) -> Result<(), StateError> {
+        self.call(|reply| Command::DropPrefix { prefix, reply })
+            .await
+    }
+
+    async fn scan_prefix(
+        &self,
+        prefix: Vec<u8>,
+        start_after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<ScanPage, StateError> {
+        self.call(|reply| Command::Scan {
+            prefix,
+            start_after,
+            limit,
+            reply,
+        })
+        .await
+    }
+}
+
+/// The thread side: owns the DB.
+struct Worker {
+    db: DB,
+    write_options: WriteOptions,
+    disable_wal: bool,
+}
+
+fn rocks(operation: &'static str) -> impl FnOnce(rocksdb::Error) -> StateError {
+    move |source| StateError::Rocks { operation, source }
+}
+
+impl Worker {
+    fn new(db: DB, disable_wal: bool) -> Worker {
+        let mut write_options = WriteOptions::default();
+        write_options.disable_wal(disable_wal);
+        Worker {
+            db,
+            write_options,
+            disable_wal,
+        }
+    }
+
+    fn run(self, mut receiver: mpsc::Receiver<Command>) {
+        let mut close_reply = None;
+        while let Some(command) = receiver.blocking_recv() {
+            match command {
+                Command::MultiGet { keys, reply } => {
+                    let _ = reply.send(self.multi_get(&keys));
+                }
+                Command::Write { request, reply } => {
+                    let _ = reply.send(self.write(request));
+                }
+                Command::Checkpoint {
+                    topic,
+                    partition,
+                    reply,
+                } => {
+                    let _ = reply.send(self.checkpoint(&topic, partition));
+                }
+                Command::DropPrefix { prefix, reply } => {
+                    let _ = reply.send(self.drop_prefix(&prefix));
+                }
+                Command::Scan {
+                    prefix,
+                    start_after,
+                    limit,
+                    reply,
+                } => {
+                    let _ = reply.send(self.scan(&prefix, start_after.as_deref(), limit));
+                }
+                Command::Close { reply } => {
+                    close_reply = Some(reply);
+                    break;
+                }
+            }
+        }
+        // Queued commands are dropped with their reply senders: callers see BackendGone.
+        drop(receiver);
+        let flushed = self.flush_if_needed();
+        if let Err(error) = &flushed {
+            tracing::error!(%error, "state store flush on close failed; the changelog replay will cover it");
+        }
+        drop(self);
+        tracing::info!("state store closed");
+        if let Some(reply) = close_reply {
+            let _ = reply.send(flushed);
+        }
+    }
+
+    fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StateError> {
+        // Both column families are created by `open`; a miss means the store is broken.
+        self.db
+            .cf_handle(name)
+            .ok_or(StateError::MissingColumnFamily(name))
+    }
+
+    fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        let cf = self.cf(STATE_CF)?;
+        self.db
+            .batched_multi_get_cf(cf, keys, false)
+            .into_iter()
+            .map(|value| {
+                value
+                    .map(|v| v.map(|slice| slice.to_vec()))
+                    .map_err(rocks("multi_get"))
+            })
+            .collect()
+    }
+
+    fn write(&self, request: WriteRequest) -> Result<(), StateError> {
+        let state = self.cf(STATE_CF)?;
+        let checkpoints = self.cf(CHECKPOINTS_CF)?;
+        let mut batch = WriteBatch::default();
+        for (key, value) in &request.puts {
+            match value {
+                Some(value) => batch.put_cf(state, key, value),
+                None => batch.delete_cf(state, key),
+            }
+        }
+        for (topic, partition, offset) in &request.checkpoints {
+            batch.put_cf(
+                checkpoints,
+                checkpoint_key(topic, *partition),
+                offset.to_be_bytes(),
+            );
+        }
+        self.db
+            .write_opt(batch, &self.write_options)
+            .map_err(rocks("write"))
+    }
+
+    fn checkpoint(&self, topic: &str, partition: i32) -> Result<Option<i64>, StateError> {
+        let cf = self.cf(CHECKPOINTS_CF)?;
+        self.db
+            .get_pinned_cf(cf, checkpoint_key(topic, partition))
+            .map_err(rocks("checkpoint read"))?
+            .map(|value| decode_checkpoint(topic, partition, &value))
+            .transpose()
+    }
+
+    fn drop_prefix(&self, prefix: &[u8]) -> Result<(), StateError> {
+        let cf = self.cf(STATE_CF)?;
+        let mut batch = WriteBatch::default();
+        match prefix_successor(prefix) {
+            Some(end) => batch.delete_range_cf(cf, prefix, &end),
+            None => {
+                // No finite upper bound (empty or all-0xFF prefix): delete key by key.
+                let mut it = self.db.raw_iterator_cf(cf);
+                it.seek(prefix);
+                while let Some(key) = it.key() {
+                    if !key.starts_with(prefix) {
+                        break;
+                    }
+                    batch.delete_cf(cf, key);
+                    it.next();
+                }
+                it.status().map_err(rocks("drop_prefix scan"))?;
+            }
+        }
+        self.db
+            .write_opt(batch, &self.write_options)
+            .map_err(rocks("drop_prefix"))
+    }
+
+    fn scan(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ScanPage, StateError> {
+        let cf = self.cf(STATE_CF)?;
+        let mut it = self.db.raw_iterator_cf(cf);
+        let mut page = Vec::new();
+        match start_after {
+            Some(after) if after >= prefix => {
+                it.seek(after);
+                if it.key() == Some(after) {
+                    it.next();
+                }
+            }
+            _ => it.seek(prefix),
+        }
+        while page.len() < limit {
+            let (Some(key), Some(value)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !key.starts_with(prefix) {
+                break;
+            }
+            page.push((key.to_vec(), value.to_vec()));
+            it.next();
+        }
+        it.status().map_err(rocks("scan"))?;
+        Ok(page)
+    }
+
+    fn flush_if_needed(&self) -> Result<(), StateError> {
+        if !self.disable_wal {
+            return Ok(());
+        }
+        let state = self.cf(STATE_CF)?;
+        let checkpoints = self.cf(CHECKPOINTS_CF)?;
+        self.db
+            .flush_cfs_opt(&[state, checkpoints], &FlushOptions::default())
+            .map_err(rocks("flush"))
+    }
+}

@@ -1,0 +1,88 @@
+//! The state crate's one error type.
+
+use std::path::PathBuf;
+
+use autoglm_core::{Classify, ErrorClass};
+use rocksdb::ErrorKind;
+
+/// Everything that can go wrong in the state layer. `Display` describes this layer only; the
+/// cause is in [`std::error::Error::source`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// The RocksDB store could not be opened.
+    #[error("cannot open the state store at {path}")]
+    Open {
+        /// The store directory.
+        path: PathBuf,
+        /// RocksDB's reason.
+        #[source]
+        source: rocksdb::Error,
+    },
+    /// A RocksDB operation failed.
+    #[error("state store {operation} failed")]
+    Rocks {
+        /// Which operation (`multi_get`, `write`, ...).
+        operation: &'static str,
+        /// RocksDB's reason.
+        #[source]
+        source: rocksdb::Error,
+    },
+    /// The dedicated RocksDB thread could not be started.
+    #[error("cannot start the state store thread")]
+    Spawn(#[source] std::io::Error),
+    /// A column family that `open` creates is missing: the store is broken.
+    #[error("state store column family {0} is missing")]
+    MissingColumnFamily(&'static str),
+    /// The RocksDB thread has stopped (closed, or it died); no further call can succeed.
+    #[error("the state store thread is gone")]
+    BackendGone,
+    /// A stored value is not a valid encoded [`StateEntry`](crate::StateEntry).
+    #[error("malformed state entry: {reason}")]
+    MalformedEntry {
+        /// What is wrong with the bytes.
+        reason: &'static str,
+    },
+    /// A stored changelog checkpoint is not an 8-byte offset.
+    #[error("malformed checkpoint for {topic}/{partition}")]
+    MalformedCheckpoint {
+        /// The changelog topic.
+        topic: String,
+        /// The changelog partition.
+        partition: i32,
+    },
+    /// The backend answered a `multi_get` with the wrong number of values.
+    #[error("state store returned {got} values for {expected} keys")]
+    ShortRead {
+        /// Keys asked for.
+        expected: usize,
+        /// Values returned.
+        got: usize,
+    },
+    /// A failure injected by [`MemoryBackend`](crate::MemoryBackend) for tests.
+    #[error("injected state backend failure")]
+    Injected,
+}
+
+impl Classify for StateError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            StateError::Rocks { source, .. } => match source.kind() {
+                ErrorKind::Busy
+                | ErrorKind::TryAgain
+                | ErrorKind::TimedOut
+                | ErrorKind::Incomplete
+                | ErrorKind::MergeInProgress => ErrorClass::Transient,
+                _ => ErrorClass::Fatal,
+            },
+            StateError::Injected => ErrorClass::Transient,
+            StateError::Open { .. }
+            | StateError::Spawn(_)
+            | StateError::BackendGone
+            | StateError::MissingColumnFamily(_)
+            | StateError::ShortRead { .. }
+            | StateError::MalformedEntry { .. }
+            | StateError::MalformedCheckpoint { .. } => ErrorClass::Fatal,
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The backend contract, run against RocksDB (in a temporary directory) and the in-memory backend.
+
+use autoglm_core::{Classify, ErrorClass};
+use autoglm_state::{KvBackend, MemoryBackend, RocksBackend, RocksOptions, WriteRequest};
+
+fn small_options() -> RocksOptions {
+    RocksOptions {
+        block_cache_bytes: 1 << 20,
+        write_buffer_bytes: 1 << 20,
+        ..RocksOptions::default()
+    }
+}
+
+fn put(key: &[u8], value: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
+    (key.to_vec(), Some(value.to_vec()))
+}
+
+async fn all(backend: &impl KvBackend) -> Vec<(Vec<u8>, Vec<u8>)> {
+    backend
+        .scan_prefix(Vec::new(), None, usize::MAX)
+        .await
+        .expect("scan")
+}
+
+/// Behaviour every backend must share.
+async fn contract(backend: &impl KvBackend) {
+    // One write: puts, a delete of a missing key and two checkpoints, visible together.
+    backend
+        .write(WriteRequest {
+            puts: vec![
+                put(b"r\0b", b"2"),
+                put(b"r\0a", b"1"),
+                put(b"s\0a", b"3"),
+                (b"r\0zz".to_vec(), None),
+            ],
+            checkpoints: vec![("changelog".into(), 0, 11), ("changelog".into(), 1, 7)],
+        })
+        .await
+        .expect("write");
+    assert_eq!(
+        backend.checkpoint("changelog", 0).await.expect("ckpt"),
+        Some(11)
+    );
+    assert_eq!(
+        backend.checkpoint("changelog", 1).await.expect("ckpt"),
+        Some(7)
+    );
+    assert_eq!(
+        backend.checkpoint("changelog", 2).await.expect("ckpt"),
+        None
+    );
+    assert_eq!(backend.checkpoint("other", 0).await.expect("ckpt"), None);
+
+    // multi_get answers in the order of the keys, duplicates and misses included.
+    let got = backend
+        .multi_get(vec![
+            b"s\0a".to_vec(),
+            b"missing".to_vec(),
+            b"r\0a".to_vec(),
+            b"s\0a".to_vec(),
+        ])
+        .await
+        .expect("multi_get");
+    assert_eq!(
+        got,
+        vec![
+            Some(b"3".to_vec()),
+            None,
+            Some(b"1".to_vec()),
+            Some(b"3".to_vec())
+        ]
+    );
+    assert!(
+        backend
+            .multi_get(Vec::new())
+            .await
+            .expect("empty")
+            .is_empty()
+    );
+
+    // A delete and a checkpoint move in the same write.
+    backend
+        .write(WriteRequest {
+            puts: vec![(b"r\0b".to_vec(), None)],
+            checkpoints: vec![("changelog".into(), 0, 12)],
+        })
+        .await
+        .expect("write");
+    assert_eq!(
+        backend.checkpoint("changelog", 0).await.expect("ckpt"),
+        Some(12)
+    );
+    assert_eq!(
+        all(backend).await,
+        vec![put(b"r\0a", b"1"), put(b"s\0a", b"3")]
+            .into_iter()
+            .map(|(k, v)| (k, v.unwrap_or_default()))
+            .collect::<Vec<_>>()
+    );
+
+    // Paged prefix scans.
+    let keys: Vec<_> = (0u8..5).map(|i| vec![b'p', 0, i]).collect();
+    backend
+        .write(WriteRequest {
+            puts: keys.iter().map(|k| (k.clone(), Some(vec![9]))).collect(),
+            checkpoints: Vec::new(),
+        })
+        .await
+        .expect("write");
+    let first = backend
+        .scan_prefix(b"p\0".to_vec(), None, 2)
+        .await
+        .expect("scan");
+    assert_eq!(
+        first.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        keys[..2]
+    );
+    let second = backend
+        .scan_prefix(b"p\0".to_vec(), Some(keys[1].clone()), 10)
+        .await
+        .expect("scan");
+    assert_eq!(
+        second.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        keys[2..]
+    );
+
+    // drop_prefix removes only that prefix, and leaves checkpoints alone.
+    backend.drop_prefix(b"p\0".to_vec()).await.expect("drop");
+    assert!(
+        backend
+            .scan_prefix(b"p".to_vec(), None, 10)
+            .await
+            .expect("scan")
+            .is_empty()
+    );
+    assert_eq!(all(backend).await.len(), 2);
+    assert_eq!(
+        backend.checkpoint("changelog", 1).await.expect("ckpt"),
+        Some(7)
+    );
+
+    // A prefix with no finite upper bound still works.
+    backend
+        .write(WriteRequest {
+            puts: vec![put(&[0xFF, 0xFF, 1], b"x"), put(&[0xFF, 0xFE], b"y")],
+            checkpoints: Vec::new(),
+        })
+        .await
+        .expect("write");
+    backend.drop_prefix(vec![0xFF, 0xFF]).await.expect("drop");
+    assert_eq!(all(backend).await.len(), 3);
+    backend.drop_prefix(Vec::new()).await.expect("drop all");
+    assert!(all(backend).await.is_empty());
+}
+
+#[tokio::test]
+async fn memory_backend_keeps_the_contract() {
+    contract(&MemoryBackend::new()).await;
+}
+
+#[tokio::test]
+async fn rocks_backend_keeps_the_contract() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = RocksBackend::open(dir.path(), small_options()).expect("open");
+    contract(&backend).await;
+    backend.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn reopen_keeps_state_and_checkpoints() {
+    for disable_wal in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = RocksOptions {
+            disable_wal,
+            ..small_options()
+        };
+        let backend = RocksBackend::open(dir.path(), options.clone()).expect("open");
+        backend
+            .write(WriteRequest {
+                puts: vec![put(b"k1", b"v1"), put(b"k2", b"v2")],
+                checkpoints: vec![("cl".into(), 3, 42)],
+            })
+            .await
+            .expect("write");
+        backend.close().await.expect("close");
+
+        let backend = RocksBackend::open(dir.path(), options).expect("reopen");
+        assert_eq!(
+            backend
+                .multi_get(vec![b"k2".to_vec(), b"k1".to_vec()])
+                .await
+                .expect("multi_get"),
+            vec![Some(b"v2".to_vec()), Some(b"v1".to_vec())],
+            "disable_wal = {disable_wal}"
+        );
+        assert_eq!(backend.checkpoint("cl", 3).await.expect("ckpt"), Some(42));
+        backend.close().await.expect("close");
+    }
+}
+
+#[tokio::test]
+async fn calls_after_close_report_backend_gone_as_fatal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = RocksBackend::open(dir.path(), small_options()).expect("open");
+    let other = backend.clone();
+    backend.close().await.expect("close");
+    let error = other
+        .multi_get(vec![b"k".to_vec()])
+        .await
+        .expect_err("closed");
+    assert_eq!(error.class(), ErrorClass::Fatal);
+}
+
+#[tokio::test]
+async fn opening_a_store_twice_is_a_fatal_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = RocksBackend::open(dir.path(), small_options()).expect("open");
+    let error = RocksBackend::open(dir.path(), small_options()).expect_err("locked");
+    assert_eq!(error.class(), ErrorClass::Fatal);
+    backend.close().await.expect("close");
+}
+
+#[test]
+fn async_api_is_usable_from_a_blocking_thread() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    runtime.block_on(async move {
+        tokio::task::spawn_blocking(move || {
+            let backend = RocksBackend::open(&path, small_options()).expect("open");
+            let handle = tokio::runtime::Handle::current();
+            handle
+                .block_on(backend.write(WriteRequest {
+                    puts: vec![put(b"k", b"v")],
+                    checkpoints: Vec::new(),
+                }))
+                .expect("write");
+            let got = handle
+                .block_on(backend.multi_get(vec![b"k".to_vec()]))
+                .expect("multi_get");
+            assert_eq!(got, vec![Some(b"v".to_vec())]);
+            handle.block_on(backend.close()).expect("close");
+        })
+        .await
+        .expect("join");
+    });
+}

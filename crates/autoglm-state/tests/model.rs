@@ -1,0 +1,294 @@
+//! Model-based test: random transactions through [`VersionGuard`] (over the in-memory backend and
+//! over RocksDB) against a plain `BTreeMap` model that states the rules on its own.
+//!
+//! Every decision must agree, the committed state and checkpoint must agree after every commit
+//! and abort, and an aborted transaction must leave no trace.
+
+use std::collections::BTreeMap;
+
+use autoglm_core::Version;
+use autoglm_state::{
+    Decision, GuardInput, KvBackend, MemoryBackend, RocksBackend, RocksOptions, ScanPage,
+    StateEntry, StateError, VersionGuard, WriteRequest, state_key,
+};
+use proptest::prelude::*;
+
+const RETENTION_MS: i64 = 3;
+const TOPIC: &str = "changelog";
+
+#[derive(Debug, Clone)]
+enum Step {
+    Record {
+        key: u8,
+        version: u64,
+        delete: bool,
+        snapshot: bool,
+    },
+    /// End of a poll batch; the clock moves on.
+    EndBatch {
+        advance_ms: i64,
+    },
+    Commit,
+    Abort,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        8 => (0u8..4, 0u64..6, any::<bool>(), prop::bool::weighted(0.2)).prop_map(
+            |(key, version, delete, snapshot)| Step::Record { key, version, delete, snapshot }
+        ),
+        2 => (0i64..3).prop_map(|advance_ms| Step::EndBatch { advance_ms }),
+        1 => Just(Step::Commit),
+        1 => Just(Step::Abort),
+    ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ModelEntry {
+    version: u64,
+    deleted: bool,
+    snapshot: bool,
+    at_ms: i64,
+}
+
+/// The rules, written out independently of `decide`.
+#[derive(Debug, Default)]
+struct Model {
+    committed: BTreeMap<u8, ModelEntry>,
+    pending: BTreeMap<u8, ModelEntry>,
+    checkpoint: Option<i64>,
+}
+
+impl Model {
+    fn current(&self, key: u8, now_ms: i64) -> Option<ModelEntry> {
+        let entry = self
+            .pending
+            .get(&key)
+            .or_else(|| self.committed.get(&key))
+            .copied()?;
+        let expired = entry.deleted && now_ms - entry.at_ms > RETENTION_MS;
+        (!expired).then_some(entry)
+    }
+
+    fn apply(
+        &mut self,
+        key: u8,
+        version: u64,
+        delete: bool,
+        snapshot: bool,
+        now_ms: i64,
+    ) -> Decision {
+        let decision = match self.current(key, now_ms) {
+            None => Decision::Accept,
+            Some(e) if version < e.version => Decision::Stale,
+            Some(e) if version == e.version && delete && !e.deleted => Decision::Accept,
+            Some(e) if version == e.version => Decision::Duplicate,
+            Some(e) if snapshot && !e.snapshot => Decision::SnapshotSuperseded,
+            Some(_) => Decision::Accept,
+        };
+        if decision == Decision::Accept {
+            self.pending.insert(
+                key,
+                ModelEntry {
+                    version,
+                    deleted: delete,
+                    snapshot,
+                    at_ms: now_ms,
+                },
+            );
+        }
+        decision
+    }
+
+    fn commit(&mut self, offset: i64) {
+        self.committed.append(&mut self.pending);
+        self.checkpoint = Some(offset);
+    }
+
+    fn abort(&mut self) {
+        self.pending.clear();
+    }
+}
+
+fn key_of(k: u8) -> Vec<u8> {
+    state_key("route", &[k])
+}
+
+async fn committed_state(backend: &impl KvBackend) -> BTreeMap<u8, ModelEntry> {
+    let prefix = autoglm_state::route_prefix("route");
+    backend
+        .scan_prefix(prefix.clone(), None, usize::MAX)
+        .await
+        .expect("scan")
+        .into_iter()
+        .map(|(key, value)| {
+            let entry = StateEntry::decode(&value).expect("stored entry decodes");
+            let k = key[prefix.len()..]
+                .first()
+                .copied()
+                .expect("one-byte entity key");
+            (
+                k,
+                ModelEntry {
+                    version: entry.version.0[0],
+                    deleted: entry.deleted,
+                    snapshot: entry.snapshot,
+                    at_ms: entry.updated_at_ms,
+                },
+            )
+        })
+        .collect()
+}
+
+async fn run<B: KvBackend>(backend: B, steps: &[Step]) -> Result<(), TestCaseError> {
+    let mut guard = VersionGuard::new(backend, RETENTION_MS);
+    let mut model = Model::default();
+    let mut now_ms = 1_000;
+    let mut offset = 0;
+    let mut batch: Vec<(Vec<u8>, u64, bool, bool)> = Vec::new();
+    let mut model_decisions = Vec::new();
+
+    let mut steps = steps.to_vec();
+    steps.push(Step::Commit);
+    for step in steps {
+        if let Step::Record {
+            key,
+            version,
+            delete,
+            snapshot,
+        } = step
+        {
+            model_decisions.push(model.apply(key, version, delete, snapshot, now_ms));
+            batch.push((key_of(key), version, delete, snapshot));
+            continue;
+        }
+        // Any other step ends the poll batch.
+        if !batch.is_empty() {
+            let inputs: Vec<_> = batch
+                .iter()
+                .map(|(key, version, is_delete, is_snapshot)| GuardInput {
+                    key,
+                    version: Version([*version, 0, 0]),
+                    is_delete: *is_delete,
+                    is_snapshot: *is_snapshot,
+                })
+                .collect();
+            let outcome = guard.process(&inputs, now_ms).await.expect("process");
+            prop_assert_eq!(&outcome.decisions, &model_decisions);
+            prop_assert_eq!(outcome.counts.total(), inputs.len() as u64);
+            prop_assert_eq!(guard.pending_len(), model.pending.len());
+            batch.clear();
+            model_decisions.clear();
+        }
+        match step {
+            Step::EndBatch { advance_ms } => now_ms += advance_ms,
+            Step::Commit => {
+                offset += 1;
+                guard
+                    .commit(vec![(TOPIC.into(), 0, offset)])
+                    .await
+                    .expect("commit");
+                model.commit(offset);
+            }
+            Step::Abort => {
+                guard.abort();
+                model.abort();
+            }
+            Step::Record { .. } => {}
+        }
+        if matches!(step, Step::Commit | Step::Abort) {
+            prop_assert_eq!(
+                committed_state(guard.backend()).await,
+                model.committed.clone()
+            );
+            prop_assert_eq!(
+                guard
+                    .backend()
+                    .checkpoint(TOPIC, 0)
+                    .await
+                    .expect("checkpoint"),
+                model.checkpoint
+            );
+        }
+    }
+    Ok(())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+    #[test]
+    fn guard_over_memory_matches_model(steps in prop::collection::vec(step(), 0..80)) {
+        runtime().block_on(run(MemoryBackend::new(), &steps))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+    #[test]
+    fn guard_over_rocksdb_matches_model(steps in prop::collection::vec(step(), 0..80)) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = RocksOptions {
+            block_cache_bytes: 1 << 20,
+            write_buffer_bytes: 1 << 20,
+            ..RocksOptions::default()
+        };
+        let rt = runtime();
+        let backend = RocksBackend::open(dir.path(), options).expect("open");
+        rt.block_on(run(backend.clone(), &steps))?;
+        rt.block_on(backend.close()).expect("close");
+    }
+}
+
+/// A backend that silently loses state writes (checkpoints still land).
+#[derive(Debug, Clone, Default)]
+struct Lossy(MemoryBackend);
+
+impl KvBackend for Lossy {
+    async fn multi_get(&self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        self.0.multi_get(keys).await
+    }
+    async fn write(&self, mut request: WriteRequest) -> Result<(), StateError> {
+        request.puts.clear();
+        self.0.write(request).await
+    }
+    async fn checkpoint(&self, topic: &str, partition: i32) -> Result<Option<i64>, StateError> {
+        self.0.checkpoint(topic, partition).await
+    }
+    async fn drop_prefix(&self, prefix: Vec<u8>) -> Result<(), StateError> {
+        self.0.drop_prefix(prefix).await
+    }
+    async fn scan_prefix(
+        &self,
+        prefix: Vec<u8>,
+        start_after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<ScanPage, StateError> {
+        self.0.scan_prefix(prefix, start_after, limit).await
+    }
+}
+
+/// The checker must be able to fail: a backend that loses the commit is caught.
+#[test]
+fn model_check_detects_a_lost_commit() {
+    let steps = [
+        Step::Record {
+            key: 1,
+            version: 1,
+            delete: false,
+            snapshot: false,
+        },
+        Step::Commit,
+    ];
+    assert!(runtime().block_on(run(Lossy::default(), &steps)).is_err());
+    assert!(
+        runtime()
+            .block_on(run(MemoryBackend::new(), &steps))
+            .is_ok()
+    );
+}

@@ -1,0 +1,291 @@
+//! End to end against the real broker and registry: the CRM → ERP route from the README, run
+//! in-process, checked with `read_committed` readers.
+
+use std::time::Duration;
+
+use autoglm_config::Overrides;
+use autoglm_demo::{Received, read_committed, recreate_topics, scenario};
+use autoglm_runtime::{Pipeline, RunOptions, RunSummary};
+use autoglm_tests::{repo_root, stack, unique};
+
+struct Topics {
+    source: String,
+    target: String,
+    dlq: String,
+    group: String,
+}
+
+fn config(
+    stack: &autoglm_tests::Stack,
+    t: &Topics,
+    state: &std::path::Path,
+) -> autoglm_config::Config {
+    let text =
+        std::fs::read_to_string(repo_root().join("open-autoglm-config.yaml")).expect("demo config");
+    let text = text
+        .replace("127.0.0.1:39092", &stack.bootstrap)
+        .replace(
+            "http://127.0.0.1:38081/apis/ccompat/v7",
+            &stack.registry_url,
+        )
+        .replace("group_id: autoglm-demo", &format!("group_id: {}", t.group))
+        .replace(
+            "storage_path: .stack/demo/state",
+            &format!("storage_path: {}", state.display()),
+        )
+        .replace("topic: crm.customers\n", &format!("topic: {}\n", t.source))
+        .replace("topic: erp.customers\n", &format!("topic: {}\n", t.target))
+        .replace(
+            "dlq_topic: crm.customers.dlq",
+            &format!("dlq_topic: {}", t.dlq),
+        );
+    autoglm_config::parse(&text, "test", &repo_root(), Overrides::None).expect("valid config")
+}
+
+async fn run(config: autoglm_config::Config) -> RunSummary {
+    Pipeline::new(config)
+        .expect("pipeline")
+        .run(RunOptions {
+            exit_when_idle: Some(Duration::from_secs(4)),
+            ..RunOptions::default()
+        })
+        .await
+        .expect("run")
+}
+
+/// (key, version header, tombstone?) per target record, ordered per key.
+fn by_key(records: &[Received]) -> Vec<(String, String, bool)> {
+    let mut rows: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r.key.clone(),
+                r.headers
+                    .get("autoglm.version")
+                    .cloned()
+                    .unwrap_or_default(),
+                r.value.is_none(),
+                r.offset,
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.0, a.3).cmp(&(&b.0, b.3)));
+    rows.into_iter().map(|(k, v, t, _)| (k, v, t)).collect()
+}
+
+#[tokio::test]
+async fn crm_stream_is_aligned_deduplicated_and_dead_lettered_exactly_once() {
+    let stack = stack().await;
+    let t = Topics {
+        source: unique("crm"),
+        target: unique("erp"),
+        dlq: unique("dlq"),
+        group: unique("g"),
+    };
+    let kafka = stack.kafka();
+    recreate_topics(&kafka, &[&t.source, &t.target, &t.dlq], 3)
+        .await
+        .expect("topics");
+    let state = tempfile_dir();
+    let records = scenario();
+    autoglm_demo::produce(&kafka, stack.registry(), &t.source, &records)
+        .await
+        .expect("produce");
+
+    let summary = run(config(&stack, &t, &state)).await;
+    assert_eq!(summary.records, records.len() as u64);
+    assert_eq!(summary.dead_lettered, 2, "{summary:?}");
+    assert_eq!(summary.tombstones, 1, "{summary:?}");
+
+    let quiet = Duration::from_secs(3);
+    let out = read_committed(&kafka, Some(stack.registry()), &t.target, quiet)
+        .await
+        .expect("read");
+    let expected = [
+        ("1", "1", false),
+        ("1", "2", false),
+        ("2", "1", false),
+        ("2", "2", false),
+        ("3", "1", false),
+        ("3", "1", true),
+        ("6", "1", false),
+    ]
+    .map(|(k, v, tomb)| (k.to_owned(), v.to_owned(), tomb));
+    assert_eq!(
+        by_key(&out),
+        expected,
+        "each accepted version once; stale, duplicate, late and snapshot rows dropped"
+    );
+    let alice = out
+        .iter()
+        .find(|r| r.key == "1" && r.headers["autoglm.version"] == "2")
+        .expect("alice v2");
+    let value = alice.value.as_ref().expect("value");
+    assert_eq!(
+        value["user_name"], "alice",
+        "usr_name renamed by the regex rule"
+    );
+    assert_eq!(
+        value["email_address"], "alice@new.example.com",
+        "Email renamed by the regex rule"
+    );
+    assert_eq!(
+        value["credit_limit"], "1500.00",
+        "decimal kept with its scale"
+    );
+    assert!(value.get("password_hash").is_none(), "dropped field");
+    assert_eq!(alice.headers["autoglm.source.topic"], t.source);
+
+    let dead = read_committed(&kafka, None, &t.dlq, quiet)
+        .await
+        .expect("read dlq");
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let tax = dead
+        .iter()
+        .find(|r| r.headers["autoglm.error.rule"] == "fields.tax_id.pattern")
+        .expect("tax id record");
+    assert_eq!(tax.headers["autoglm.error.class"], "poison");
+    assert_eq!(tax.headers["autoglm.error.field"], "tax_id");
+    assert!(tax.headers["autoglm.error.message"].contains("not-a-tax-id"));
+    let short = dead
+        .iter()
+        .find(|r| r.headers["autoglm.error.rule"] == "decode")
+        .expect("short record");
+    assert!(short.headers["autoglm.error.message"].contains("5-byte header"));
+    assert_eq!(short.headers["autoglm.source.topic"], t.source);
+
+    // A restart with the same state and group, fed the whole stream again (a replay, as after a
+    // producer retry storm): every version is already known, nothing new is emitted.
+    autoglm_demo::produce(&kafka, stack.registry(), &t.source, &records)
+        .await
+        .expect("replay");
+    let again = run(config(&stack, &t, &state)).await;
+    assert_eq!(
+        again.records,
+        records.len() as u64,
+        "only the new records are read after a restart"
+    );
+    assert_eq!(again.emitted, 0, "{again:?}");
+    let out = read_committed(&kafka, Some(stack.registry()), &t.target, quiet)
+        .await
+        .expect("read");
+    assert_eq!(
+        out.len(),
+        expected.len(),
+        "no duplicate after restart and replay"
+    );
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(unique("autoglm-state"));
+    std::fs::create_dir_all(&dir).expect("state dir");
+    dir
+}
+
+#[tokio::test]
+async fn json_upsert_topic_with_connect_wrapper_flows_to_a_json_target() {
+    let stack = stack().await;
+    let t = Topics {
+        source: unique("upsert"),
+        target: unique("out"),
+        dlq: unique("dlq"),
+        group: unique("g"),
+    };
+    let kafka = stack.kafka();
+    recreate_topics(&kafka, &[&t.source, &t.target, &t.dlq], 2)
+        .await
+        .expect("topics");
+    let state = tempfile_dir();
+    let yaml = format!(
+        r#"
+kafka: {{ bootstrap_servers: "{bootstrap}", group_id: {group} }}
+event_queue: {{ storage_path: {state} }}
+routes:
+  - name: accounts
+    source: {{ topic: {source}, envelope: upsert, encoding: json }}
+    key_fields: [id]
+    version: {{ column: rev }}
+    mapping:
+      rename_rules: [ {{ pattern: "e.?mail", to: email_address, case_insensitive: true }} ]
+      fields:
+        balance: {{ type: {{ decimal: {{ scale: 2 }} }} }}
+        active: {{ type: bool }}
+    targets: [ {{ topic: {target}, format: json }} ]
+    dlq_topic: {dlq}
+"#,
+        bootstrap = stack.bootstrap,
+        group = t.group,
+        state = state.display(),
+        source = t.source,
+        target = t.target,
+        dlq = t.dlq,
+    );
+    let config =
+        autoglm_config::parse(&yaml, "test", &repo_root(), Overrides::None).expect("valid");
+    let producer: rdkafka::producer::FutureProducer =
+        kafka.client_config().create().expect("producer");
+    let wrapped = |id: i64, rev: i64, balance: &str| {
+        serde_json::json!({
+            "schema": {"type": "struct", "fields": [
+                {"type": "int64", "field": "id"}, {"type": "int64", "field": "rev"},
+                {"type": "string", "field": "E_Mail"}, {"type": "string", "field": "balance"},
+                {"type": "string", "field": "active"}]},
+            "payload": {"id": id, "rev": rev, "E_Mail": format!("u{id}@example.com"), "balance": balance, "active": "yes"}
+        })
+        .to_string()
+    };
+    let inputs: Vec<(String, Option<String>)> = vec![
+        ("1".into(), Some(wrapped(1, 1, "10.5"))),
+        ("1".into(), Some(wrapped(1, 3, "12"))),
+        ("1".into(), Some(wrapped(1, 2, "11"))), // stale
+        ("2".into(), Some(wrapped(2, 1, "7"))),
+        ("2".into(), Some("{not json".into())),   // poison
+        ("2".into(), Some(wrapped(2, 2, "abc"))), // not a decimal: poison
+    ];
+    for (key, value) in &inputs {
+        let mut record = rdkafka::producer::FutureRecord::to(&t.source).key(key);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        producer
+            .send(
+                record,
+                rdkafka::util::Timeout::After(Duration::from_secs(30)),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+    let summary = run(config).await;
+    assert_eq!(
+        (summary.emitted, summary.dropped, summary.dead_lettered),
+        (3, 1, 2),
+        "{summary:?}"
+    );
+    let out = read_committed(&kafka, None, &t.target, Duration::from_secs(3))
+        .await
+        .expect("read");
+    let versions: Vec<_> = by_key(&out)
+        .into_iter()
+        .map(|(k, v, _)| format!("{k}@{v}"))
+        .collect();
+    assert_eq!(versions, ["1@1", "1@3", "2@1"]);
+    let last = out
+        .iter()
+        .find(|r| r.key == "1" && r.headers["autoglm.version"] == "3")
+        .expect("v3");
+    let value = last.value.as_ref().expect("value");
+    assert_eq!(value["email_address"], "u1@example.com");
+    assert_eq!(value["balance"], "12.00");
+    assert_eq!(value["active"], true);
+    let dead = read_committed(&kafka, None, &t.dlq, Duration::from_secs(3))
+        .await
+        .expect("dlq");
+    let rules: Vec<_> = dead
+        .iter()
+        .map(|r| r.headers["autoglm.error.rule"].clone())
+        .collect();
+    assert_eq!(rules, ["decode", "fields.balance.type"], "{dead:?}");
+    let _ = std::fs::remove_dir_all(&state);
+}
