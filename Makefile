@@ -31,7 +31,7 @@ reset: ## Stop the local stack and delete its data and logs
 	@$(STACK) reset
 
 demo: up ## Run the CRM → ERP sync on the local stack: schemas, change stream, processor, results
-	cargo build --quiet -p autoglm -p autoglm-demo
+	cargo build --quiet --workspace --all-targets
 	@rm -rf .stack/demo
 	@env $(STACK_ENV) $(BIN)/autoglm-demo setup
 	@env $(STACK_ENV) $(DEMO_ENV) $(BIN)/autoglm schemas register
@@ -39,7 +39,9 @@ demo: up ## Run the CRM → ERP sync on the local stack: schemas, change stream,
 	@env $(STACK_ENV) $(DEMO_ENV) $(BIN)/autoglm run --exit-when-idle-secs 4
 	@env $(STACK_ENV) $(BIN)/autoglm-demo show
 
-build: ## Build every crate and test
+# Every cargo command selects the same packages and targets (--workspace --all-targets), so that
+# features unify the same way and RocksDB/librdkafka are built once per target directory.
+build: ## Build every crate, test and benchmark
 	cargo build --workspace --all-targets
 
 fmt: ## Format the code
@@ -50,4 +52,4 @@ lint: ## rustfmt and clippy, as CI runs them
 	cargo clippy --workspace --all-targets -- -D warnings
 
 test: up lint ## Start the stack if needed, lint, then run every test (unit and integration)
-	env $(STACK_ENV) cargo test --workspace --no-fail-fast
+	env $(STACK_ENV) cargo test --workspace --all-targets --no-fail-fast

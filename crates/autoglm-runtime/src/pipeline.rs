@@ -274,11 +274,11 @@ impl Pipeline {
             if options.shutdown.is_cancelled() {
                 break;
             }
-            if let Some(idle) = options.exit_when_idle {
-                if last_record.elapsed() >= idle {
-                    tracing::info!(idle_secs = idle.as_secs(), "no input for a while; stopping");
-                    break;
-                }
+            if let Some(idle) = options.exit_when_idle
+                && last_record.elapsed() >= idle
+            {
+                tracing::info!(idle_secs = idle.as_secs(), "no input for a while; stopping");
+                break;
             }
             let batch = poll_batch(&consumer, flush, max_records, &options.shutdown).await?;
             if batch.is_empty() {
@@ -286,6 +286,7 @@ impl Pipeline {
             }
             last_record = Instant::now();
             let mut attempt = 0u32;
+            let mut last_alarm: Option<Instant> = None;
             loop {
                 match self
                     .process(&batch, &consumer, &producer, &mut guard, exactly_once)
@@ -314,7 +315,9 @@ impl Pipeline {
                         let wait = self.backoff(attempt);
                         if attempt <= self.config.retry_attempts() {
                             tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, %reason, "batch failed; retrying");
-                        } else if attempt % (60 / wait.as_secs().max(1)).max(1) as u32 == 0 {
+                        } else if last_alarm.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                        {
+                            last_alarm = Some(Instant::now());
                             tracing::error!(attempt, %reason, "still failing after the configured attempts; waiting, not skipping");
                         }
                         tokio::time::sleep(wait).await;

@@ -21,8 +21,13 @@ pub struct RecordError {
 /// An output topic, ready to encode.
 #[derive(Debug)]
 pub(crate) enum TargetRuntime {
-    Avro { topic: String, avro: AvroTarget },
-    Json { topic: String },
+    Avro {
+        topic: String,
+        avro: Box<AvroTarget>,
+    },
+    Json {
+        topic: String,
+    },
 }
 
 impl TargetRuntime {
@@ -86,7 +91,7 @@ impl RouteRuntime {
                         .map_err(|e| format!("{}: {e}", schema.display()))?;
                     TargetRuntime::Avro {
                         topic: target.topic.clone(),
-                        avro,
+                        avro: Box::new(avro),
                     }
                 }
                 (Encoding::Avro, None) => return Err("avro target without schema".to_owned()),
@@ -228,15 +233,14 @@ impl RouteRuntime {
 
     /// The output key: a single key field's value as text, or the JSON array of several.
     pub(crate) fn output_key(&self, entity_key: &[u8]) -> Vec<u8> {
-        if self.key_fields.len() == 1 {
-            if let Ok(Json::Array(values)) = serde_json::from_slice::<Json>(entity_key) {
-                if let Some(value) = values.first() {
-                    return match value {
-                        Json::String(s) => s.clone().into_bytes(),
-                        other => other.to_string().into_bytes(),
-                    };
-                }
-            }
+        if self.key_fields.len() == 1
+            && let Ok(Json::Array(values)) = serde_json::from_slice::<Json>(entity_key)
+            && let Some(value) = values.first()
+        {
+            return match value {
+                Json::String(s) => s.clone().into_bytes(),
+                other => other.to_string().into_bytes(),
+            };
         }
         entity_key.to_vec()
     }
