@@ -134,7 +134,6 @@ struct Work {
 pub struct Pipeline {
     config: Config,
     settings: ClientSettings,
-    registry: Option<SrSettings>,
     routes: Vec<RouteRuntime>,
     decoder: Decoder,
 }
@@ -186,10 +185,9 @@ impl Pipeline {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Pipeline {
-            decoder: Decoder::new(registry.clone()),
+            decoder: Decoder::new(registry),
             config,
             settings,
-            registry,
             routes,
         })
     }
@@ -209,11 +207,6 @@ impl Pipeline {
             }
         }
         Ok(ids)
-    }
-
-    /// Whether a schema registry is configured.
-    pub fn has_registry(&self) -> bool {
-        self.registry.is_some()
     }
 
     /// Runs until cancelled, idle for `exit_when_idle`, or a fatal error.
@@ -325,10 +318,7 @@ impl Pipeline {
                 }
             }
         }
-        if exactly_once {
-            // Nothing is open between batches; leave the group cleanly.
-            tracing::info!("pipeline stopping");
-        }
+        // No transaction is open between batches: leave the group cleanly.
         consumer.unsubscribe();
         tracing::info!(?summary, "pipeline stopped");
         Ok(summary)
