@@ -435,7 +435,7 @@ impl Pipeline {
                     return Err(BatchError::Transient(Transient(format!("decode: {e}"))));
                 }
                 Err(e) => {
-                    out.dead_letter(route, msg, &e.class(), &e.to_string(), "decode", "");
+                    out.dead_letter(route, msg, &e.class(), &e.to_string(), "decode", "")?;
                     summary.dead_lettered += 1;
                     continue;
                 }
@@ -450,7 +450,7 @@ impl Pipeline {
             let (entity_key, version) = match keyed {
                 Ok(kv) => kv,
                 Err(e) => {
-                    out.dead_letter(route, msg, &ErrorClass::Poison, &e.to_string(), e.rule, "");
+                    out.dead_letter(route, msg, &ErrorClass::Poison, &e.to_string(), e.rule, "")?;
                     summary.dead_lettered += 1;
                     continue;
                 }
@@ -465,7 +465,7 @@ impl Pipeline {
             let mapped = match source_row.map(|row| route.mapping.apply(row)).transpose() {
                 Ok(mapped) => mapped,
                 Err(e) => {
-                    out.dead_letter(route, msg, &e.class(), &e.to_string(), e.rule(), e.field());
+                    out.dead_letter(route, msg, &e.class(), &e.to_string(), e.rule(), e.field())?;
                     summary.dead_lettered += 1;
                     continue;
                 }
@@ -506,7 +506,7 @@ impl Pipeline {
                         msg,
                         decision.as_str(),
                         &route.version_label(w.version),
-                    );
+                    )?;
                 }
                 continue;
             }
@@ -527,7 +527,7 @@ impl Pipeline {
                                 &e.to_string(),
                                 "encode",
                                 target.topic(),
-                            );
+                            )?;
                             summary.dead_lettered += 1;
                             continue;
                         }
@@ -658,7 +658,7 @@ impl<'p> Output<'p> {
         message: &str,
         rule: &str,
         field: &str,
-    ) {
+    ) -> Result<(), BatchError> {
         tracing::warn!(route = %route.name, topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), %message, "record dead-lettered");
         let partition = msg.partition().to_string();
         let offset = msg.offset().to_string();
@@ -674,24 +674,31 @@ impl<'p> Output<'p> {
         if let Some(trace) = traceparent(msg) {
             headers = headers.insert(header("traceparent", &trace));
         }
-        let mut record = FutureRecord::to(&route.dlq_topic).headers(headers);
-        if let Some(key) = msg.key() {
-            record = record.key(key);
-        }
-        if let Some(payload) = msg.payload() {
-            record = record.payload(payload);
-        }
-        // A DLQ send that fails to enqueue fails the transaction at commit; nothing is lost.
-        if let Ok(delivery) = self.send(record) {
-            self.deliveries.push(delivery);
-        }
+        self.forward(&route.dlq_topic, msg, headers)
     }
 
-    fn audit(&mut self, topic: &str, msg: &OwnedMessage, decision: &str, version: &str) {
+    fn audit(
+        &mut self,
+        topic: &str,
+        msg: &OwnedMessage,
+        decision: &str,
+        version: &str,
+    ) -> Result<(), BatchError> {
         let headers = OwnedHeaders::new()
             .insert(header("autoglm.decision", decision))
             .insert(header("autoglm.version", version))
             .insert(header("autoglm.source.topic", msg.topic()));
+        self.forward(topic, msg, headers)
+    }
+
+    /// Copies the input record's key and original bytes to `topic` with `headers`. A record that
+    /// cannot be enqueued fails the batch (it is retried), so nothing is dropped silently.
+    fn forward(
+        &mut self,
+        topic: &str,
+        msg: &OwnedMessage,
+        headers: OwnedHeaders,
+    ) -> Result<(), BatchError> {
         let mut record = FutureRecord::to(topic).headers(headers);
         if let Some(key) = msg.key() {
             record = record.key(key);
@@ -699,9 +706,9 @@ impl<'p> Output<'p> {
         if let Some(payload) = msg.payload() {
             record = record.payload(payload);
         }
-        if let Ok(delivery) = self.send(record) {
-            self.deliveries.push(delivery);
-        }
+        let delivery = self.send(record)?;
+        self.deliveries.push(delivery);
+        Ok(())
     }
 
     /// At least once: every record must be acknowledged before the offsets are committed.
