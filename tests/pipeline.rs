@@ -6,7 +6,7 @@ use std::time::Duration;
 use autoglm_config::Overrides;
 use autoglm_demo::{Received, read_committed, recreate_topics, scenario};
 use autoglm_runtime::{Pipeline, RunOptions, RunSummary};
-use autoglm_tests::{repo_root, stack, unique};
+use autoglm_tests::{Outage, authority, repo_root, stack, unique};
 
 struct Topics {
     source: String,
@@ -166,6 +166,10 @@ async fn crm_stream_is_aligned_deduplicated_and_dead_lettered_exactly_once() {
         "only the new records are read after a restart"
     );
     assert_eq!(again.emitted, 0, "{again:?}");
+    assert_eq!(
+        again.restored, 0,
+        "the store is at its checkpoint: no changelog tail to replay"
+    );
     let out = read_committed(&kafka, Some(stack.registry()), &t.target, quiet)
         .await
         .expect("read");
@@ -174,6 +178,23 @@ async fn crm_stream_is_aligned_deduplicated_and_dead_lettered_exactly_once() {
         expected.len(),
         "no duplicate after restart and replay"
     );
+
+    // The store is lost (a new disk, a new pod): it is rebuilt from the changelog before any
+    // record is processed, so yet another replay still emits nothing.
+    std::fs::remove_dir_all(&state).expect("wipe the store");
+    autoglm_demo::produce(&kafka, stack.registry(), &t.source, &records)
+        .await
+        .expect("replay");
+    let rebuilt = run(config(&stack, &t, &state)).await;
+    assert!(
+        (4..=summary.emitted).contains(&rebuilt.restored),
+        "the newest entry of each of the 4 keys, per transaction: {rebuilt:?}"
+    );
+    assert_eq!(rebuilt.emitted, 0, "{rebuilt:?}");
+    let out = read_committed(&kafka, Some(stack.registry()), &t.target, quiet)
+        .await
+        .expect("read");
+    assert_eq!(out.len(), expected.len(), "no duplicate after a rebuild");
     let _ = std::fs::remove_dir_all(&state);
 }
 
@@ -287,5 +308,81 @@ routes:
         .map(|r| r.headers["autoglm.error.rule"].clone())
         .collect();
     assert_eq!(rules, ["decode", "fields.balance.type"], "{dead:?}");
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[tokio::test]
+async fn registry_outage_delays_the_stream_but_loses_and_duplicates_nothing() {
+    let stack = stack().await;
+    let t = Topics {
+        source: unique("crm"),
+        target: unique("erp"),
+        dlq: unique("dlq"),
+        group: unique("g"),
+    };
+    let kafka = stack.kafka();
+    recreate_topics(&kafka, &[&t.source, &t.target, &t.dlq], 3)
+        .await
+        .expect("topics");
+    let records = scenario();
+    autoglm_demo::produce(&kafka, stack.registry(), &t.source, &records)
+        .await
+        .expect("produce");
+
+    // The processor talks to the real registry through a forwarder that the test cuts.
+    let outage = Outage::forward(authority(&stack.registry_url)).await;
+    let path = stack
+        .registry_url
+        .split_once(authority(&stack.registry_url))
+        .map_or("", |(_, path)| path);
+    let via_outage = autoglm_tests::Stack {
+        registry_url: format!("http://{}{path}", outage.addr()),
+        ..stack.clone()
+    };
+    let state = tempfile_dir();
+    let mut config = config(&via_outage, &t, &state);
+    config.backoff.initial_interval = Duration::from_millis(200);
+    config.backoff.max_interval = Duration::from_secs(1);
+    let pipeline = Pipeline::new(config).expect("pipeline");
+    // Target schemas are registered (and cached) while the registry answers; then it goes away,
+    // before the processor has looked up a single writer schema.
+    pipeline.register_schemas().await.expect("register");
+    outage.cut();
+    let running = tokio::spawn(pipeline.run(RunOptions {
+        exit_when_idle: Some(Duration::from_secs(4)),
+        ..RunOptions::default()
+    }));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let quiet = Duration::from_secs(2);
+    let during = read_committed(&kafka, None, &t.target, quiet)
+        .await
+        .expect("read");
+    let dead_during = read_committed(&kafka, None, &t.dlq, quiet)
+        .await
+        .expect("read dlq");
+    assert!(
+        during.is_empty() && dead_during.is_empty(),
+        "nothing is committed, and nothing dead-lettered, while the registry is away"
+    );
+    outage.restore();
+    let summary = running.await.expect("task").expect("run");
+    assert!(summary.retries >= 2, "the batch was retried: {summary:?}");
+    assert_eq!(summary.records, records.len() as u64, "{summary:?}");
+    assert_eq!(
+        summary.dead_lettered, 2,
+        "only the real poison: {summary:?}"
+    );
+    let out = read_committed(&kafka, Some(stack.registry()), &t.target, quiet)
+        .await
+        .expect("read");
+    let versions: Vec<_> = by_key(&out)
+        .into_iter()
+        .map(|(k, v, tomb)| format!("{k}@{v}{}", if tomb { "†" } else { "" }))
+        .collect();
+    assert_eq!(
+        versions,
+        ["1@1", "1@2", "2@1", "2@2", "3@1", "3@1†", "6@1"],
+        "each accepted version exactly once"
+    );
     let _ = std::fs::remove_dir_all(&state);
 }

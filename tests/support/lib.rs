@@ -110,3 +110,70 @@ pub async fn create_topic(stack: &Stack, topic: &str, partitions: i32) {
         result.unwrap_or_else(|(name, code)| panic!("create topic {name}: {code}"));
     }
 }
+
+/// A TCP forwarder in front of a real service, to cut it off and bring it back: an outage
+/// without stopping the service (which would lose Apicurio's in-memory schemas).
+#[derive(Debug)]
+pub struct Outage {
+    addr: std::net::SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Outage {
+    /// Starts forwarding a local port to `upstream` (`host:port`).
+    pub async fn forward(upstream: &str) -> Outage {
+        let upstream = upstream.to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a local port");
+        let addr = listener.local_addr().expect("local address");
+        let (up, watch) = tokio::sync::watch::channel(true);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !*watch.borrow() {
+                    continue; // dropped: the client sees the connection closed
+                }
+                let mut watch = watch.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watch.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Outage { addr, up, accept }
+    }
+
+    /// The forwarder's `host:port`.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Cuts every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    /// Forwards again.
+    pub fn restore(&self) {
+        self.up.send_replace(true);
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// The `host:port` of an `http://host:port/path` URL.
+pub fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest)
+}

@@ -124,6 +124,18 @@ impl ClientSettings {
         self.consumer(group_id, "read_uncommitted")
     }
 
+    /// A consumer for reading assigned partitions to their end (state restore): it only sees
+    /// committed records and never commits. Compare its position with the high watermark to
+    /// know when a partition is read: transaction markers are never delivered.
+    pub fn restore_consumer(&self) -> Result<StreamConsumer, KafkaError> {
+        self.client_config()
+            .set("group.id", format!("{}-restore", self.client_id))
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+    }
+
     fn consumer(&self, group_id: &str, isolation: &str) -> Result<StreamConsumer, KafkaError> {
         self.client_config()
             .set("group.id", group_id)

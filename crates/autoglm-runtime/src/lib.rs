@@ -20,7 +20,9 @@
 //! error and a non-zero exit.
 
 mod pipeline;
+mod restore;
 mod route;
 
 pub use pipeline::{Pipeline, RunError, RunOptions, RunSummary};
+pub use restore::{RestoreStats, restore};
 pub use route::RouteRuntime;

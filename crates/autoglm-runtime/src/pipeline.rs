@@ -1,6 +1,7 @@
 //! The poll → process → commit loop.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use tokio_util::sync::CancellationToken;
 
+use crate::restore::restore;
 use crate::route::RouteRuntime;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,6 +41,9 @@ pub enum RunError {
         #[source]
         source: KafkaError,
     },
+    /// The state changelog holds a record open-autoglm did not write.
+    #[error("state changelog: {0}")]
+    Changelog(String),
     /// The state store failed.
     #[error("state store")]
     State(#[from] StateError),
@@ -51,6 +56,30 @@ pub enum RunError {
         #[source]
         source: CodecError,
     },
+}
+
+impl RunError {
+    /// Whether retrying can help.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            RunError::Config(_) | RunError::Changelog(_) => ErrorClass::Fatal,
+            RunError::Kafka { class, .. } => *class,
+            RunError::State(e) => e.class(),
+            RunError::Schema { source, .. } => source.class(),
+        }
+    }
+}
+
+/// An error and its sources, `outer: inner: …`, for one log line.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }
 
 impl From<KafkaError> for RunError {
@@ -88,6 +117,8 @@ pub struct RunSummary {
     pub commits: u64,
     /// Batches that were aborted and retried.
     pub retries: u64,
+    /// Changelog records replayed into the state store at start (the tail after its checkpoint).
+    pub restored: u64,
 }
 
 /// A transient failure inside one batch: abort, back off, retry the batch.
@@ -221,10 +252,13 @@ impl Pipeline {
         let backend = RocksBackend::open(&state_path, rocks)?;
         let retention_ms =
             i64::try_from(self.config.state.tombstone_retention.as_millis()).unwrap_or(i64::MAX);
-        let mut guard = VersionGuard::new(backend, retention_ms);
+        let mut guard = VersionGuard::new(backend.clone(), retention_ms);
 
-        self.ensure_changelogs().await?;
-        self.register_schemas().await?;
+        let changelogs = self.ensure_changelogs().await?;
+        self.retry_transient("target schema registration", &options.shutdown, || {
+            self.register_schemas()
+        })
+        .await?;
 
         let consumer: Arc<StreamConsumer> = Arc::new(
             self.settings
@@ -251,6 +285,9 @@ impl Pipeline {
         } else {
             self.settings.idempotent_producer()?
         };
+        // After init_transactions: it aborted this instance's own open transaction (after a
+        // kill), which would otherwise hold back the changelog's committed end.
+        let restored = restore(&self.settings, &backend, &changelogs).await?;
         tracing::info!(
             routes = self.routes.len(),
             exactly_once,
@@ -261,7 +298,10 @@ impl Pipeline {
 
         let flush = Duration::from_millis(self.config.event_queue.flush_interval_ms);
         let max_records = self.config.commit.max_records;
-        let mut summary = RunSummary::default();
+        let mut summary = RunSummary {
+            restored: restored.records,
+            ..RunSummary::default()
+        };
         let mut last_record = Instant::now();
         loop {
             if options.shutdown.is_cancelled() {
@@ -335,8 +375,8 @@ impl Pipeline {
     }
 
     /// Creates each route's compacted changelog topic if it is missing, partitioned like its
-    /// source.
-    async fn ensure_changelogs(&self) -> Result<(), RunError> {
+    /// source, and returns every changelog partition.
+    async fn ensure_changelogs(&self) -> Result<Vec<(String, i32)>, RunError> {
         let admin: AdminClient<DefaultClientContext> = self.settings.client_config().create()?;
         let settings = self.settings.clone();
         let metadata = tokio::task::spawn_blocking(move || {
@@ -354,20 +394,29 @@ impl Pipeline {
                 .max()
                 .unwrap_or(1)
         };
-        let existing: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
-        let missing: Vec<(String, i32)> = self
-            .routes
-            .iter()
-            .filter(|r| !existing.contains(&r.changelog_topic.as_str()))
-            .map(|r| {
-                (
-                    r.changelog_topic.clone(),
-                    i32::try_from(partitions_of(r)).unwrap_or(1),
-                )
-            })
-            .collect();
+        let existing = |name: &str| {
+            metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == name)
+                .map(|t| t.partitions().len())
+        };
+        let mut all = Vec::new();
+        let mut missing: Vec<(String, i32)> = Vec::new();
+        for route in &self.routes {
+            let topic = &route.changelog_topic;
+            let partitions = match existing(topic) {
+                Some(n) => i32::try_from(n).unwrap_or(i32::MAX),
+                None => {
+                    let n = i32::try_from(partitions_of(route)).unwrap_or(1);
+                    missing.push((topic.clone(), n));
+                    n
+                }
+            };
+            all.extend((0..partitions).map(|p| (topic.clone(), p)));
+        }
         if missing.is_empty() {
-            return Ok(());
+            return Ok(all);
         }
         let new_topics: Vec<NewTopic<'_>> = missing
             .iter()
@@ -393,7 +442,45 @@ impl Pipeline {
                 }
             }
         }
-        Ok(())
+        Ok(all)
+    }
+
+    /// Runs `step` until it succeeds, retrying transient failures with the configured backoff.
+    /// After the configured attempts it keeps waiting and says so once a minute; it never gives
+    /// up on a transient failure, only on shutdown or a non-transient error.
+    async fn retry_transient<T, F, Fut>(
+        &self,
+        what: &str,
+        shutdown: &CancellationToken,
+        mut step: F,
+    ) -> Result<T, RunError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, RunError>>,
+    {
+        let mut attempt = 0u32;
+        let mut last_alarm: Option<Instant> = None;
+        loop {
+            let error = match step().await {
+                Ok(value) => return Ok(value),
+                Err(e) => e,
+            };
+            if error.class() != ErrorClass::Transient {
+                return Err(error);
+            }
+            attempt += 1;
+            let wait = self.backoff(attempt);
+            if attempt <= self.config.retry_attempts() {
+                tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, error = %chain(&error), "{what} failed; retrying");
+            } else if last_alarm.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                last_alarm = Some(Instant::now());
+                tracing::error!(attempt, error = %chain(&error), "{what} still failing after the configured attempts; waiting, not skipping");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Err(error),
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
     }
 
     /// Processes one batch in one transaction (or one offset commit, at least once).

@@ -1,0 +1,197 @@
+//! State restore: replay the tail of the changelog into RocksDB before processing.
+//!
+//! ```text
+//!  per changelog partition: checkpoint (RocksDB) ──► read_committed to the end ──► WriteBatch
+//!                           (or the beginning)        (high watermark)             state + new checkpoint
+//! ```
+//!
+//! The store only ever holds committed state and its checkpoint is written in the same batch,
+//! so "store + tail after the checkpoint" is exact: a restart after a kill replays the records
+//! between the last state write and the last Kafka commit, never the whole changelog, and a
+//! partition that comes back from another instance replays what that instance wrote.
+//!
+//! Within a partition the changelog is in commit order, so the last record of a key wins. A
+//! key belongs to one input partition and thus to one changelog partition (routes over several
+//! topics need them co-partitioned: same partition count and key partitioner).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use autoglm_kafka::ClientSettings;
+use autoglm_state::{KvBackend, StateEntry, WriteRequest};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::RunError;
+
+/// Records per state write while restoring.
+const WRITE_BATCH: usize = 20_000;
+/// How often restore progress is logged.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// What a restore did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreStats {
+    /// Changelog partitions that had a tail to replay.
+    pub partitions: usize,
+    /// Changelog records replayed.
+    pub records: u64,
+    /// Wall time of the restore.
+    pub elapsed: Duration,
+}
+
+struct Tail {
+    start: i64,
+    end: i64,
+    /// Next offset to checkpoint.
+    next: i64,
+}
+
+/// Replays each `(changelog topic, partition)` from its checkpoint to its end into `backend`.
+pub async fn restore<B: KvBackend>(
+    settings: &ClientSettings,
+    backend: &B,
+    partitions: &[(String, i32)],
+) -> Result<RestoreStats, RunError> {
+    let started = Instant::now();
+    let consumer = Arc::new(settings.restore_consumer()?);
+    let mut tails: HashMap<(String, i32), Tail> = HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        let checkpoint = backend.checkpoint(topic, *partition).await?.unwrap_or(0);
+        let (low, high) = watermarks(&consumer, topic, *partition).await?;
+        let start = checkpoint.max(low);
+        if start >= high {
+            continue;
+        }
+        assignment.add_partition_offset(topic, *partition, Offset::Offset(start))?;
+        tails.insert(
+            (topic.clone(), *partition),
+            Tail {
+                start,
+                end: high,
+                next: start,
+            },
+        );
+    }
+    let mut stats = RestoreStats {
+        partitions: tails.len(),
+        ..RestoreStats::default()
+    };
+    if tails.is_empty() {
+        stats.elapsed = started.elapsed();
+        return Ok(stats);
+    }
+    let total: i64 = tails.values().map(|t| t.end - t.start).sum();
+    tracing::info!(
+        partitions = tails.len(),
+        records = total,
+        "restoring state from the changelog tail"
+    );
+    consumer.assign(&assignment)?;
+
+    let mut puts: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    let mut last_log = Instant::now();
+    let mut last_progress = Instant::now();
+    while !tails.is_empty() {
+        match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await {
+            Ok(Ok(msg)) => {
+                let key = msg.key().ok_or_else(|| corrupt(&msg, "no key"))?.to_vec();
+                let value = match msg.payload() {
+                    Some(bytes) => {
+                        StateEntry::decode(bytes).map_err(|e| corrupt(&msg, &e.to_string()))?;
+                        Some(bytes.to_vec())
+                    }
+                    None => None,
+                };
+                puts.push((key, value));
+                stats.records += 1;
+                last_progress = Instant::now();
+                if let Some(tail) = tails.get_mut(&(msg.topic().to_owned(), msg.partition())) {
+                    tail.next = msg.offset() + 1;
+                }
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_timeout) => {}
+        }
+        // A partition is done once the consumer's position passed its end (transaction
+        // markers included, which are never delivered).
+        let position = consumer.position()?;
+        let mut done = Vec::new();
+        for ((topic, partition), tail) in &mut tails {
+            if let Some(Offset::Offset(at)) = position
+                .find_partition(topic, *partition)
+                .map(|p| p.offset())
+            {
+                tail.next = tail.next.max(at);
+            }
+            if tail.next >= tail.end {
+                done.push((topic.clone(), *partition));
+            }
+        }
+        if puts.len() >= WRITE_BATCH || !done.is_empty() {
+            let checkpoints = tails
+                .iter()
+                .map(|((t, p), tail)| (t.clone(), *p, tail.next))
+                .collect();
+            backend
+                .write(WriteRequest {
+                    puts: std::mem::take(&mut puts),
+                    checkpoints,
+                })
+                .await?;
+            for key in done {
+                tails.remove(&key);
+            }
+        }
+        if last_log.elapsed() >= PROGRESS_EVERY {
+            last_log = Instant::now();
+            let percent = (stats.records as f64 / total.max(1) as f64 * 100.0).min(100.0);
+            tracing::info!(
+                records = stats.records,
+                percent = format!("{percent:.0}"),
+                "restoring state"
+            );
+            if last_progress.elapsed() >= Duration::from_secs(10) {
+                tracing::warn!(
+                    partitions = ?tails.keys().collect::<Vec<_>>(),
+                    "restore waits: an open transaction on the changelog holds back the committed end"
+                );
+            }
+        }
+    }
+    stats.elapsed = started.elapsed();
+    tracing::info!(
+        partitions = stats.partitions,
+        records = stats.records,
+        elapsed_ms = stats.elapsed.as_millis() as u64,
+        "state restored"
+    );
+    Ok(stats)
+}
+
+async fn watermarks(
+    consumer: &Arc<StreamConsumer>,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64), RunError> {
+    let consumer = Arc::clone(consumer);
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))
+    })
+    .await
+    .map_err(|e| RunError::Config(format!("watermark task: {e}")))?
+    .map_err(RunError::from)
+}
+
+fn corrupt(msg: &rdkafka::message::BorrowedMessage<'_>, reason: &str) -> RunError {
+    RunError::Changelog(format!(
+        "record {}/{}@{} is not a state entry ({reason}); only open-autoglm may write to this topic",
+        msg.topic(),
+        msg.partition(),
+        msg.offset()
+    ))
+}
