@@ -333,11 +333,36 @@ pub async fn read_committed(
     topic: &str,
     quiet: Duration,
 ) -> anyhow::Result<Vec<Received>> {
+    read(settings, registry, topic, quiet, true).await
+}
+
+/// Like [`read_committed`], but also returns records of aborted and open transactions: proof
+/// that an abort really happened.
+pub async fn read_uncommitted(
+    settings: &ClientSettings,
+    registry: Option<SrSettings>,
+    topic: &str,
+    quiet: Duration,
+) -> anyhow::Result<Vec<Received>> {
+    read(settings, registry, topic, quiet, false).await
+}
+
+async fn read(
+    settings: &ClientSettings,
+    registry: Option<SrSettings>,
+    topic: &str,
+    quiet: Duration,
+    committed: bool,
+) -> anyhow::Result<Vec<Received>> {
     let group = format!(
         "autoglm-reader-{}",
         std::process::id() as u64 * 1_000_003 + rand_suffix()
     );
-    let consumer = settings.read_committed_consumer(&group)?;
+    let consumer = if committed {
+        settings.read_committed_consumer(&group)?
+    } else {
+        settings.read_uncommitted_consumer(&group)?
+    };
     consumer.subscribe(&[topic])?;
     let decoder = Decoder::new(registry);
     let mut out = Vec::new();

@@ -262,7 +262,7 @@ impl Pipeline {
 
         let consumer: Arc<StreamConsumer> = Arc::new(
             self.settings
-                .read_committed_consumer(&self.config.kafka.group_id)?,
+                .member_consumer(&self.config.kafka.group_id, &self.config.transactional_id())?,
         );
         let subscriptions: Vec<String> =
             self.routes.iter().map(RouteRuntime::subscription).collect();
