@@ -110,23 +110,6 @@ pub fn decide(
     }
 }
 
-/// The keys of `entries` that are tombstones older than the retention: the runtime may purge
-/// them (a changelog delete in a transaction, then a state delete once it committed).
-pub fn expired_tombstones<'a, I>(
-    entries: I,
-    now_ms: i64,
-    tombstone_retention_ms: i64,
-) -> Vec<&'a [u8]>
-where
-    I: IntoIterator<Item = (&'a [u8], &'a StateEntry)>,
-{
-    entries
-        .into_iter()
-        .filter(|(_, entry)| entry.is_expired_tombstone(now_ms, tombstone_retention_ms))
-        .map(|(key, _)| key)
-        .collect()
-}
-
 /// One incoming change as the guard sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuardInput<'a> {
@@ -515,32 +498,6 @@ mod tests {
             ..streamed(5)
         };
         assert_eq!(decide_now(Some(&old), 1, false, false), Decision::Stale);
-    }
-
-    #[test]
-    fn expired_tombstones_lists_only_old_tombstones() {
-        let old_tomb = StateEntry {
-            deleted: true,
-            updated_at_ms: 0,
-            ..streamed(1)
-        };
-        let new_tomb = StateEntry {
-            deleted: true,
-            ..streamed(1)
-        };
-        let old_row = StateEntry {
-            updated_at_ms: 0,
-            ..streamed(1)
-        };
-        let entries = [
-            (b"a".as_slice(), &old_tomb),
-            (b"b".as_slice(), &new_tomb),
-            (b"c".as_slice(), &old_row),
-        ];
-        assert_eq!(
-            expired_tombstones(entries, NOW, RETENTION),
-            vec![b"a".as_slice()]
-        );
     }
 
     #[test]

@@ -36,6 +36,4 @@ pub mod guard;
 pub use backend::{KvBackend, MemoryBackend, RocksBackend, RocksOptions, ScanPage, WriteRequest};
 pub use entry::{StateEntry, route_prefix, state_key};
 pub use error::StateError;
-pub use guard::{
-    BatchOutcome, Decision, DecisionCounts, GuardInput, VersionGuard, decide, expired_tombstones,
-};
+pub use guard::{BatchOutcome, Decision, DecisionCounts, GuardInput, VersionGuard, decide};

@@ -1,8 +1,9 @@
 //! Model-based test: random transactions through [`VersionGuard`] (over the in-memory backend and
 //! over RocksDB) against a plain `BTreeMap` model that states the rules on its own.
 //!
-//! Every decision must agree, the committed state and checkpoint must agree after every commit
-//! and abort, and an aborted transaction must leave no trace.
+//! Every decision must agree, the committed state and checkpoint must agree after every commit,
+//! abort and purge, and an aborted transaction must leave no trace. Purging expired tombstones
+//! from the backend (what a RocksDB compaction does) must change no later decision.
 
 use std::collections::BTreeMap;
 
@@ -30,6 +31,9 @@ enum Step {
     },
     Commit,
     Abort,
+    /// The backend drops committed tombstones that expired by now, as a RocksDB compaction with
+    /// a tombstone retention does (only where the backend can do it with the model's clock).
+    Purge,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -40,6 +44,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0i64..3).prop_map(|advance_ms| Step::EndBatch { advance_ms }),
         1 => Just(Step::Commit),
         1 => Just(Step::Abort),
+        1 => Just(Step::Purge),
     ]
 }
 
@@ -108,6 +113,11 @@ impl Model {
     fn abort(&mut self) {
         self.pending.clear();
     }
+
+    fn purge(&mut self, now_ms: i64) {
+        self.committed
+            .retain(|_, e| !(e.deleted && now_ms - e.at_ms > RETENTION_MS));
+    }
 }
 
 fn key_of(k: u8) -> Vec<u8> {
@@ -140,7 +150,16 @@ async fn committed_state(backend: &impl KvBackend) -> BTreeMap<u8, ModelEntry> {
         .collect()
 }
 
-async fn run<B: KvBackend>(backend: B, steps: &[Step]) -> Result<(), TestCaseError> {
+/// The backend's purge, called with the model's clock.
+type PurgeHook<'a> = &'a dyn Fn(i64);
+
+/// Runs `steps` against the guard and the model. Without a `purge` hook (a backend that cannot
+/// purge on the model's clock) [`Step::Purge`] does nothing on either side.
+async fn run<B: KvBackend>(
+    backend: B,
+    steps: &[Step],
+    purge: Option<PurgeHook<'_>>,
+) -> Result<(), TestCaseError> {
     let mut guard = VersionGuard::new(backend, RETENTION_MS);
     let mut model = Model::default();
     let mut now_ms = 1_000;
@@ -194,9 +213,15 @@ async fn run<B: KvBackend>(backend: B, steps: &[Step]) -> Result<(), TestCaseErr
                 guard.abort();
                 model.abort();
             }
+            Step::Purge => {
+                if let Some(purge) = purge {
+                    purge(now_ms);
+                    model.purge(now_ms);
+                }
+            }
             Step::Record { .. } => {}
         }
-        if matches!(step, Step::Commit | Step::Abort) {
+        if matches!(step, Step::Commit | Step::Abort | Step::Purge) {
             prop_assert_eq!(
                 committed_state(guard.backend()).await,
                 model.committed.clone()
@@ -224,7 +249,11 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
     #[test]
     fn guard_over_memory_matches_model(steps in prop::collection::vec(step(), 0..80)) {
-        runtime().block_on(run(MemoryBackend::new(), &steps))?;
+        let backend = MemoryBackend::new();
+        let purge = |now_ms| {
+            backend.purge_expired_tombstones(now_ms, RETENTION_MS);
+        };
+        runtime().block_on(run(backend.clone(), &steps, Some(&purge)))?;
     }
 }
 
@@ -240,7 +269,7 @@ proptest! {
         };
         let rt = runtime();
         let backend = RocksBackend::open(dir.path(), options).expect("open");
-        rt.block_on(run(backend.clone(), &steps))?;
+        rt.block_on(run(backend.clone(), &steps, None))?;
         rt.block_on(backend.close()).expect("close");
     }
 }
@@ -285,10 +314,47 @@ fn model_check_detects_a_lost_commit() {
         },
         Step::Commit,
     ];
-    assert!(runtime().block_on(run(Lossy::default(), &steps)).is_err());
     assert!(
         runtime()
-            .block_on(run(MemoryBackend::new(), &steps))
+            .block_on(run(Lossy::default(), &steps, None))
+            .is_err()
+    );
+    assert!(
+        runtime()
+            .block_on(run(MemoryBackend::new(), &steps, None))
+            .is_ok()
+    );
+}
+
+/// The checker must be able to fail: a purge that also drops young tombstones is caught.
+#[test]
+fn model_check_detects_a_purge_of_a_young_tombstone() {
+    let steps = [
+        Step::Record {
+            key: 1,
+            version: 2,
+            delete: true,
+            snapshot: false,
+        },
+        Step::Commit,
+        Step::Purge,
+    ];
+    let backend = MemoryBackend::new();
+    let too_eager = |now_ms| {
+        backend.purge_expired_tombstones(now_ms, -1);
+    };
+    assert!(
+        runtime()
+            .block_on(run(backend.clone(), &steps, Some(&too_eager)))
+            .is_err()
+    );
+    let backend = MemoryBackend::new();
+    let correct = |now_ms| {
+        backend.purge_expired_tombstones(now_ms, RETENTION_MS);
+    };
+    assert!(
+        runtime()
+            .block_on(run(backend.clone(), &steps, Some(&correct)))
             .is_ok()
     );
 }
