@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use autoglm_core::Version;
 use autoglm_state::{
-    Decision, GuardInput, KvBackend, MemoryBackend, RocksBackend, RocksOptions, ScanPage,
+    Change, Decision, GuardInput, KvBackend, MemoryBackend, RocksBackend, RocksOptions, ScanPage,
     StateEntry, StateError, VersionGuard, WriteRequest, state_key,
 };
 use proptest::prelude::*;
@@ -21,8 +21,7 @@ const TOPIC: &str = "changelog";
 enum Step {
     Record {
         key: u8,
-        version: u64,
-        delete: bool,
+        change: Change,
         snapshot: bool,
     },
     /// End of a poll batch; the clock moves on.
@@ -39,8 +38,17 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         8 => (0u8..4, 0u64..6, any::<bool>(), prop::bool::weighted(0.2)).prop_map(
-            |(key, version, delete, snapshot)| Step::Record { key, version, delete, snapshot }
+            |(key, version, delete, snapshot)| Step::Record {
+                key,
+                change: Change::versioned(Version([version, 0, 0]), delete),
+                snapshot,
+            }
         ),
+        2 => (0u8..4, prop::bool::weighted(0.2)).prop_map(|(key, snapshot)| Step::Record {
+            key,
+            change: Change::UnversionedDelete,
+            snapshot,
+        }),
         2 => (0i64..3).prop_map(|advance_ms| Step::EndBatch { advance_ms }),
         1 => Just(Step::Commit),
         1 => Just(Step::Abort),
@@ -75,15 +83,25 @@ impl Model {
         (!expired).then_some(entry)
     }
 
+    /// The decision and the version the change was decided at.
     fn apply(
         &mut self,
         key: u8,
-        version: u64,
-        delete: bool,
+        change: Change,
         snapshot: bool,
         now_ms: i64,
-    ) -> Decision {
-        let decision = match self.current(key, now_ms) {
+    ) -> (Decision, Option<u64>) {
+        let current = self.current(key, now_ms);
+        let (version, delete) = match change {
+            Change::Upsert(v) => (v.0[0], false),
+            Change::Delete(v) => (v.0[0], true),
+            // A delete at the current entry's version; with no entry there is nothing to delete.
+            Change::UnversionedDelete => match current {
+                Some(e) => (e.version, true),
+                None => return (Decision::Duplicate, None),
+            },
+        };
+        let decision = match current {
             None => Decision::Accept,
             Some(e) if version < e.version => Decision::Stale,
             Some(e) if version == e.version && delete && !e.deleted => Decision::Accept,
@@ -102,7 +120,7 @@ impl Model {
                 },
             );
         }
-        decision
+        (decision, Some(version))
     }
 
     fn commit(&mut self, offset: i64) {
@@ -164,40 +182,44 @@ async fn run<B: KvBackend>(
     let mut model = Model::default();
     let mut now_ms = 1_000;
     let mut offset = 0;
-    let mut batch: Vec<(Vec<u8>, u64, bool, bool)> = Vec::new();
+    let mut batch: Vec<(Vec<u8>, Change, bool)> = Vec::new();
     let mut model_decisions = Vec::new();
+    let mut model_versions = Vec::new();
 
     let mut steps = steps.to_vec();
     steps.push(Step::Commit);
     for step in steps {
         if let Step::Record {
             key,
-            version,
-            delete,
+            change,
             snapshot,
         } = step
         {
-            model_decisions.push(model.apply(key, version, delete, snapshot, now_ms));
-            batch.push((key_of(key), version, delete, snapshot));
+            let (decision, version) = model.apply(key, change, snapshot, now_ms);
+            model_decisions.push(decision);
+            model_versions.push(version);
+            batch.push((key_of(key), change, snapshot));
             continue;
         }
         // Any other step ends the poll batch.
         if !batch.is_empty() {
             let inputs: Vec<_> = batch
                 .iter()
-                .map(|(key, version, is_delete, is_snapshot)| GuardInput {
+                .map(|(key, change, is_snapshot)| GuardInput {
                     key,
-                    version: Version([*version, 0, 0]),
-                    is_delete: *is_delete,
+                    change: *change,
                     is_snapshot: *is_snapshot,
                 })
                 .collect();
             let outcome = guard.process(&inputs, now_ms).await.expect("process");
             prop_assert_eq!(&outcome.decisions, &model_decisions);
+            let versions: Vec<_> = outcome.versions.iter().map(|v| v.map(|v| v.0[0])).collect();
+            prop_assert_eq!(&versions, &model_versions);
             prop_assert_eq!(outcome.counts.total(), inputs.len() as u64);
             prop_assert_eq!(guard.pending_len(), model.pending.len());
             batch.clear();
             model_decisions.clear();
+            model_versions.clear();
         }
         match step {
             Step::EndBatch { advance_ms } => now_ms += advance_ms,
@@ -308,8 +330,7 @@ fn model_check_detects_a_lost_commit() {
     let steps = [
         Step::Record {
             key: 1,
-            version: 1,
-            delete: false,
+            change: Change::Upsert(Version([1, 0, 0])),
             snapshot: false,
         },
         Step::Commit,
@@ -332,8 +353,7 @@ fn model_check_detects_a_purge_of_a_young_tombstone() {
     let steps = [
         Step::Record {
             key: 1,
-            version: 2,
-            delete: true,
+            change: Change::Delete(Version([2, 0, 0])),
             snapshot: false,
         },
         Step::Commit,
