@@ -9,7 +9,9 @@ use autoglm_codec::{CodecError, Decoded, Decoder};
 use autoglm_config::{Config, DeleteMode};
 use autoglm_core::{ChangeEvent, Classify, ErrorClass, Row, Version};
 use autoglm_kafka::{ClientSettings, classify};
-use autoglm_state::{Decision, GuardInput, RocksBackend, RocksOptions, StateError, VersionGuard};
+use autoglm_state::{
+    Change, Decision, GuardInput, RocksBackend, RocksOptions, StateError, VersionGuard,
+};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -573,8 +575,7 @@ impl Pipeline {
             .iter()
             .map(|w| GuardInput {
                 key: &w.state_key,
-                version: w.version,
-                is_delete: w.event.op.is_delete(),
+                change: Change::versioned(w.version, w.event.op.is_delete()),
                 is_snapshot: w.event.is_snapshot(),
             })
             .collect();

@@ -3,7 +3,8 @@
 
 use autoglm_core::Version;
 use autoglm_state::{
-    GuardInput, KvBackend, MemoryBackend, RocksBackend, RocksOptions, VersionGuard, state_key,
+    Change, GuardInput, KvBackend, MemoryBackend, RocksBackend, RocksOptions, VersionGuard,
+    state_key,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
@@ -22,8 +23,7 @@ fn inputs<'a>(keys: &'a [Vec<u8>], picks: &[usize], version: u64) -> Vec<GuardIn
         .iter()
         .map(|&i| GuardInput {
             key: &keys[i],
-            version: Version([version, 0, 0]),
-            is_delete: false,
+            change: Change::Upsert(Version([version, 0, 0])),
             is_snapshot: false,
         })
         .collect()

@@ -109,7 +109,8 @@ impl StateEntry {
     }
 
     /// Whether this is a tombstone older than the retention: the guard then treats the entity
-    /// as never seen, and the runtime may purge it (changelog delete + state delete).
+    /// as never seen, and a compaction may purge it from the store (see
+    /// [`RocksOptions::tombstone_retention_ms`](crate::RocksOptions::tombstone_retention_ms)).
     ///
     /// A retention of `i64::MAX` keeps tombstones forever.
     pub fn is_expired_tombstone(&self, now_ms: i64, tombstone_retention_ms: i64) -> bool {

@@ -1,7 +1,7 @@
 //! The version guard: which change of an entity may overwrite which.
 //!
 //! ```text
-//!  poll batch [(key, version, delete?, snapshot?)]
+//!  poll batch [(key, Upsert(v) | Delete(v) | UnversionedDelete, snapshot?)]
 //!        │ keys not in the overlay ──► ONE backend multi_get
 //!        ▼
 //!  decide() per record, in order ──► Accept ──► overlay[key] = new entry (later records see it)
@@ -76,55 +76,105 @@ impl Decision {
     }
 }
 
-/// Decides one incoming change against the stored entry of its key.
+/// What an incoming change does to its entity, with the version it carries.
 ///
-/// Rules, in order:
-/// 1. nothing stored, or a tombstone older than `tombstone_retention_ms` → [`Decision::Accept`];
-/// 2. version equal to the stored one → [`Decision::Duplicate`], except a delete of a live row
-///    at its own version → [`Decision::Accept`] (a version-column source gives a delete the
-///    version of the row's `before` image, which equals the last update's version);
-/// 3. version lower than the stored one → [`Decision::Stale`] (a stored tombstone keeps its
-///    version, so a late update cannot bring a deleted row back);
-/// 4. a snapshot change over a streamed (non-snapshot) entry → [`Decision::SnapshotSuperseded`];
-/// 5. otherwise → [`Decision::Accept`].
-pub fn decide(
-    stored: Option<&StateEntry>,
-    incoming_version: Version,
-    incoming_is_delete: bool,
-    incoming_is_snapshot: bool,
-    now_ms: i64,
-    tombstone_retention_ms: i64,
-) -> Decision {
-    let Some(stored) = stored.filter(|s| !s.is_expired_tombstone(now_ms, tombstone_retention_ms))
-    else {
-        return Decision::Accept;
-    };
-    match incoming_version.cmp(&stored.version) {
-        std::cmp::Ordering::Equal if incoming_is_delete && !stored.deleted => Decision::Accept,
-        std::cmp::Ordering::Equal => Decision::Duplicate,
-        std::cmp::Ordering::Less => Decision::Stale,
-        std::cmp::Ordering::Greater if incoming_is_snapshot && !stored.snapshot => {
-            Decision::SnapshotSuperseded
+/// A change that is not a delete always has a version; only a delete may come without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// An insert or update (or a snapshot read) at this version.
+    Upsert(Version),
+    /// A delete at this version.
+    Delete(Version),
+    /// A delete that carries no version: a key-only delete (null value) on an upsert topic
+    /// whose version source is a column of the row. It is decided as a delete at the version of
+    /// the stored entry, so its tombstone keeps that version (see [`decide`]).
+    UnversionedDelete,
+}
+
+impl Change {
+    /// A change with a version: [`Change::Delete`] if `is_delete`, else [`Change::Upsert`].
+    pub const fn versioned(version: Version, is_delete: bool) -> Change {
+        if is_delete {
+            Change::Delete(version)
+        } else {
+            Change::Upsert(version)
         }
-        std::cmp::Ordering::Greater => Decision::Accept,
+    }
+
+    /// Whether the change deletes the entity.
+    pub const fn is_delete(self) -> bool {
+        matches!(self, Change::Delete(_) | Change::UnversionedDelete)
+    }
+
+    /// The version the change carries (`None` for [`Change::UnversionedDelete`]).
+    pub const fn version(self) -> Option<Version> {
+        match self {
+            Change::Upsert(version) | Change::Delete(version) => Some(version),
+            Change::UnversionedDelete => None,
+        }
     }
 }
 
-/// The keys of `entries` that are tombstones older than the retention: the runtime may purge
-/// them (a changelog delete in a transaction, then a state delete once it committed).
-pub fn expired_tombstones<'a, I>(
-    entries: I,
+/// Decides one incoming change against the stored entry of its key.
+///
+/// Rules, in order:
+/// 1. a tombstone older than `tombstone_retention_ms` counts as nothing stored (so purging it
+///    from the store, see
+///    [`RocksOptions::tombstone_retention_ms`](crate::RocksOptions::tombstone_retention_ms),
+///    changes no decision);
+/// 2. an [unversioned delete](Change::UnversionedDelete) with nothing stored →
+///    [`Decision::Duplicate`] (nothing to delete); otherwise it takes the stored entry's version
+///    and the rules below decide it as a delete at that version: over a live row →
+///    [`Decision::Accept`] (rule 4's exception; the tombstone keeps the row's version, so later
+///    updates with a greater version are accepted and older ones are still stale), over a
+///    tombstone → [`Decision::Duplicate`];
+/// 3. nothing stored → [`Decision::Accept`];
+/// 4. version equal to the stored one → [`Decision::Duplicate`], except a delete of a live row
+///    at its own version → [`Decision::Accept`] (a version-column source gives a delete the
+///    version of the row's `before` image, which equals the last update's version);
+/// 5. version lower than the stored one → [`Decision::Stale`] (a stored tombstone keeps its
+///    version, so a late update cannot bring a deleted row back);
+/// 6. a snapshot change over a streamed (non-snapshot) entry → [`Decision::SnapshotSuperseded`];
+/// 7. otherwise → [`Decision::Accept`].
+pub fn decide(
+    stored: Option<&StateEntry>,
+    change: Change,
+    is_snapshot: bool,
     now_ms: i64,
     tombstone_retention_ms: i64,
-) -> Vec<&'a [u8]>
-where
-    I: IntoIterator<Item = (&'a [u8], &'a StateEntry)>,
-{
-    entries
-        .into_iter()
-        .filter(|(_, entry)| entry.is_expired_tombstone(now_ms, tombstone_retention_ms))
-        .map(|(key, _)| key)
-        .collect()
+) -> Decision {
+    judge(stored, change, is_snapshot, now_ms, tombstone_retention_ms).0
+}
+
+/// [`decide`], plus the version the change was decided at: its own, or for an unversioned
+/// delete the stored entry's (`None` when nothing was stored).
+fn judge(
+    stored: Option<&StateEntry>,
+    change: Change,
+    is_snapshot: bool,
+    now_ms: i64,
+    tombstone_retention_ms: i64,
+) -> (Decision, Option<Version>) {
+    let stored = stored.filter(|s| !s.is_expired_tombstone(now_ms, tombstone_retention_ms));
+    let (version, is_delete) = match (change, stored) {
+        (Change::Upsert(version), _) => (version, false),
+        (Change::Delete(version), _) => (version, true),
+        (Change::UnversionedDelete, Some(stored)) => (stored.version, true),
+        (Change::UnversionedDelete, None) => return (Decision::Duplicate, None),
+    };
+    let Some(stored) = stored else {
+        return (Decision::Accept, Some(version));
+    };
+    let decision = match version.cmp(&stored.version) {
+        std::cmp::Ordering::Equal if is_delete && !stored.deleted => Decision::Accept,
+        std::cmp::Ordering::Equal => Decision::Duplicate,
+        std::cmp::Ordering::Less => Decision::Stale,
+        std::cmp::Ordering::Greater if is_snapshot && !stored.snapshot => {
+            Decision::SnapshotSuperseded
+        }
+        std::cmp::Ordering::Greater => Decision::Accept,
+    };
+    (decision, Some(version))
 }
 
 /// One incoming change as the guard sees it.
@@ -132,10 +182,8 @@ where
 pub struct GuardInput<'a> {
     /// The [`state_key`](crate::state_key) of the entity.
     pub key: &'a [u8],
-    /// The change's version.
-    pub version: Version,
-    /// The change deletes the entity.
-    pub is_delete: bool,
+    /// What the change does, with its version.
+    pub change: Change,
     /// The change comes from a snapshot read.
     pub is_snapshot: bool,
 }
@@ -178,6 +226,11 @@ impl DecisionCounts {
 pub struct BatchOutcome {
     /// One decision per input record, in input order.
     pub decisions: Vec<Decision>,
+    /// Per input record, in input order, the version it was decided at: its own, or for a
+    /// [`Change::UnversionedDelete`] the version of the entry it deletes (`None` when nothing
+    /// was stored). For an accepted record this is the version of the entry it wrote, so it is
+    /// the version to report for an accepted unversioned delete.
+    pub versions: Vec<Option<Version>>,
     /// The same decisions, counted.
     pub counts: DecisionCounts,
 }
@@ -248,6 +301,7 @@ impl<B: KvBackend> VersionGuard<B> {
         // Nothing fallible below: the overlay changes only once every read succeeded.
         let mut outcome = BatchOutcome {
             decisions: Vec::with_capacity(records.len()),
+            versions: Vec::with_capacity(records.len()),
             counts: DecisionCounts::default(),
         };
         for record in records {
@@ -255,18 +309,19 @@ impl<B: KvBackend> VersionGuard<B> {
                 .overlay
                 .get(record.key)
                 .or_else(|| stored.get(record.key));
-            let decision = decide(
+            let (decision, version) = judge(
                 current,
-                record.version,
-                record.is_delete,
+                record.change,
                 record.is_snapshot,
                 now_ms,
                 self.tombstone_retention_ms,
             );
-            if decision.is_accept() {
+            // An accepted change always has a version: `judge` drops an unversioned delete
+            // when there is no entry to take the version from.
+            if let (Decision::Accept, Some(version)) = (decision, version) {
                 let entry = StateEntry {
-                    version: record.version,
-                    deleted: record.is_delete,
+                    version,
+                    deleted: record.change.is_delete(),
                     snapshot: record.is_snapshot,
                     updated_at_ms: now_ms,
                 };
@@ -278,6 +333,7 @@ impl<B: KvBackend> VersionGuard<B> {
                 }
             }
             outcome.decisions.push(decision);
+            outcome.versions.push(version);
             outcome.counts.record(decision);
         }
         Ok(outcome)
@@ -356,7 +412,24 @@ mod tests {
     }
 
     fn decide_now(stored: Option<&StateEntry>, n: u64, delete: bool, snapshot: bool) -> Decision {
-        decide(stored, v(n), delete, snapshot, NOW, RETENTION)
+        decide(
+            stored,
+            Change::versioned(v(n), delete),
+            snapshot,
+            NOW,
+            RETENTION,
+        )
+    }
+
+    fn decide_unversioned(stored: Option<&StateEntry>, snapshot: bool) -> Decision {
+        decide(stored, Change::UnversionedDelete, snapshot, NOW, RETENTION)
+    }
+
+    fn tombstone(n: u64) -> StateEntry {
+        StateEntry {
+            deleted: true,
+            ..streamed(n)
+        }
     }
 
     #[test]
@@ -518,29 +591,90 @@ mod tests {
     }
 
     #[test]
-    fn expired_tombstones_lists_only_old_tombstones() {
-        let old_tomb = StateEntry {
-            deleted: true,
-            updated_at_ms: 0,
-            ..streamed(1)
+    fn unversioned_delete_of_a_live_row_is_accepted_at_the_rows_version() {
+        let snap = StateEntry {
+            snapshot: true,
+            ..streamed(5)
         };
-        let new_tomb = StateEntry {
-            deleted: true,
-            ..streamed(1)
-        };
-        let old_row = StateEntry {
-            updated_at_ms: 0,
-            ..streamed(1)
-        };
-        let entries = [
-            (b"a".as_slice(), &old_tomb),
-            (b"b".as_slice(), &new_tomb),
-            (b"c".as_slice(), &old_row),
-        ];
+        for row in [streamed(5), snap] {
+            assert_eq!(decide_unversioned(Some(&row), false), Decision::Accept);
+            assert_eq!(
+                judge(Some(&row), Change::UnversionedDelete, false, NOW, RETENTION),
+                (Decision::Accept, Some(v(5)))
+            );
+        }
+    }
+
+    #[test]
+    fn unversioned_delete_with_nothing_stored_is_a_duplicate() {
+        assert_eq!(decide_unversioned(None, false), Decision::Duplicate);
         assert_eq!(
-            expired_tombstones(entries, NOW, RETENTION),
-            vec![b"a".as_slice()]
+            judge(None, Change::UnversionedDelete, false, NOW, RETENTION),
+            (Decision::Duplicate, None)
         );
+    }
+
+    #[test]
+    fn unversioned_delete_of_a_tombstone_is_a_duplicate() {
+        assert_eq!(
+            judge(
+                Some(&tombstone(5)),
+                Change::UnversionedDelete,
+                false,
+                NOW,
+                RETENTION
+            ),
+            (Decision::Duplicate, Some(v(5)))
+        );
+    }
+
+    #[test]
+    fn unversioned_delete_of_an_expired_tombstone_is_a_duplicate() {
+        let old = StateEntry {
+            updated_at_ms: NOW - RETENTION - 1,
+            ..tombstone(5)
+        };
+        assert_eq!(
+            judge(Some(&old), Change::UnversionedDelete, false, NOW, RETENTION),
+            (Decision::Duplicate, None)
+        );
+    }
+
+    #[test]
+    fn unversioned_snapshot_delete_is_decided_like_a_delete_at_the_stored_version() {
+        // The snapshot rule only guards greater versions; a delete at the row's own version
+        // is accepted whatever its origin, and so is an unversioned one.
+        assert_eq!(
+            decide_unversioned(Some(&streamed(5)), true),
+            Decision::Accept
+        );
+        assert_eq!(
+            decide_now(Some(&streamed(5)), 5, true, true),
+            Decision::Accept
+        );
+    }
+
+    #[test]
+    fn versioned_changes_are_decided_at_their_own_version() {
+        for change in [Change::Upsert(v(3)), Change::Delete(v(3))] {
+            for stored in [None, Some(streamed(5)), Some(tombstone(1))] {
+                assert_eq!(
+                    judge(stored.as_ref(), change, false, NOW, RETENTION).1,
+                    Some(v(3))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn change_reports_delete_and_version() {
+        assert_eq!(Change::versioned(v(1), true), Change::Delete(v(1)));
+        assert_eq!(Change::versioned(v(1), false), Change::Upsert(v(1)));
+        assert!(Change::UnversionedDelete.is_delete());
+        assert!(Change::Delete(v(1)).is_delete());
+        assert!(!Change::Upsert(v(1)).is_delete());
+        assert_eq!(Change::UnversionedDelete.version(), None);
+        assert_eq!(Change::Upsert(v(2)).version(), Some(v(2)));
     }
 
     #[test]

@@ -26,7 +26,7 @@
 //! * [`backend`] — [`KvBackend`], [`RocksBackend`] (RocksDB on its own OS thread) and
 //!   [`MemoryBackend`] (tests).
 //! * [`entry`] — [`StateEntry`], its fixed binary encoding and [`state_key`].
-//! * [`guard`] — [`decide`], [`Decision`] and the transactional [`VersionGuard`].
+//! * [`guard`] — [`Change`], [`decide`], [`Decision`] and the transactional [`VersionGuard`].
 
 pub mod backend;
 pub mod entry;
@@ -36,6 +36,4 @@ pub mod guard;
 pub use backend::{KvBackend, MemoryBackend, RocksBackend, RocksOptions, ScanPage, WriteRequest};
 pub use entry::{StateEntry, route_prefix, state_key};
 pub use error::StateError;
-pub use guard::{
-    BatchOutcome, Decision, DecisionCounts, GuardInput, VersionGuard, decide, expired_tombstones,
-};
+pub use guard::{BatchOutcome, Change, Decision, DecisionCounts, GuardInput, VersionGuard, decide};

@@ -1,7 +1,11 @@
 //! The backend contract, run against RocksDB (in a temporary directory) and the in-memory backend.
 
-use autoglm_core::{Classify, ErrorClass};
-use autoglm_state::{KvBackend, MemoryBackend, RocksBackend, RocksOptions, WriteRequest};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use autoglm_core::{Classify, ErrorClass, Version};
+use autoglm_state::{
+    KvBackend, MemoryBackend, RocksBackend, RocksOptions, StateEntry, WriteRequest,
+};
 
 fn small_options() -> RocksOptions {
     RocksOptions {
@@ -247,4 +251,178 @@ fn async_api_is_usable_from_a_blocking_thread() {
         .await
         .expect("join");
     });
+}
+
+const RETENTION_MS: i64 = 60 * 60 * 1_000;
+
+fn wall_clock_ms() -> i64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970");
+    i64::try_from(since_epoch.as_millis()).expect("ms fit i64")
+}
+
+fn encoded(deleted: bool, updated_at_ms: i64) -> Vec<u8> {
+    StateEntry {
+        version: Version([3, 0, 0]),
+        deleted,
+        snapshot: false,
+        updated_at_ms,
+    }
+    .encode()
+    .to_vec()
+}
+
+/// The purge fixture: `(key, value, survives a purge at now with RETENTION_MS)`.
+fn purge_fixture(now_ms: i64) -> Vec<(Vec<u8>, Vec<u8>, bool)> {
+    let old = now_ms - 2 * RETENTION_MS;
+    vec![
+        (b"r\0old-tombstone".to_vec(), encoded(true, old), false),
+        (
+            b"r\0ancient-tombstone".to_vec(),
+            encoded(true, i64::MIN),
+            false,
+        ),
+        (b"r\0fresh-tombstone".to_vec(), encoded(true, now_ms), true),
+        (
+            b"r\0tombstone-within-retention".to_vec(),
+            encoded(true, now_ms - RETENTION_MS / 2),
+            true,
+        ),
+        (b"r\0old-live".to_vec(), encoded(false, old), true),
+        (b"r\0ancient-live".to_vec(), encoded(false, i64::MIN), true),
+        (b"r\0not-an-entry".to_vec(), vec![1, 2, 3], true),
+        // A tombstone's bytes with an unknown format byte: does not decode, so it is kept.
+        (
+            b"r\0unknown-format".to_vec(),
+            {
+                let mut bytes = encoded(true, old);
+                bytes[0] = 0xEE;
+                bytes
+            },
+            true,
+        ),
+    ]
+}
+
+async fn write_fixture(backend: &impl KvBackend, fixture: &[(Vec<u8>, Vec<u8>, bool)]) {
+    backend
+        .write(WriteRequest {
+            puts: fixture
+                .iter()
+                .map(|(k, v, _)| (k.clone(), Some(v.clone())))
+                .collect(),
+            checkpoints: vec![("changelog".into(), 0, 5)],
+        })
+        .await
+        .expect("write");
+}
+
+/// Asserts that exactly the entries marked as surviving are still there, unchanged.
+async fn assert_purged(backend: &impl KvBackend, fixture: &[(Vec<u8>, Vec<u8>, bool)]) {
+    let got = backend
+        .multi_get(fixture.iter().map(|(k, _, _)| k.clone()).collect())
+        .await
+        .expect("multi_get");
+    for ((key, value, survives), got) in fixture.iter().zip(got) {
+        let expected = survives.then(|| value.clone());
+        assert_eq!(got, expected, "{}", String::from_utf8_lossy(key));
+    }
+    assert_eq!(
+        backend.checkpoint("changelog", 0).await.expect("ckpt"),
+        Some(5),
+        "checkpoints are never purged"
+    );
+}
+
+#[tokio::test]
+async fn compaction_purges_only_expired_tombstones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = RocksOptions {
+        tombstone_retention_ms: Some(RETENTION_MS),
+        ..small_options()
+    };
+    let backend = RocksBackend::open(dir.path(), options).expect("open");
+    let fixture = purge_fixture(wall_clock_ms());
+    write_fixture(&backend, &fixture).await;
+    // Before a compaction everything is still there.
+    let everything: Vec<_> = fixture
+        .iter()
+        .map(|(k, v, _)| (k.clone(), v.clone(), true))
+        .collect();
+    assert_purged(&backend, &everything).await;
+
+    backend.compact().await.expect("compact");
+    assert_purged(&backend, &fixture).await;
+
+    // The purge is durable: it is still gone after a reopen.
+    backend.close().await.expect("close");
+    let backend = RocksBackend::open(dir.path(), small_options()).expect("reopen");
+    assert_purged(&backend, &fixture).await;
+    backend.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn compaction_without_retention_keeps_every_tombstone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = RocksBackend::open(dir.path(), small_options()).expect("open");
+    assert_eq!(small_options().tombstone_retention_ms, None);
+    let fixture = purge_fixture(wall_clock_ms());
+    write_fixture(&backend, &fixture).await;
+    backend.compact().await.expect("compact");
+    let everything: Vec<_> = fixture
+        .iter()
+        .map(|(k, v, _)| (k.clone(), v.clone(), true))
+        .collect();
+    assert_purged(&backend, &everything).await;
+    backend.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn purged_tombstone_does_not_bring_back_the_older_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = RocksOptions {
+        tombstone_retention_ms: Some(RETENTION_MS),
+        ..small_options()
+    };
+    let backend = RocksBackend::open(dir.path(), options).expect("open");
+    let now = wall_clock_ms();
+    let key = b"r\0k".to_vec();
+    // The live row goes down to the bottom level first, then the expired tombstone lands above it.
+    backend
+        .write(WriteRequest {
+            puts: vec![(key.clone(), Some(encoded(false, now)))],
+            checkpoints: Vec::new(),
+        })
+        .await
+        .expect("write row");
+    backend.compact().await.expect("compact");
+    backend
+        .write(WriteRequest {
+            puts: vec![(key.clone(), Some(encoded(true, now - 2 * RETENTION_MS)))],
+            checkpoints: Vec::new(),
+        })
+        .await
+        .expect("write tombstone");
+    backend.compact().await.expect("compact");
+    assert_eq!(
+        backend.multi_get(vec![key]).await.expect("multi_get"),
+        vec![None]
+    );
+    backend.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn memory_backend_purges_like_a_compaction() {
+    let backend = MemoryBackend::new();
+    let now = 1_000_000_000;
+    let fixture = purge_fixture(now);
+    write_fixture(&backend, &fixture).await;
+    let expected_purged = fixture.iter().filter(|(_, _, survives)| !survives).count();
+    assert_eq!(
+        backend.purge_expired_tombstones(now, RETENTION_MS),
+        expected_purged
+    );
+    assert_purged(&backend, &fixture).await;
+    assert_eq!(backend.purge_expired_tombstones(now, RETENTION_MS), 0);
 }

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use autoglm_core::{Classify, ErrorClass, Version};
 use autoglm_state::{
-    Decision, GuardInput, KvBackend, MemoryBackend, ScanPage, StateEntry, StateError, VersionGuard,
-    WriteRequest, state_key,
+    Change, Decision, GuardInput, KvBackend, MemoryBackend, ScanPage, StateEntry, StateError,
+    VersionGuard, WriteRequest, state_key,
 };
 
 /// A [`MemoryBackend`] that counts `multi_get` calls and the keys asked for.
@@ -42,19 +42,30 @@ impl KvBackend for Counting {
     }
 }
 
+fn v(n: u64) -> Version {
+    Version([n, 0, 0])
+}
+
 fn rec(key: &[u8], version: u64) -> GuardInput<'_> {
     GuardInput {
         key,
-        version: Version([version, 0, 0]),
-        is_delete: false,
+        change: Change::Upsert(v(version)),
         is_snapshot: false,
     }
 }
 
 fn del(key: &[u8], version: u64) -> GuardInput<'_> {
     GuardInput {
-        is_delete: true,
+        change: Change::Delete(v(version)),
         ..rec(key, version)
+    }
+}
+
+fn udel(key: &[u8]) -> GuardInput<'_> {
+    GuardInput {
+        key,
+        change: Change::UnversionedDelete,
+        is_snapshot: false,
     }
 }
 
@@ -210,4 +221,96 @@ async fn corrupt_stored_entry_is_a_fatal_error_and_changes_nothing() {
         .expect_err("corrupt");
     assert_eq!(error.class(), ErrorClass::Fatal);
     assert_eq!(guard.pending_len(), 0, "no decision was applied");
+}
+
+#[tokio::test]
+async fn unversioned_delete_keeps_the_stored_version_across_commits() {
+    use Decision::*;
+    let backend = MemoryBackend::new();
+    let mut guard = VersionGuard::new(backend.clone(), i64::MAX);
+    let k = state_key("r", b"k");
+    guard.process(&[rec(&k, 5)], 0).await.expect("process");
+    guard.commit(Vec::new()).await.expect("commit");
+
+    let out = guard.process(&[udel(&k)], 1).await.expect("process");
+    assert_eq!(out.decisions, [Accept]);
+    assert_eq!(
+        out.versions,
+        [Some(v(5))],
+        "the version an accepted delete got"
+    );
+    guard.commit(Vec::new()).await.expect("commit");
+    assert_eq!(
+        stored(&backend, &k).await,
+        Some(StateEntry {
+            version: v(5),
+            deleted: true,
+            snapshot: false,
+            updated_at_ms: 1
+        })
+    );
+
+    // Older and equal updates are still blocked by the tombstone; a newer one recreates the row.
+    let out = guard
+        .process(&[rec(&k, 4), rec(&k, 5), udel(&k), rec(&k, 6)], 2)
+        .await
+        .expect("process");
+    assert_eq!(out.decisions, [Stale, Duplicate, Duplicate, Accept]);
+    assert_eq!(
+        out.versions,
+        [Some(v(4)), Some(v(5)), Some(v(5)), Some(v(6))]
+    );
+}
+
+#[tokio::test]
+async fn later_records_in_a_batch_see_an_unversioned_delete() {
+    let mut guard = VersionGuard::new(MemoryBackend::new(), i64::MAX);
+    let k = state_key("r", b"k");
+    use Decision::*;
+    let out = guard
+        .process(
+            &[
+                rec(&k, 5),
+                udel(&k),
+                udel(&k),
+                rec(&k, 5),
+                rec(&k, 7),
+                udel(&k),
+            ],
+            0,
+        )
+        .await
+        .expect("process");
+    assert_eq!(
+        out.decisions,
+        [Accept, Accept, Duplicate, Duplicate, Accept, Accept]
+    );
+    assert_eq!(
+        out.versions,
+        [
+            Some(v(5)),
+            Some(v(5)),
+            Some(v(5)),
+            Some(v(5)),
+            Some(v(7)),
+            Some(v(7))
+        ]
+    );
+    assert_eq!(
+        guard.pending(&k).map(|e| (e.version, e.deleted)),
+        Some((v(7), true))
+    );
+}
+
+#[tokio::test]
+async fn unversioned_delete_of_an_unknown_key_changes_nothing() {
+    let backend = MemoryBackend::new();
+    let mut guard = VersionGuard::new(backend.clone(), i64::MAX);
+    let k = state_key("r", b"never-seen");
+    let out = guard.process(&[udel(&k)], 0).await.expect("process");
+    assert_eq!(out.decisions, [Decision::Duplicate]);
+    assert_eq!(out.versions, [None]);
+    assert_eq!(guard.pending_len(), 0);
+    assert_eq!(guard.commit(Vec::new()).await.expect("commit"), 0);
+    assert!(backend.is_empty());
 }

@@ -1,14 +1,15 @@
 //! Model-based test: random transactions through [`VersionGuard`] (over the in-memory backend and
 //! over RocksDB) against a plain `BTreeMap` model that states the rules on its own.
 //!
-//! Every decision must agree, the committed state and checkpoint must agree after every commit
-//! and abort, and an aborted transaction must leave no trace.
+//! Every decision must agree, the committed state and checkpoint must agree after every commit,
+//! abort and purge, and an aborted transaction must leave no trace. Purging expired tombstones
+//! from the backend (what a RocksDB compaction does) must change no later decision.
 
 use std::collections::BTreeMap;
 
 use autoglm_core::Version;
 use autoglm_state::{
-    Decision, GuardInput, KvBackend, MemoryBackend, RocksBackend, RocksOptions, ScanPage,
+    Change, Decision, GuardInput, KvBackend, MemoryBackend, RocksBackend, RocksOptions, ScanPage,
     StateEntry, StateError, VersionGuard, WriteRequest, state_key,
 };
 use proptest::prelude::*;
@@ -20,8 +21,7 @@ const TOPIC: &str = "changelog";
 enum Step {
     Record {
         key: u8,
-        version: u64,
-        delete: bool,
+        change: Change,
         snapshot: bool,
     },
     /// End of a poll batch; the clock moves on.
@@ -30,16 +30,29 @@ enum Step {
     },
     Commit,
     Abort,
+    /// The backend drops committed tombstones that expired by now, as a RocksDB compaction with
+    /// a tombstone retention does (only where the backend can do it with the model's clock).
+    Purge,
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         8 => (0u8..4, 0u64..6, any::<bool>(), prop::bool::weighted(0.2)).prop_map(
-            |(key, version, delete, snapshot)| Step::Record { key, version, delete, snapshot }
+            |(key, version, delete, snapshot)| Step::Record {
+                key,
+                change: Change::versioned(Version([version, 0, 0]), delete),
+                snapshot,
+            }
         ),
+        2 => (0u8..4, prop::bool::weighted(0.2)).prop_map(|(key, snapshot)| Step::Record {
+            key,
+            change: Change::UnversionedDelete,
+            snapshot,
+        }),
         2 => (0i64..3).prop_map(|advance_ms| Step::EndBatch { advance_ms }),
         1 => Just(Step::Commit),
         1 => Just(Step::Abort),
+        1 => Just(Step::Purge),
     ]
 }
 
@@ -70,15 +83,25 @@ impl Model {
         (!expired).then_some(entry)
     }
 
+    /// The decision and the version the change was decided at.
     fn apply(
         &mut self,
         key: u8,
-        version: u64,
-        delete: bool,
+        change: Change,
         snapshot: bool,
         now_ms: i64,
-    ) -> Decision {
-        let decision = match self.current(key, now_ms) {
+    ) -> (Decision, Option<u64>) {
+        let current = self.current(key, now_ms);
+        let (version, delete) = match change {
+            Change::Upsert(v) => (v.0[0], false),
+            Change::Delete(v) => (v.0[0], true),
+            // A delete at the current entry's version; with no entry there is nothing to delete.
+            Change::UnversionedDelete => match current {
+                Some(e) => (e.version, true),
+                None => return (Decision::Duplicate, None),
+            },
+        };
+        let decision = match current {
             None => Decision::Accept,
             Some(e) if version < e.version => Decision::Stale,
             Some(e) if version == e.version && delete && !e.deleted => Decision::Accept,
@@ -97,7 +120,7 @@ impl Model {
                 },
             );
         }
-        decision
+        (decision, Some(version))
     }
 
     fn commit(&mut self, offset: i64) {
@@ -107,6 +130,11 @@ impl Model {
 
     fn abort(&mut self) {
         self.pending.clear();
+    }
+
+    fn purge(&mut self, now_ms: i64) {
+        self.committed
+            .retain(|_, e| !(e.deleted && now_ms - e.at_ms > RETENTION_MS));
     }
 }
 
@@ -140,45 +168,58 @@ async fn committed_state(backend: &impl KvBackend) -> BTreeMap<u8, ModelEntry> {
         .collect()
 }
 
-async fn run<B: KvBackend>(backend: B, steps: &[Step]) -> Result<(), TestCaseError> {
+/// The backend's purge, called with the model's clock.
+type PurgeHook<'a> = &'a dyn Fn(i64);
+
+/// Runs `steps` against the guard and the model. Without a `purge` hook (a backend that cannot
+/// purge on the model's clock) [`Step::Purge`] does nothing on either side.
+async fn run<B: KvBackend>(
+    backend: B,
+    steps: &[Step],
+    purge: Option<PurgeHook<'_>>,
+) -> Result<(), TestCaseError> {
     let mut guard = VersionGuard::new(backend, RETENTION_MS);
     let mut model = Model::default();
     let mut now_ms = 1_000;
     let mut offset = 0;
-    let mut batch: Vec<(Vec<u8>, u64, bool, bool)> = Vec::new();
+    let mut batch: Vec<(Vec<u8>, Change, bool)> = Vec::new();
     let mut model_decisions = Vec::new();
+    let mut model_versions = Vec::new();
 
     let mut steps = steps.to_vec();
     steps.push(Step::Commit);
     for step in steps {
         if let Step::Record {
             key,
-            version,
-            delete,
+            change,
             snapshot,
         } = step
         {
-            model_decisions.push(model.apply(key, version, delete, snapshot, now_ms));
-            batch.push((key_of(key), version, delete, snapshot));
+            let (decision, version) = model.apply(key, change, snapshot, now_ms);
+            model_decisions.push(decision);
+            model_versions.push(version);
+            batch.push((key_of(key), change, snapshot));
             continue;
         }
         // Any other step ends the poll batch.
         if !batch.is_empty() {
             let inputs: Vec<_> = batch
                 .iter()
-                .map(|(key, version, is_delete, is_snapshot)| GuardInput {
+                .map(|(key, change, is_snapshot)| GuardInput {
                     key,
-                    version: Version([*version, 0, 0]),
-                    is_delete: *is_delete,
+                    change: *change,
                     is_snapshot: *is_snapshot,
                 })
                 .collect();
             let outcome = guard.process(&inputs, now_ms).await.expect("process");
             prop_assert_eq!(&outcome.decisions, &model_decisions);
+            let versions: Vec<_> = outcome.versions.iter().map(|v| v.map(|v| v.0[0])).collect();
+            prop_assert_eq!(&versions, &model_versions);
             prop_assert_eq!(outcome.counts.total(), inputs.len() as u64);
             prop_assert_eq!(guard.pending_len(), model.pending.len());
             batch.clear();
             model_decisions.clear();
+            model_versions.clear();
         }
         match step {
             Step::EndBatch { advance_ms } => now_ms += advance_ms,
@@ -194,9 +235,15 @@ async fn run<B: KvBackend>(backend: B, steps: &[Step]) -> Result<(), TestCaseErr
                 guard.abort();
                 model.abort();
             }
+            Step::Purge => {
+                if let Some(purge) = purge {
+                    purge(now_ms);
+                    model.purge(now_ms);
+                }
+            }
             Step::Record { .. } => {}
         }
-        if matches!(step, Step::Commit | Step::Abort) {
+        if matches!(step, Step::Commit | Step::Abort | Step::Purge) {
             prop_assert_eq!(
                 committed_state(guard.backend()).await,
                 model.committed.clone()
@@ -224,7 +271,11 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
     #[test]
     fn guard_over_memory_matches_model(steps in prop::collection::vec(step(), 0..80)) {
-        runtime().block_on(run(MemoryBackend::new(), &steps))?;
+        let backend = MemoryBackend::new();
+        let purge = |now_ms| {
+            backend.purge_expired_tombstones(now_ms, RETENTION_MS);
+        };
+        runtime().block_on(run(backend.clone(), &steps, Some(&purge)))?;
     }
 }
 
@@ -240,7 +291,7 @@ proptest! {
         };
         let rt = runtime();
         let backend = RocksBackend::open(dir.path(), options).expect("open");
-        rt.block_on(run(backend.clone(), &steps))?;
+        rt.block_on(run(backend.clone(), &steps, None))?;
         rt.block_on(backend.close()).expect("close");
     }
 }
@@ -279,16 +330,51 @@ fn model_check_detects_a_lost_commit() {
     let steps = [
         Step::Record {
             key: 1,
-            version: 1,
-            delete: false,
+            change: Change::Upsert(Version([1, 0, 0])),
             snapshot: false,
         },
         Step::Commit,
     ];
-    assert!(runtime().block_on(run(Lossy::default(), &steps)).is_err());
     assert!(
         runtime()
-            .block_on(run(MemoryBackend::new(), &steps))
+            .block_on(run(Lossy::default(), &steps, None))
+            .is_err()
+    );
+    assert!(
+        runtime()
+            .block_on(run(MemoryBackend::new(), &steps, None))
+            .is_ok()
+    );
+}
+
+/// The checker must be able to fail: a purge that also drops young tombstones is caught.
+#[test]
+fn model_check_detects_a_purge_of_a_young_tombstone() {
+    let steps = [
+        Step::Record {
+            key: 1,
+            change: Change::Delete(Version([2, 0, 0])),
+            snapshot: false,
+        },
+        Step::Commit,
+        Step::Purge,
+    ];
+    let backend = MemoryBackend::new();
+    let too_eager = |now_ms| {
+        backend.purge_expired_tombstones(now_ms, -1);
+    };
+    assert!(
+        runtime()
+            .block_on(run(backend.clone(), &steps, Some(&too_eager)))
+            .is_err()
+    );
+    let backend = MemoryBackend::new();
+    let correct = |now_ms| {
+        backend.purge_expired_tombstones(now_ms, RETENTION_MS);
+    };
+    assert!(
+        runtime()
+            .block_on(run(backend.clone(), &steps, Some(&correct)))
             .is_ok()
     );
 }

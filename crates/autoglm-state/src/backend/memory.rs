@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{KvBackend, ScanPage, WriteRequest, checkpoint_key, decode_checkpoint};
+use super::{
+    KvBackend, ScanPage, WriteRequest, checkpoint_key, decode_checkpoint, is_expired_tombstone,
+};
 use crate::StateError;
 
 /// An in-memory backend with the same semantics as [`RocksBackend`](super::RocksBackend).
@@ -48,6 +50,18 @@ impl MemoryBackend {
     /// Whether no state key is stored.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Removes every state entry that is a tombstone older than `tombstone_retention_ms` at
+    /// `now_ms`, and returns how many it removed: what a RocksDB compaction does with
+    /// [`RocksOptions::tombstone_retention_ms`](super::RocksOptions::tombstone_retention_ms),
+    /// but with the clock given. Live entries and values that do not decode are kept.
+    pub fn purge_expired_tombstones(&self, now_ms: i64, tombstone_retention_ms: i64) -> usize {
+        let mut maps = self.maps();
+        let before = maps.state.len();
+        maps.state
+            .retain(|_, value| !is_expired_tombstone(value, now_ms, tombstone_retention_ms));
+        before - maps.state.len()
     }
 
     fn maps(&self) -> MutexGuard<'_, Maps> {

@@ -25,7 +25,7 @@ use std::future::Future;
 pub use memory::MemoryBackend;
 pub use rocks::{RocksBackend, RocksOptions};
 
-use crate::StateError;
+use crate::{StateEntry, StateError};
 
 /// One atomic write: state puts/deletes and changelog checkpoint updates, applied together.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -80,6 +80,14 @@ pub trait KvBackend: Send + Sync {
         start_after: Option<Vec<u8>>,
         limit: usize,
     ) -> impl Future<Output = Result<ScanPage, StateError>> + Send;
+}
+
+/// Whether a stored state value is a tombstone older than the retention at `now_ms`, i.e. one
+/// the backends may purge. The one place where a backend looks into values; a value that does
+/// not decode is never purgeable.
+fn is_expired_tombstone(value: &[u8], now_ms: i64, tombstone_retention_ms: i64) -> bool {
+    StateEntry::decode(value)
+        .is_ok_and(|entry| entry.is_expired_tombstone(now_ms, tombstone_retention_ms))
 }
 
 /// The key of a checkpoint in the checkpoints column family. Kafka topic names cannot contain

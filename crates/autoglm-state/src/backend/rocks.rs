@@ -13,10 +13,17 @@
 //! With `disable_wal`, writes survive only once flushed; `atomic_flush` keeps the state and
 //! checkpoint column families flushed together, so after a crash the checkpoint still matches
 //! the state it describes and the changelog tail replay is exact. The store is flushed on close.
+//!
+//! With [`RocksOptions::tombstone_retention_ms`] set, a compaction filter on the `state` column
+//! family drops tombstones older than the retention (see [`ExpiredTombstoneFilter`]); the guard
+//! already decides as if they were absent, so the purge changes no decision.
 
+use std::ffi::CStr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rocksdb::compaction_filter::{CompactionFilter, Decision as FilterDecision};
+use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilterFactory};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
     FlushOptions, Options, WriteBatch, WriteOptions,
@@ -24,7 +31,8 @@ use rocksdb::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    KvBackend, ScanPage, WriteRequest, checkpoint_key, decode_checkpoint, prefix_successor,
+    KvBackend, ScanPage, WriteRequest, checkpoint_key, decode_checkpoint, is_expired_tombstone,
+    prefix_successor,
 };
 use crate::StateError;
 
@@ -47,6 +55,24 @@ pub struct RocksOptions {
     pub disable_wal: bool,
     /// Capacity of the command queue in front of the RocksDB thread.
     pub command_queue_len: usize,
+    /// Purge tombstones older than this many milliseconds when RocksDB compacts the state
+    /// column family; `None` (the default) keeps them forever.
+    ///
+    /// A compaction filter decodes each state value and drops it only if it is a tombstone
+    /// ([`StateEntry::deleted`](crate::StateEntry::deleted)) whose `updated_at_ms` is more than
+    /// this retention before the wall clock at the start of the compaction. Live entries are
+    /// never dropped, and a value that does not decode is kept.
+    ///
+    /// The purge is invisible to decisions: [`decide`](crate::decide) already treats a
+    /// tombstone older than the guard's retention as absent. That holds as long as this value
+    /// is not smaller than the retention given to [`VersionGuard::new`](crate::VersionGuard::new)
+    /// (use the same value) and the `now_ms` passed to
+    /// [`VersionGuard::process`](crate::VersionGuard::process) is not behind the wall clock of
+    /// the compaction. With the wall clock as `now_ms` the only difference is at the edge: a
+    /// tombstone in its last milliseconds of retention (or a wall clock that steps back) can
+    /// count as absent that much early. The changelog topic still holds the tombstone; a
+    /// restore writes it back and a later compaction drops it again.
+    pub tombstone_retention_ms: Option<i64>,
 }
 
 impl Default for RocksOptions {
@@ -58,6 +84,7 @@ impl Default for RocksOptions {
             write_buffer_bytes: 64 << 20,
             disable_wal: false,
             command_queue_len: 64,
+            tombstone_retention_ms: None,
         }
     }
 }
@@ -89,8 +116,69 @@ impl RocksOptions {
             cf.set_compression_type(DBCompressionType::None);
             cf.set_bottommost_compression_type(DBCompressionType::None);
         }
+        if let Some(retention_ms) = self.tombstone_retention_ms {
+            cf.set_compaction_filter_factory(ExpiredTombstoneFilterFactory { retention_ms });
+        }
         cf
     }
+}
+
+/// Creates one [`ExpiredTombstoneFilter`] per compaction run, reading the clock once.
+///
+/// A factory (rather than one shared `set_compaction_filter` closure) gives every compaction
+/// its own filter, so nothing is shared between RocksDB's compaction threads, and the wall
+/// clock is read once per compaction instead of once per entry.
+struct ExpiredTombstoneFilterFactory {
+    retention_ms: i64,
+}
+
+impl CompactionFilterFactory for ExpiredTombstoneFilterFactory {
+    type Filter = ExpiredTombstoneFilter;
+
+    fn create(&mut self, _context: CompactionFilterContext) -> ExpiredTombstoneFilter {
+        ExpiredTombstoneFilter {
+            now_ms: wall_clock_ms(),
+            retention_ms: self.retention_ms,
+        }
+    }
+
+    fn name(&self) -> &CStr {
+        c"autoglm-expired-tombstones"
+    }
+}
+
+/// Drops state values that decode as a tombstone older than the retention at `now_ms`.
+///
+/// Everything else is kept: live entries, young tombstones, values that do not decode, and
+/// every value when the clock could not be read. RocksDB turns a removed value into a delete
+/// marker, so an older value of the same key in a lower level cannot reappear.
+struct ExpiredTombstoneFilter {
+    now_ms: Option<i64>,
+    retention_ms: i64,
+}
+
+impl CompactionFilter for ExpiredTombstoneFilter {
+    fn filter(&mut self, _level: u32, _key: &[u8], value: &[u8]) -> FilterDecision {
+        match self.now_ms {
+            Some(now_ms) if is_expired_tombstone(value, now_ms, self.retention_ms) => {
+                FilterDecision::Remove
+            }
+            _ => FilterDecision::Keep,
+        }
+    }
+
+    fn name(&self) -> &CStr {
+        c"autoglm-expired-tombstones"
+    }
+}
+
+/// Milliseconds since the Unix epoch, or `None` if the clock is before it (then nothing is
+/// purged).
+fn wall_clock_ms() -> Option<i64> {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// A handle to the RocksDB thread. Cheap to clone; all clones talk to the same thread.
@@ -126,6 +214,9 @@ enum Command {
         start_after: Option<Vec<u8>>,
         limit: usize,
         reply: Reply<ScanPage>,
+    },
+    Compact {
+        reply: Reply<()>,
     },
     Close {
         reply: Reply<()>,
@@ -166,6 +257,15 @@ impl RocksBackend {
     /// The store directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Compacts the whole state column family now (flushing the memtable first), running the
+    /// tombstone purge of [`RocksOptions::tombstone_retention_ms`] over every entry. RocksDB
+    /// compacts on its own in the background; this is for tests and maintenance, and it blocks
+    /// the store's thread (every other call waits) until the compaction is done. RocksDB's C API
+    /// does not report compaction errors, so only a gone thread is an error here.
+    pub async fn compact(&self) -> Result<(), StateError> {
+        self.call(|reply| Command::Compact { reply }).await
     }
 
     /// Flushes and closes the store and waits until RocksDB has released it, so the same
@@ -281,6 +381,9 @@ impl Worker {
                     reply,
                 } => {
                     let _ = reply.send(self.scan(&prefix, start_after.as_deref(), limit));
+                }
+                Command::Compact { reply } => {
+                    let _ = reply.send(self.compact());
                 }
                 Command::Close { reply } => {
                     close_reply = Some(reply);
@@ -406,6 +509,13 @@ impl Worker {
         }
         it.status().map_err(rocks("scan"))?;
         Ok(page)
+    }
+
+    fn compact(&self) -> Result<(), StateError> {
+        let state = self.cf(STATE_CF)?;
+        self.db
+            .compact_range_cf(state, None::<&[u8]>, None::<&[u8]>);
+        Ok(())
     }
 
     fn flush_if_needed(&self) -> Result<(), StateError> {
