@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use autoglm_codec::{CodecError, Decoded, Decoder};
 use autoglm_config::{Config, DeleteMode};
-use autoglm_core::{ChangeEvent, Classify, ErrorClass, Row, Version};
+use autoglm_core::{ChangeEvent, Classify, ErrorClass, Row};
 use autoglm_kafka::{ClientSettings, classify};
 use autoglm_state::{
     Change, Decision, GuardInput, RocksBackend, RocksOptions, StateError, VersionGuard,
@@ -158,7 +158,7 @@ struct Work {
     event: ChangeEvent,
     state_key: Vec<u8>,
     entity_key: Vec<u8>,
-    version: Version,
+    change: Change,
     /// The mapped row (`after`, or `before` for deletes written as records).
     mapped: Option<Row>,
 }
@@ -246,14 +246,15 @@ impl Pipeline {
     pub async fn run(self, options: RunOptions) -> Result<RunSummary, RunError> {
         let exactly_once = self.config.exactly_once();
         let state_path = self.config.event_queue.storage_path.clone();
+        let retention_ms =
+            i64::try_from(self.config.state.tombstone_retention.as_millis()).unwrap_or(i64::MAX);
         let rocks = RocksOptions {
             block_cache_bytes: self.config.state.block_cache_bytes,
             compression: self.config.event_queue.enable_compression,
+            tombstone_retention_ms: Some(retention_ms),
             ..RocksOptions::default()
         };
         let backend = RocksBackend::open(&state_path, rocks)?;
-        let retention_ms =
-            i64::try_from(self.config.state.tombstone_retention.as_millis()).unwrap_or(i64::MAX);
         let mut guard = VersionGuard::new(backend.clone(), retention_ms);
 
         let changelogs = self.ensure_changelogs().await?;
@@ -535,8 +536,8 @@ impl Pipeline {
             }
             let keyed = route
                 .entity_key(&event)
-                .and_then(|key| Ok((key, route.version(&event)?)));
-            let (entity_key, version) = match keyed {
+                .and_then(|key| Ok((key, route.change(&event)?)));
+            let (entity_key, change) = match keyed {
                 Ok(kv) => kv,
                 Err(e) => {
                     out.dead_letter(route, msg, &ErrorClass::Poison, &e.to_string(), e.rule, "")?;
@@ -564,7 +565,7 @@ impl Pipeline {
                 route: route_index,
                 state_key: autoglm_state::state_key(&route.name, &entity_key),
                 entity_key,
-                version,
+                change,
                 mapped,
                 event,
             });
@@ -575,7 +576,7 @@ impl Pipeline {
             .iter()
             .map(|w| GuardInput {
                 key: &w.state_key,
-                change: Change::versioned(w.version, w.event.op.is_delete()),
+                change: w.change,
                 is_snapshot: w.event.is_snapshot(),
             })
             .collect();
@@ -583,18 +584,15 @@ impl Pipeline {
         drop(inputs);
 
         let mut changelog_partition: HashMap<&[u8], (usize, i32)> = HashMap::new();
-        for (w, decision) in work.iter().zip(&outcome.decisions) {
+        for ((w, decision), version) in work.iter().zip(&outcome.decisions).zip(&outcome.versions) {
             let msg = &batch[w.at];
             let route = &self.routes[w.route];
+            // An unversioned delete takes the version of the row it deletes.
+            let version = version.map_or_else(String::new, |v| route.version_label(v));
             if *decision != Decision::Accept {
                 summary.dropped += 1;
                 if let Some(audit) = &route.audit_topic {
-                    out.audit(
-                        audit,
-                        msg,
-                        decision.as_str(),
-                        &route.version_label(w.version),
-                    )?;
+                    out.audit(audit, msg, decision.as_str(), &version)?;
                 }
                 continue;
             }
@@ -628,7 +626,7 @@ impl Pipeline {
                     payload.as_deref(),
                     msg,
                     &w.event,
-                    &route.version_label(w.version),
+                    &version,
                 )?;
                 summary.emitted += 1;
             }

@@ -5,6 +5,7 @@ use autoglm_codec::{AvroTarget, CodecError, Encoding, Envelope};
 use autoglm_config::{Config, DeleteMode, Route, VersionSource};
 use autoglm_core::{ChangeEvent, Row, Version};
 use autoglm_mapping::Mapping;
+use autoglm_state::Change;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use serde_json::Value as Json;
 
@@ -152,6 +153,19 @@ impl RouteRuntime {
             values.push(value.clone());
         }
         serde_json::to_vec(&values).map_err(|e| self.error("key_fields", e.to_string()))
+    }
+
+    /// What `event` does to its key's state: an upsert or delete at its version, or a delete
+    /// without one — a key-only delete (an upsert topic's null value) cannot carry a version
+    /// from the row, and deletes whatever version is stored.
+    pub(crate) fn change(&self, event: &ChangeEvent) -> Result<Change, RecordError> {
+        match self.version(event) {
+            Ok(version) => Ok(Change::versioned(version, event.op.is_delete())),
+            Err(_) if event.op.is_delete() && event.row().is_none() => {
+                Ok(Change::UnversionedDelete)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The version of `event` under this route's version source.
