@@ -12,21 +12,25 @@ use schema_registry_converter::schema_registry_common::{
 };
 use serde_json::Value as Json;
 
-use crate::CodecError;
 use crate::avro_json::OwnedSchema;
 use crate::error::truncated;
+use crate::{CodecError, Compatibility, RegistryClient};
 
 /// An output topic's Avro schema and its registration (`<topic>-value`).
 pub struct AvroTarget {
     encoder: AvroEncoder,
     strategy: SubjectNameStrategy,
     resolved: OwnedSchema,
+    /// `<topic>-value`.
+    subject: String,
+    /// The schema's JSON text, as given.
+    text: String,
 }
 
 impl std::fmt::Debug for AvroTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AvroTarget")
-            .field("subject", &self.strategy.get_subject().ok())
+            .field("subject", &self.subject)
             .finish_non_exhaustive()
     }
 }
@@ -51,7 +55,25 @@ impl AvroTarget {
                 SuppliedSchema::new(None, SchemaType::Avro, schema.to_owned()),
             ),
             resolved,
+            subject: format!("{topic}-value"),
+            text: schema.to_owned(),
         })
+    }
+
+    /// The registry subject (`<topic>-value`, the topic-name strategy).
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// Asks `registry` whether this schema may be registered under its subject, by the subject's
+    /// compatibility level. Registers nothing.
+    pub async fn check_compatibility(
+        &self,
+        registry: &RegistryClient,
+    ) -> Result<Compatibility, CodecError> {
+        registry
+            .check_compatibility(&self.subject, &self.text)
+            .await
     }
 
     /// The top-level field names of the schema.
