@@ -22,5 +22,5 @@
 mod pipeline;
 mod route;
 
-pub use pipeline::{Pipeline, RunError, RunOptions, RunSummary};
+pub use pipeline::{Pipeline, RunError, RunOptions, RunSummary, SchemaCheck};
 pub use route::RouteRuntime;
