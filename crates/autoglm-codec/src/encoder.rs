@@ -155,11 +155,16 @@ pub fn json_to_avro(
                     .ok_or_else(|| fail("a value is required"))?;
                 Value::Union(index_u32(index), Box::new(Value::Null))
             } else {
+                // Branches of the value's own JSON kind first, so that `"007"` stays a string
+                // under ["long", "string"] and `5` an integer under ["double", "long"]; only then
+                // the converting branches (a string into a long, a number into a decimal, …).
+                let (natural, converting): (Vec<_>, Vec<_>) = variants
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| !matches!(v, Schema::Null))
+                    .partition(|(_, v)| same_kind(json, v, names));
                 let mut last_error = None;
-                for (index, variant) in variants.iter().enumerate() {
-                    if matches!(variant, Schema::Null) {
-                        continue;
-                    }
+                for (index, variant) in natural.into_iter().chain(converting) {
                     match json_to_avro(json, variant, names, path) {
                         Ok(v) => return Ok(Value::Union(index_u32(index), Box::new(v))),
                         Err(e) => last_error = Some(e),
@@ -281,6 +286,36 @@ pub fn json_to_avro(
         }
         _ => return Err(fail("this Avro type is not supported as a target")),
     })
+}
+
+/// Whether `schema` is the Avro counterpart of `json`'s own kind (no conversion needed).
+fn same_kind(json: &Json, schema: &Schema, names: &Names) -> bool {
+    let schema = match schema {
+        Schema::Ref { name } => match names.get(name) {
+            Some(s) => s,
+            None => return false,
+        },
+        other => other,
+    };
+    match json {
+        Json::Null => matches!(schema, Schema::Null),
+        Json::Bool(_) => matches!(schema, Schema::Boolean),
+        Json::Number(n) if n.is_i64() || n.is_u64() => matches!(
+            schema,
+            Schema::Int
+                | Schema::Long
+                | Schema::Date
+                | Schema::TimestampMillis
+                | Schema::TimestampMicros
+        ),
+        Json::Number(_) => matches!(schema, Schema::Float | Schema::Double),
+        Json::String(_) => matches!(
+            schema,
+            Schema::String | Schema::Enum(_) | Schema::Bytes | Schema::Decimal(_)
+        ),
+        Json::Array(_) => matches!(schema, Schema::Array(_)),
+        Json::Object(_) => matches!(schema, Schema::Record(_) | Schema::Map(_)),
+    }
 }
 
 fn index_u32(index: usize) -> u32 {
@@ -416,6 +451,28 @@ mod tests {
         let err = encode(json!({"id": 1, "user_name": "a", "credit_limit": "1.005", "updated_at": 0, "version": 1}))
             .expect_err("scale 2");
         assert!(err.to_string().contains("credit_limit"), "{err}");
+    }
+
+    #[test]
+    fn union_prefers_the_branch_of_the_values_own_kind() {
+        let schema = Schema::parse_str(r#"["null", "long", "string", "double"]"#).expect("union");
+        let names = Names::new();
+        let encode = |json: Json| json_to_avro(&json, &schema, &names, "u").expect("fits");
+        assert_eq!(
+            encode(json!("007")),
+            Value::Union(2, Box::new(Value::String("007".into())))
+        );
+        assert_eq!(encode(json!(7)), Value::Union(1, Box::new(Value::Long(7))));
+        assert_eq!(
+            encode(json!(7.5)),
+            Value::Union(3, Box::new(Value::Double(7.5)))
+        );
+        // Conversion still applies when no branch has the value's kind.
+        let long_or_null = Schema::parse_str(r#"["null", "long"]"#).expect("union");
+        assert_eq!(
+            json_to_avro(&json!("42"), &long_or_null, &names, "u").expect("converts"),
+            Value::Union(1, Box::new(Value::Long(42)))
+        );
     }
 
     proptest! {
