@@ -20,7 +20,7 @@ use crate::{CodecError, Compatibility, RegistryClient};
 pub struct AvroTarget {
     encoder: AvroEncoder,
     strategy: SubjectNameStrategy,
-    resolved: OwnedSchema,
+    pub(crate) resolved: OwnedSchema,
     /// `<topic>-value`.
     subject: String,
     /// The schema's JSON text, as given.

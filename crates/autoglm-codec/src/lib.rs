@@ -27,6 +27,8 @@ mod encoder;
 mod envelope;
 mod error;
 mod registry;
+#[cfg(test)]
+mod round_trips;
 mod wire;
 
 pub use autoglm_core::ChangeEvent;
