@@ -128,7 +128,9 @@ impl AvroTarget {
 /// Converts a JSON value into an Avro value of `schema`. Strings convert to numbers and numbers
 /// to strings; decimals accept strings or numbers and are rescaled exactly (more fractional
 /// digits than the scale is an error, not a rounding); timestamps accept epoch numbers in the
-/// schema's unit or ISO-8601/RFC 3339 strings.
+/// schema's unit or ISO-8601/RFC 3339 strings. A union takes a branch of the value's own kind
+/// when it has one (`"007"` stays a string under `["long", "string"]`), else the first branch
+/// the value converts to.
 pub fn json_to_avro(
     json: &Json,
     schema: &Schema,
