@@ -12,21 +12,25 @@ use schema_registry_converter::schema_registry_common::{
 };
 use serde_json::Value as Json;
 
-use crate::CodecError;
 use crate::avro_json::OwnedSchema;
 use crate::error::truncated;
+use crate::{CodecError, Compatibility, RegistryClient};
 
 /// An output topic's Avro schema and its registration (`<topic>-value`).
 pub struct AvroTarget {
     encoder: AvroEncoder,
     strategy: SubjectNameStrategy,
-    resolved: OwnedSchema,
+    pub(crate) resolved: OwnedSchema,
+    /// `<topic>-value`.
+    subject: String,
+    /// The schema's JSON text, as given.
+    text: String,
 }
 
 impl std::fmt::Debug for AvroTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AvroTarget")
-            .field("subject", &self.strategy.get_subject().ok())
+            .field("subject", &self.subject)
             .finish_non_exhaustive()
     }
 }
@@ -51,7 +55,25 @@ impl AvroTarget {
                 SuppliedSchema::new(None, SchemaType::Avro, schema.to_owned()),
             ),
             resolved,
+            subject: format!("{topic}-value"),
+            text: schema.to_owned(),
         })
+    }
+
+    /// The registry subject (`<topic>-value`, the topic-name strategy).
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// Asks `registry` whether this schema may be registered under its subject, by the subject's
+    /// compatibility level. Registers nothing.
+    pub async fn check_compatibility(
+        &self,
+        registry: &RegistryClient,
+    ) -> Result<Compatibility, CodecError> {
+        registry
+            .check_compatibility(&self.subject, &self.text)
+            .await
     }
 
     /// The top-level field names of the schema.
@@ -106,7 +128,9 @@ impl AvroTarget {
 /// Converts a JSON value into an Avro value of `schema`. Strings convert to numbers and numbers
 /// to strings; decimals accept strings or numbers and are rescaled exactly (more fractional
 /// digits than the scale is an error, not a rounding); timestamps accept epoch numbers in the
-/// schema's unit or ISO-8601/RFC 3339 strings.
+/// schema's unit or ISO-8601/RFC 3339 strings. A union takes a branch of the value's own kind
+/// when it has one (`"007"` stays a string under `["long", "string"]`), else the first branch
+/// the value converts to.
 pub fn json_to_avro(
     json: &Json,
     schema: &Schema,
@@ -133,11 +157,16 @@ pub fn json_to_avro(
                     .ok_or_else(|| fail("a value is required"))?;
                 Value::Union(index_u32(index), Box::new(Value::Null))
             } else {
+                // Branches of the value's own JSON kind first, so that `"007"` stays a string
+                // under ["long", "string"] and `5` an integer under ["double", "long"]; only then
+                // the converting branches (a string into a long, a number into a decimal, …).
+                let (natural, converting): (Vec<_>, Vec<_>) = variants
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| !matches!(v, Schema::Null))
+                    .partition(|(_, v)| same_kind(json, v, names));
                 let mut last_error = None;
-                for (index, variant) in variants.iter().enumerate() {
-                    if matches!(variant, Schema::Null) {
-                        continue;
-                    }
+                for (index, variant) in natural.into_iter().chain(converting) {
                     match json_to_avro(json, variant, names, path) {
                         Ok(v) => return Ok(Value::Union(index_u32(index), Box::new(v))),
                         Err(e) => last_error = Some(e),
@@ -259,6 +288,36 @@ pub fn json_to_avro(
         }
         _ => return Err(fail("this Avro type is not supported as a target")),
     })
+}
+
+/// Whether `schema` is the Avro counterpart of `json`'s own kind (no conversion needed).
+fn same_kind(json: &Json, schema: &Schema, names: &Names) -> bool {
+    let schema = match schema {
+        Schema::Ref { name } => match names.get(name) {
+            Some(s) => s,
+            None => return false,
+        },
+        other => other,
+    };
+    match json {
+        Json::Null => matches!(schema, Schema::Null),
+        Json::Bool(_) => matches!(schema, Schema::Boolean),
+        Json::Number(n) if n.is_i64() || n.is_u64() => matches!(
+            schema,
+            Schema::Int
+                | Schema::Long
+                | Schema::Date
+                | Schema::TimestampMillis
+                | Schema::TimestampMicros
+        ),
+        Json::Number(_) => matches!(schema, Schema::Float | Schema::Double),
+        Json::String(_) => matches!(
+            schema,
+            Schema::String | Schema::Enum(_) | Schema::Bytes | Schema::Decimal(_)
+        ),
+        Json::Array(_) => matches!(schema, Schema::Array(_)),
+        Json::Object(_) => matches!(schema, Schema::Record(_) | Schema::Map(_)),
+    }
 }
 
 fn index_u32(index: usize) -> u32 {
@@ -394,6 +453,28 @@ mod tests {
         let err = encode(json!({"id": 1, "user_name": "a", "credit_limit": "1.005", "updated_at": 0, "version": 1}))
             .expect_err("scale 2");
         assert!(err.to_string().contains("credit_limit"), "{err}");
+    }
+
+    #[test]
+    fn union_prefers_the_branch_of_the_values_own_kind() {
+        let schema = Schema::parse_str(r#"["null", "long", "string", "double"]"#).expect("union");
+        let names = Names::new();
+        let encode = |json: Json| json_to_avro(&json, &schema, &names, "u").expect("fits");
+        assert_eq!(
+            encode(json!("007")),
+            Value::Union(2, Box::new(Value::String("007".into())))
+        );
+        assert_eq!(encode(json!(7)), Value::Union(1, Box::new(Value::Long(7))));
+        assert_eq!(
+            encode(json!(7.5)),
+            Value::Union(3, Box::new(Value::Double(7.5)))
+        );
+        // Conversion still applies when no branch has the value's kind.
+        let long_or_null = Schema::parse_str(r#"["null", "long"]"#).expect("union");
+        assert_eq!(
+            json_to_avro(&json!("42"), &long_or_null, &names, "u").expect("converts"),
+            Value::Union(1, Box::new(Value::Long(42)))
+        );
     }
 
     proptest! {

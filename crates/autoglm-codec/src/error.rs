@@ -38,6 +38,28 @@ pub enum CodecError {
         /// What is wrong, naming the field.
         reason: String,
     },
+    /// A Schema Registry request failed: no answer, or an error answer.
+    #[error("schema registry {request}: {reason}")]
+    Registry {
+        /// Method and full URL (credentials stripped), e.g. `GET http://…/subjects/x-value/versions`.
+        request: String,
+        /// The HTTP status, when the registry answered.
+        status: Option<u16>,
+        /// What failed: `cannot connect`, `HTTP 401 Unauthorized: …`, …
+        reason: String,
+        /// The HTTP client's error, when there was no answer.
+        #[source]
+        source: Option<reqwest::Error>,
+    },
+    /// The registry URL or client settings cannot be used.
+    #[error("schema registry url `{url}` is not usable")]
+    RegistrySettings {
+        /// The URL (credentials stripped).
+        url: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A row value cannot be written under the target schema.
     #[error("field `{path}`: {reason}")]
     Encode {
@@ -52,6 +74,12 @@ impl Classify for CodecError {
     fn class(&self) -> ErrorClass {
         match self {
             CodecError::RegistryUnavailable(_) => ErrorClass::Transient,
+            // No answer, a server error, a timeout or throttling may pass; a 4xx will not.
+            CodecError::Registry { status, .. } => match status {
+                None | Some(408 | 429 | 500..) => ErrorClass::Transient,
+                Some(_) => ErrorClass::Fatal,
+            },
+            CodecError::RegistrySettings { .. } => ErrorClass::Fatal,
             _ => ErrorClass::Poison,
         }
     }

@@ -8,6 +8,9 @@
 //!  Row (JSON map) ─► Avro Value under the target schema ─► Confluent wire format   (or JSON bytes)
 //! ```
 //!
+//! [`RegistryClient`] asks the registry, registering nothing, whether a target schema is
+//! compatible with its subject ([`AvroTarget::check_compatibility`], `autoglm schemas check`).
+//!
 //! Debezium logical types become plain JSON values on the way in: decimals become strings with
 //! their scale (`"1234.50"`), `io.debezium.time.*` and Avro date/time types stay integers in their
 //! own unit, so the mapping stage decides how to present them.
@@ -23,6 +26,9 @@ mod decoder;
 mod encoder;
 mod envelope;
 mod error;
+mod registry;
+#[cfg(test)]
+mod round_trips;
 mod wire;
 
 pub use autoglm_core::ChangeEvent;
@@ -30,4 +36,5 @@ pub use decoder::{Decoded, Decoder, Encoding, Envelope};
 pub use encoder::{AvroTarget, json_to_avro};
 pub use envelope::parse_envelope;
 pub use error::CodecError;
+pub use registry::{Compatibility, RegistryClient};
 pub use wire::{WIRE_HEADER_LEN, schema_id};

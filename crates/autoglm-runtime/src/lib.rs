@@ -23,6 +23,6 @@ mod pipeline;
 mod restore;
 mod route;
 
-pub use pipeline::{Pipeline, RunError, RunOptions, RunSummary};
+pub use pipeline::{Pipeline, RunError, RunOptions, RunSummary, SchemaCheck};
 pub use restore::{RestoreStats, restore};
 pub use route::RouteRuntime;

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use autoglm_codec::{CodecError, Decoded, Decoder};
+use autoglm_codec::{CodecError, Compatibility, Decoded, Decoder, RegistryClient};
 use autoglm_config::{Config, DeleteMode};
 use autoglm_core::{ChangeEvent, Classify, ErrorClass, Row};
 use autoglm_kafka::{ClientSettings, classify};
@@ -20,13 +20,14 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
-use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use tokio_util::sync::CancellationToken;
 
 use crate::restore::restore;
 use crate::route::RouteRuntime;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one Schema Registry request may take.
+const REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the pipeline stopped.
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +50,8 @@ pub enum RunError {
     /// The state store failed.
     #[error("state store")]
     State(#[from] StateError),
-    /// The schema registry refused a target schema.
-    #[error("schema registration for {topic}")]
+    /// The schema registry could not register or check a target schema.
+    #[error("target schema of {topic}")]
     Schema {
         /// The target topic.
         topic: String,
@@ -163,12 +164,24 @@ struct Work {
     mapped: Option<Row>,
 }
 
+/// What the registry says about one Avro target schema (see [`Pipeline::check_schemas`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaCheck {
+    /// The target topic.
+    pub topic: String,
+    /// Its registry subject, `<topic>-value`.
+    pub subject: String,
+    /// The registry's verdict.
+    pub compatibility: Compatibility,
+}
+
 /// A configured pipeline, ready to run.
 pub struct Pipeline {
     config: Config,
     settings: ClientSettings,
     routes: Vec<RouteRuntime>,
     decoder: Decoder,
+    registry: Option<RegistryClient>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -194,35 +207,73 @@ impl Pipeline {
                 .with_property("sasl.password", password.expose())
                 .map_err(|e| RunError::Config(e.to_string()))?;
         }
+        let registry_error = |e: CodecError| {
+            let cause = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            RunError::Config(format!("schema_registry.url: {e}{cause}"))
+        };
         let registry = match &config.schema_registry {
             Some(r) => {
-                let mut builder = SrSettings::new_builder(r.url.clone());
-                builder.set_timeout(Duration::from_secs(10));
+                let mut client =
+                    RegistryClient::new(&r.url, REGISTRY_TIMEOUT).map_err(registry_error)?;
                 if let Some(user) = &r.username {
-                    builder.set_basic_authorization(user, r.password.as_ref().map(|p| p.expose()));
+                    client = client.with_basic_auth(user, r.password.as_ref().map(|p| p.expose()));
                 }
-                Some(
-                    builder
-                        .build()
-                        .map_err(|e| RunError::Config(format!("schema_registry.url: {e}")))?,
-                )
+                Some(client)
             }
             None => None,
         };
+        let sr_settings = registry
+            .as_ref()
+            .map(RegistryClient::sr_settings)
+            .transpose()
+            .map_err(registry_error)?;
         let routes = config
             .routes
             .iter()
             .map(|route| {
-                RouteRuntime::compile(&config, route, registry.as_ref())
+                RouteRuntime::compile(&config, route, sr_settings.as_ref())
                     .map_err(|e| RunError::Config(format!("route {}: {e}", route.name)))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Pipeline {
-            decoder: Decoder::new(registry),
+            decoder: Decoder::new(sr_settings),
             config,
             settings,
             routes,
+            registry,
         })
+    }
+
+    /// Asks the registry, for every Avro target in config order, whether its schema may be
+    /// registered under `<topic>-value` by the subject's compatibility level. Registers nothing:
+    /// run it before [`register_schemas`](Self::register_schemas) or a deployment. An
+    /// incompatible schema is a result, not an error; an unreachable or refusing registry is.
+    pub async fn check_schemas(&self) -> Result<Vec<SchemaCheck>, RunError> {
+        let mut checks = Vec::new();
+        for route in &self.routes {
+            for target in &route.targets {
+                if let crate::route::TargetRuntime::Avro { topic, avro } = target {
+                    let registry = self.registry.as_ref().ok_or_else(|| {
+                        RunError::Config("avro targets need `schema_registry`".to_owned())
+                    })?;
+                    let compatibility =
+                        avro.check_compatibility(registry).await.map_err(|source| {
+                            RunError::Schema {
+                                topic: topic.clone(),
+                                source,
+                            }
+                        })?;
+                    checks.push(SchemaCheck {
+                        topic: topic.clone(),
+                        subject: avro.subject().to_owned(),
+                        compatibility,
+                    });
+                }
+            }
+        }
+        Ok(checks)
     }
 
     /// Registers every Avro target schema (topic-name strategy) and returns `(topic, id)` pairs.

@@ -74,6 +74,14 @@ enum SchemasCommand {
         #[arg(long, short, env = "AUTOGLM_CONFIG", default_value = autoglm_config::DEFAULT_FILE)]
         config: PathBuf,
     },
+    /// Ask the registry whether every Avro target schema is compatible with its `<topic>-value`
+    /// subject (by the subject's compatibility level), registering nothing; exit non-zero if any
+    /// is not, or if the registry does not answer.
+    Check {
+        /// The config file.
+        #[arg(long, short, env = "AUTOGLM_CONFIG", default_value = autoglm_config::DEFAULT_FILE)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -82,7 +90,7 @@ fn main() -> ExitCode {
         Command::Validate { file } => Some(file.as_path()),
         Command::PrintConfig { config } | Command::Run { config, .. } => Some(config.as_path()),
         Command::Schemas {
-            command: SchemasCommand::Register { config },
+            command: SchemasCommand::Register { config } | SchemasCommand::Check { config },
         } => Some(config.as_path()),
         Command::Check { .. } => None,
     }
@@ -170,13 +178,24 @@ async fn execute(command: Command, config: Option<Config>) -> anyhow::Result<()>
             );
             Ok(())
         }
-        (Command::Schemas { .. }, Some(config)) => {
+        (
+            Command::Schemas {
+                command: SchemasCommand::Register { .. },
+            },
+            Some(config),
+        ) => {
             let pipeline = Pipeline::new(config)?;
             for (topic, id) in pipeline.register_schemas().await? {
                 println!("{topic}-value: schema id {id}");
             }
             Ok(())
         }
+        (
+            Command::Schemas {
+                command: SchemasCommand::Check { .. },
+            },
+            Some(config),
+        ) => check_schemas(config).await,
         (
             Command::Check {
                 bootstrap_servers,
@@ -194,6 +213,35 @@ async fn execute(command: Command, config: Option<Config>) -> anyhow::Result<()>
         }
         (_, None) => anyhow::bail!("this command needs a config file"),
     }
+}
+
+/// One line per Avro target: topic, subject, verdict. Fails when any is incompatible.
+async fn check_schemas(config: Config) -> anyhow::Result<()> {
+    let pipeline = Pipeline::new(config)?;
+    let checks = pipeline.check_schemas().await?;
+    if checks.is_empty() {
+        println!("no avro targets in the config: nothing to check");
+        return Ok(());
+    }
+    let topic_width = checks.iter().map(|c| c.topic.len()).max().unwrap_or(0);
+    let subject_width = checks.iter().map(|c| c.subject.len()).max().unwrap_or(0);
+    for c in &checks {
+        println!(
+            "{:<topic_width$}  {:<subject_width$}  {}",
+            c.topic, c.subject, c.compatibility
+        );
+    }
+    let incompatible = checks
+        .iter()
+        .filter(|c| c.compatibility.is_incompatible())
+        .count();
+    if incompatible > 0 {
+        anyhow::bail!(
+            "{incompatible} of {} target schemas would be refused by the registry",
+            checks.len()
+        );
+    }
+    Ok(())
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

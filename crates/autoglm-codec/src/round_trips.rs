@@ -1,0 +1,301 @@
+//! Property tests: what the codecs write, they read back unchanged.
+//!
+//! ```text
+//!  (a) row valid under a target schema ─► json_to_avro (AvroTarget's schema) ─► Avro datum
+//!        ─► Confluent frame ─► schema_id + from_avro_datum ─► avro_json::to_json ══ row
+//!  (b) row ─► Connect {schema, payload} JSON bytes (decimals as base64 two's complement,
+//!        Decimal and VariableScaleDecimal) ─► Decoder::decode(Json) ══ row, decimals as strings
+//! ```
+//!
+//! Expected decimal strings are built here with integer arithmetic, not with the crate's
+//! `format_decimal`, so the two implementations check each other.
+
+use apache_avro::types::Value;
+use proptest::prelude::*;
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use serde_json::{Map, Value as Json, json};
+
+use crate::avro_json::to_json;
+use crate::{AvroTarget, Decoded, Decoder, Encoding, Envelope, WIRE_HEADER_LEN, json_to_avro};
+
+const TARGET_SCHEMA: &str = r#"{
+  "type": "record", "name": "Row", "namespace": "test",
+  "fields": [
+    {"name": "s", "type": "string"},
+    {"name": "l", "type": "long"},
+    {"name": "i", "type": "int"},
+    {"name": "d", "type": "double"},
+    {"name": "b", "type": "boolean"},
+    {"name": "opt", "type": ["null", "string"], "default": null},
+    {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 20, "scale": 4}},
+    {"name": "credit", "type": ["null", {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 2}], "default": null},
+    {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+    {"name": "either", "type": ["null", "long", "string"], "default": null}
+  ]
+}"#;
+
+/// `unscaled × 10^-scale` as a plain decimal string, by integer division.
+fn decimal_text(unscaled: i64, scale: u32) -> String {
+    let magnitude = i128::from(unscaled).unsigned_abs();
+    let sign = if unscaled < 0 { "-" } else { "" };
+    if scale == 0 {
+        return format!("{sign}{magnitude}");
+    }
+    let unit = 10u128.pow(scale);
+    format!(
+        "{sign}{}.{:0width$}",
+        magnitude / unit,
+        magnitude % unit,
+        width = scale as usize
+    )
+}
+
+/// Minimal big-endian two's complement, as Java's `BigInteger.toByteArray()` (Kafka Connect's
+/// `Decimal`) writes it; `pad` extra sign bytes in front, which readers must accept too.
+fn twos_complement(unscaled: i64, pad: usize) -> Vec<u8> {
+    let bytes = unscaled.to_be_bytes();
+    let sign = if unscaled < 0 { 0xff } else { 0x00 };
+    let mut start = 0;
+    while start < bytes.len() - 1
+        && bytes[start] == sign
+        && (bytes[start + 1] & 0x80 == 0) == (sign == 0)
+    {
+        start += 1;
+    }
+    let mut out = vec![sign; pad];
+    out.extend_from_slice(&bytes[start..]);
+    out
+}
+
+fn base64(bytes: &[u8]) -> String {
+    crate::avro_json::base64_encode(bytes)
+}
+
+fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
+/// A value for the `["null", "long", "string"]` union, including strings that look like numbers.
+fn either() -> impl Strategy<Value = Json> {
+    prop_oneof![
+        Just(Json::Null),
+        any::<i64>().prop_map(Json::from),
+        any::<String>().prop_map(Json::String),
+        "-?[0-9]{1,6}".prop_map(Json::String),
+    ]
+}
+
+prop_compose! {
+    fn target_row()(
+        s in any::<String>(),
+        l in any::<i64>(),
+        i in any::<i32>(),
+        d in any::<f64>().prop_filter("JSON has no NaN or infinity", |d| d.is_finite()),
+        b in any::<bool>(),
+        opt in proptest::option::of(any::<String>()),
+        amount in any::<i64>(),
+        credit in proptest::option::of(-(10i64.pow(12) - 1)..10i64.pow(12)),
+        at in any::<i64>(),
+        either in either(),
+    ) -> Map<String, Json> {
+        let row = json!({
+            "s": s, "l": l, "i": i, "d": d, "b": b, "opt": opt,
+            "amount": decimal_text(amount, 4),
+            "credit": credit.map(|c| decimal_text(c, 2)),
+            "at": at,
+            "either": either,
+        });
+        match row {
+            Json::Object(map) => map,
+            _ => unreachable!("json! of an object"),
+        }
+    }
+}
+
+/// A Kafka Connect field: its schema entry, its payload value, and what decoding must give.
+#[derive(Debug, Clone)]
+struct ConnectField {
+    schema: Json,
+    payload: Json,
+    decoded: Json,
+}
+
+/// A field of some Connect type (its schema entry still without the `field` name).
+fn connect_field() -> impl Strategy<Value = ConnectField> {
+    fn plain(kind: &str, value: Json) -> ConnectField {
+        ConnectField {
+            schema: json!({"type": kind, "optional": false}),
+            payload: value.clone(),
+            decoded: value,
+        }
+    }
+    prop_oneof![
+        any::<String>().prop_map(|s| plain("string", Json::String(s))),
+        any::<i64>().prop_map(|v| plain("int64", Json::from(v))),
+        any::<i32>().prop_map(|v| plain("int32", Json::from(v))),
+        any::<bool>().prop_map(|v| plain("boolean", Json::Bool(v))),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|v| plain("float64", Json::from(v))),
+        // org.apache.kafka.connect.data.Decimal: base64 bytes, scale in the schema; optional.
+        (proptest::option::of(any::<i64>()), 0u32..12, 0usize..3).prop_map(
+            |(unscaled, scale, pad)| ConnectField {
+                schema: json!({
+                    "type": "bytes", "optional": true,
+                    "name": "org.apache.kafka.connect.data.Decimal", "version": 1,
+                    "parameters": {"scale": scale.to_string(), "connect.decimal.precision": "20"}
+                }),
+                payload: unscaled.map_or(Json::Null, |u| Json::String(base64(&twos_complement(
+                    u, pad
+                )))),
+                decoded: unscaled.map_or(Json::Null, |u| Json::String(decimal_text(u, scale))),
+            }
+        ),
+        // io.debezium.data.VariableScaleDecimal: {scale, value} in the payload.
+        (any::<i64>(), 0u32..12).prop_map(|(unscaled, scale)| ConnectField {
+            schema: json!({
+                "type": "struct", "optional": false,
+                "name": "io.debezium.data.VariableScaleDecimal", "version": 1,
+                "fields": [
+                    {"field": "scale", "type": "int32", "optional": false},
+                    {"field": "value", "type": "bytes", "optional": false}
+                ]
+            }),
+            payload: json!({"scale": scale, "value": base64(&twos_complement(unscaled, 0))}),
+            decoded: Json::String(decimal_text(unscaled, scale)),
+        }),
+    ]
+}
+
+/// 1–7 fields named `f0`, `f1`, …
+fn connect_row() -> impl Strategy<Value = Vec<ConnectField>> {
+    proptest::collection::vec(connect_field(), 1..8).prop_map(|mut fields| {
+        for (i, field) in fields.iter_mut().enumerate() {
+            field.schema["field"] = Json::String(format!("f{i}"));
+        }
+        fields
+    })
+}
+
+/// A Connect struct schema; `field` names it when it is itself a field of a struct.
+fn struct_schema(fields: &[ConnectField], name: &str, optional: bool, field: Option<&str>) -> Json {
+    let mut schema = json!({
+        "type": "struct", "name": name, "optional": optional,
+        "fields": fields.iter().map(|f| f.schema.clone()).collect::<Vec<_>>()
+    });
+    if let Some(field) = field {
+        schema["field"] = Json::String(field.to_owned());
+    }
+    schema
+}
+
+fn object(fields: &[ConnectField], pick: impl Fn(&ConnectField) -> &Json) -> Json {
+    Json::Object(
+        fields
+            .iter()
+            .map(|f| {
+                let name = f.schema["field"].as_str().expect("named").to_owned();
+                (name, pick(f).clone())
+            })
+            .collect(),
+    )
+}
+
+proptest! {
+    #[test]
+    fn avro_target_rows_round_trip_through_the_wire_format(row in target_row(), id in any::<u32>()) {
+        let target = AvroTarget::new(SrSettings::new("http://registry.invalid".into()), "t", TARGET_SCHEMA)
+            .expect("schema");
+        let (root, names) = (target.resolved.root(), target.resolved.names());
+        let value = json_to_avro(&Json::Object(row.clone()), root, names, "").expect("a valid row encodes");
+        let mut framed = vec![0];
+        framed.extend_from_slice(&id.to_be_bytes());
+        let writer = apache_avro::writer::datum::GenericDatumWriter::builder(root).build().expect("writer");
+        framed.extend(writer.write_value_to_vec(value).expect("datum"));
+
+        prop_assert_eq!(crate::schema_id(&framed).expect("header"), id);
+        let reader = apache_avro::reader::datum::GenericDatumReader::builder(root).build().expect("reader");
+        let decoded = reader
+            .read_value(&mut &framed[WIRE_HEADER_LEN..])
+            .expect("datum decodes");
+        prop_assert_eq!(to_json(decoded, root, names), Json::Object(row));
+    }
+
+    #[test]
+    fn rfc3339_timestamps_encode_to_their_epoch_millis(
+        millis in -2_208_988_800_000i64..7_258_118_400_000, // 1900 … 2200
+        offset_minutes in -14 * 60..=14 * 60i32,
+    ) {
+        let offset = chrono::FixedOffset::east_opt(offset_minutes * 60).expect("offset");
+        let text = chrono::DateTime::from_timestamp_millis(millis)
+            .expect("in range")
+            .with_timezone(&offset)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, false);
+        let schema = apache_avro::Schema::TimestampMillis;
+        let value = json_to_avro(&Json::String(text.clone()), &schema, &Default::default(), "at")
+            .expect("an RFC 3339 timestamp");
+        prop_assert_eq!(value, Value::TimestampMillis(millis), "{}", text);
+    }
+
+    #[test]
+    fn connect_json_upsert_rows_decode_to_the_original_row(fields in connect_row()) {
+        let wrapped = json!({
+            "schema": struct_schema(&fields, "test.Row", false, None),
+            "payload": object(&fields, |f| &f.payload),
+        });
+        let bytes = serde_json::to_vec(&wrapped).expect("json");
+        let decoded = block_on(Decoder::new(None).decode(Envelope::Upsert, Encoding::Json, None, Some(&bytes)))
+            .expect("decodes");
+        let Decoded::Event(event) = decoded else {
+            return Err(TestCaseError::fail("an upsert value is an event"));
+        };
+        prop_assert_eq!(event.after.map(Json::Object), Some(object(&fields, |f| &f.decoded)));
+    }
+
+    #[test]
+    fn connect_json_debezium_envelopes_decode_before_and_after(
+        before in connect_row(),
+        after in connect_row(),
+        op in prop_oneof![Just("c"), Just("u"), Just("r")],
+    ) {
+        // Debezium declares one row schema for both sides; here each has its own, so both vary.
+        let wrapped = json!({
+            "schema": {"type": "struct", "name": "test.Envelope", "optional": false, "fields": [
+                struct_schema(&before, "test.Before", true, Some("before")),
+                struct_schema(&after, "test.After", true, Some("after")),
+                {"field": "op", "type": "string", "optional": false},
+                {"field": "ts_ms", "type": "int64", "optional": true}
+            ]},
+            "payload": {
+                "before": object(&before, |f| &f.payload),
+                "after": object(&after, |f| &f.payload),
+                "op": op, "ts_ms": 1_700_000_000_000i64
+            },
+        });
+        let bytes = serde_json::to_vec(&wrapped).expect("json");
+        let decoded = block_on(Decoder::new(None).decode(Envelope::Debezium, Encoding::Json, None, Some(&bytes)))
+            .expect("decodes");
+        let Decoded::Event(event) = decoded else {
+            return Err(TestCaseError::fail("a non-null value is an event"));
+        };
+        prop_assert_eq!(event.before.map(Json::Object), Some(object(&before, |f| &f.decoded)));
+        prop_assert_eq!(event.after.map(Json::Object), Some(object(&after, |f| &f.decoded)));
+        prop_assert_eq!(event.ts_ms, Some(1_700_000_000_000));
+    }
+}
+
+#[test]
+fn helpers_agree_with_known_values() {
+    assert_eq!(decimal_text(12345, 2), "123.45");
+    assert_eq!(decimal_text(-5, 3), "-0.005");
+    assert_eq!(decimal_text(i64::MIN, 0), "-9223372036854775808");
+    // Java: BigInteger.valueOf(12345).toByteArray() = [0x30, 0x39]; 128 → [0x00, 0x80]; -1 → [0xff].
+    assert_eq!(twos_complement(12345, 0), [0x30, 0x39]);
+    assert_eq!(twos_complement(128, 0), [0x00, 0x80]);
+    assert_eq!(twos_complement(-1, 0), [0xff]);
+    assert_eq!(twos_complement(-129, 1), [0xff, 0xff, 0x7f]);
+    assert_eq!(twos_complement(0, 0), [0x00]);
+}
