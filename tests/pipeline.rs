@@ -263,6 +263,8 @@ routes:
         ("2".into(), Some(wrapped(2, 1, "7"))),
         ("2".into(), Some("{not json".into())),   // poison
         ("2".into(), Some(wrapped(2, 2, "abc"))), // not a decimal: poison
+        ("1".into(), None),                       // a key-only delete: no version to read
+        ("9".into(), None),                       // a delete of a key never seen: nothing to do
     ];
     for (key, value) in &inputs {
         let mut record = rdkafka::producer::FutureRecord::to(&t.source).key(key);
@@ -281,7 +283,7 @@ routes:
     let summary = run(config).await;
     assert_eq!(
         (summary.emitted, summary.dropped, summary.dead_lettered),
-        (3, 1, 2),
+        (4, 2, 2),
         "{summary:?}"
     );
     let out = read_committed(&kafka, None, &t.target, Duration::from_secs(3))
@@ -289,9 +291,13 @@ routes:
         .expect("read");
     let versions: Vec<_> = by_key(&out)
         .into_iter()
-        .map(|(k, v, _)| format!("{k}@{v}"))
+        .map(|(k, v, tomb)| format!("{k}@{v}{}", if tomb { "†" } else { "" }))
         .collect();
-    assert_eq!(versions, ["1@1", "1@3", "2@1"]);
+    assert_eq!(
+        versions,
+        ["1@1", "1@3", "1@3†", "2@1"],
+        "the key-only delete removes the version it found"
+    );
     let last = out
         .iter()
         .find(|r| r.key == "1" && r.headers["autoglm.version"] == "3")

@@ -146,6 +146,7 @@ impl RouteRuntime {
                 .row()
                 .and_then(|r| r.get(field))
                 .or_else(|| event.key.as_ref().and_then(|k| k.get(field)))
+                .or_else(|| self.scalar_key(event))
                 .filter(|v| !v.is_null())
                 .ok_or_else(|| {
                     self.error("key_fields", format!("key field `{field}` is missing"))
@@ -165,6 +166,16 @@ impl RouteRuntime {
                 Ok(Change::UnversionedDelete)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// A record key that is a bare value (Kafka Connect's `StringConverter`, a number), not an
+    /// object: it is the single key field's value.
+    fn scalar_key<'e>(&self, event: &'e ChangeEvent) -> Option<&'e Json> {
+        let key = event.key.as_ref()?;
+        match (self.key_fields.len(), key.len()) {
+            (1, 1) => key.get("key"),
+            _ => None,
         }
     }
 
