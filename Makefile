@@ -12,6 +12,10 @@ STACK_ENV = $$($(STACK) env)
 DEMO_ENV = AUTOGLM__KAFKA__BOOTSTRAP_SERVERS=$$($(STACK) env | sed -n 's/^AUTOGLM_KAFKA_BOOTSTRAP=//p') \
 	AUTOGLM__SCHEMA_REGISTRY__URL=$$($(STACK) env | sed -n 's/^AUTOGLM_SCHEMA_REGISTRY_URL=//p')
 BIN = $(CARGO_TARGET_DIR)/debug
+# One selection for every cargo command: all packages and targets, plus the test-only crash
+# points (inert unless AUTOGLM_CRASH_AT is set), so features unify the same way and
+# RocksDB/librdkafka are built once per target directory.
+CARGO_SELECT = --workspace --all-targets --features autoglm/failpoints
 
 .PHONY: help up down status reset demo test fmt lint build
 
@@ -31,7 +35,7 @@ reset: ## Stop the local stack and delete its data and logs
 	@$(STACK) reset
 
 demo: up ## Run the CRM → ERP sync on the local stack: schemas, change stream, processor, results
-	cargo build --quiet --workspace --all-targets
+	cargo build --quiet $(CARGO_SELECT)
 	@rm -rf .stack/demo
 	@env $(STACK_ENV) $(BIN)/autoglm-demo setup
 	@env $(STACK_ENV) $(DEMO_ENV) $(BIN)/autoglm schemas register
@@ -39,17 +43,15 @@ demo: up ## Run the CRM → ERP sync on the local stack: schemas, change stream,
 	@env $(STACK_ENV) $(DEMO_ENV) $(BIN)/autoglm run --exit-when-idle-secs 4
 	@env $(STACK_ENV) $(BIN)/autoglm-demo show
 
-# Every cargo command selects the same packages and targets (--workspace --all-targets), so that
-# features unify the same way and RocksDB/librdkafka are built once per target directory.
 build: ## Build every crate, test and benchmark
-	cargo build --workspace --all-targets
+	cargo build $(CARGO_SELECT)
 
 fmt: ## Format the code
 	cargo fmt --all
 
 lint: ## rustfmt and clippy, as CI runs them
 	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy $(CARGO_SELECT) -- -D warnings
 
 test: up lint ## Start the stack if needed, lint, then run every test (unit and integration)
-	env $(STACK_ENV) cargo test --workspace --all-targets --no-fail-fast
+	env $(STACK_ENV) cargo test $(CARGO_SELECT) --no-fail-fast

@@ -295,18 +295,35 @@ impl Pipeline {
 
     /// Runs until cancelled, idle for `exit_when_idle`, or a fatal error.
     pub async fn run(self, options: RunOptions) -> Result<RunSummary, RunError> {
-        let exactly_once = self.config.exactly_once();
         let state_path = self.config.event_queue.storage_path.clone();
-        let retention_ms =
-            i64::try_from(self.config.state.tombstone_retention.as_millis()).unwrap_or(i64::MAX);
         let rocks = RocksOptions {
             block_cache_bytes: self.config.state.block_cache_bytes,
             compression: self.config.event_queue.enable_compression,
-            tombstone_retention_ms: Some(retention_ms),
+            tombstone_retention_ms: Some(self.tombstone_retention_ms()),
             ..RocksOptions::default()
         };
         let backend = RocksBackend::open(&state_path, rocks)?;
-        let mut guard = VersionGuard::new(backend.clone(), retention_ms);
+        let result = self.serve(&backend, options).await;
+        // Close the store before returning: RocksDB's background jobs must be finished before
+        // the process exits, or its static destructors race them (an abort at exit).
+        if let Err(error) = backend.close().await {
+            tracing::warn!(error = %chain(&error), "closing the state store");
+        }
+        result
+    }
+
+    fn tombstone_retention_ms(&self) -> i64 {
+        i64::try_from(self.config.state.tombstone_retention.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    async fn serve(
+        &self,
+        backend: &RocksBackend,
+        options: RunOptions,
+    ) -> Result<RunSummary, RunError> {
+        let exactly_once = self.config.exactly_once();
+        let state_path = &self.config.event_queue.storage_path;
+        let mut guard = VersionGuard::new(backend.clone(), self.tombstone_retention_ms());
 
         let changelogs = self.ensure_changelogs().await?;
         self.retry_transient("target schema registration", &options.shutdown, || {
@@ -341,7 +358,7 @@ impl Pipeline {
         };
         // After init_transactions: it aborted this instance's own open transaction (after a
         // kill), which would otherwise hold back the changelog's committed end.
-        let restored = restore(&self.settings, &backend, &changelogs).await?;
+        let restored = restore(&self.settings, backend, &changelogs).await?;
         tracing::info!(
             routes = self.routes.len(),
             exactly_once,
@@ -549,6 +566,7 @@ impl Pipeline {
         if exactly_once {
             producer.begin_transaction()?;
         }
+        fail::fail_point!("before_produce");
         let mut out = Output::new(producer);
         let mut summary = RunSummary {
             records: batch.len() as u64,
@@ -697,6 +715,7 @@ impl Pipeline {
             changelog.push((topic.clone(), out.send(record)?));
         }
 
+        fail::fail_point!("after_produce");
         let offsets = next_offsets(batch)?;
         if exactly_once {
             let metadata = consumer
@@ -705,6 +724,7 @@ impl Pipeline {
             let p = producer.clone();
             blocking(move || {
                 p.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT)?;
+                fail::fail_point!("after_send_offsets");
                 p.commit_transaction(TXN_TIMEOUT)
             })
             .await?;
@@ -713,6 +733,7 @@ impl Pipeline {
             let c = Arc::clone(consumer);
             blocking(move || c.commit(&offsets, CommitMode::Sync)).await?;
         }
+        fail::fail_point!("after_commit");
 
         // Kafka has committed: now, and only now, the state follows.
         let mut checkpoints: HashMap<(String, i32), i64> = HashMap::new();
@@ -734,6 +755,7 @@ impl Pipeline {
             )
             .await
             .map_err(|e| BatchError::Fatal(e.into()))?;
+        fail::fail_point!("after_state_write");
         Ok(summary)
     }
 }

@@ -86,6 +86,8 @@ enum SchemasCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(feature = "failpoints")]
+    arm_crash_point();
     let config = match &cli.command {
         Command::Validate { file } => Some(file.as_path()),
         Command::PrintConfig { config } | Command::Run { config, .. } => Some(config.as_path()),
@@ -284,4 +286,27 @@ async fn check(bootstrap: &str, registry_url: &str, timeout: Duration) -> anyhow
         .with_context(|| format!("schema registry at {registry_url} did not answer"))?;
     println!("registry  ok  {registry_url}: {} subjects", subjects.len());
     Ok(())
+}
+
+/// Test builds only: `AUTOGLM_CRASH_AT=<point>[:<hit>]` aborts the process, with no cleanup at
+/// all (like `kill -9`), the `hit`-th time (default: first) the commit path reaches `point`.
+#[cfg(feature = "failpoints")]
+fn arm_crash_point() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let Ok(spec) = std::env::var("AUTOGLM_CRASH_AT") else {
+        return;
+    };
+    let (point, hit) = match spec.split_once(':') {
+        Some((point, hit)) => (point.to_owned(), hit.parse().unwrap_or(1)),
+        None => (spec, 1),
+    };
+    let hits = AtomicU32::new(0);
+    let name = point.clone();
+    fail::cfg_callback(point, move || {
+        if hits.fetch_add(1, Ordering::SeqCst) + 1 == hit {
+            eprintln!("crash point {name}: aborting");
+            std::process::abort();
+        }
+    })
+    .expect("crash point");
 }
