@@ -170,6 +170,22 @@ routes:
     }
 
     #[test]
+    fn a_numeric_instance_id_is_text() {
+        let text = BASE.replace(
+            "bootstrap_servers: 127.0.0.1:9092",
+            "bootstrap_servers: 127.0.0.1:9092\n  instance_id: 2",
+        );
+        let config = parse(&text, "t", repo(), Overrides::None).expect("valid");
+        assert_eq!(config.kafka.instance_id, "2");
+        let bad = BASE.replace(
+            "bootstrap_servers: 127.0.0.1:9092",
+            "bootstrap_servers: 127.0.0.1:9092\n  instance_id: [2]",
+        );
+        let found = problems(&bad).join("\n");
+        assert!(found.contains("instance_id: expected a string"), "{found}");
+    }
+
+    #[test]
     fn unknown_key_names_its_path_and_line() {
         let text = BASE.replace(
             "    key_fields: [id]",

@@ -43,6 +43,10 @@ pub struct Config {
     /// The version state store.
     #[serde(default)]
     pub state: StateConfig,
+    /// How long SIGTERM may take to drain: the open batch commits and the group is left. Past
+    /// it the process exits non-zero; the broker or the next start aborts what was open.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
     /// The sync routes.
     pub routes: Vec<Route>,
 }
@@ -57,7 +61,8 @@ pub struct KafkaConfig {
     #[serde(default = "default_group_id")]
     pub group_id: String,
     /// This instance's stable id; the transactional id is `<group_id>-<instance_id>`.
-    #[serde(default = "default_instance_id")]
+    /// A number is taken as text (`AUTOGLM__KAFKA__INSTANCE_ID=1`, a StatefulSet ordinal).
+    #[serde(default = "default_instance_id", deserialize_with = "text_or_number")]
     pub instance_id: String,
     /// SASL password, kept out of logs and `print-config`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -302,6 +307,25 @@ impl Config {
         }
         self
     }
+}
+
+fn text_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum TextOrNumber {
+        Text(String),
+        Number(u64),
+    }
+    TextOrNumber::deserialize(deserializer)
+        .map(|id| match id {
+            TextOrNumber::Text(text) => text,
+            TextOrNumber::Number(n) => n.to_string(),
+        })
+        .map_err(|_| serde::de::Error::custom("instance_id: expected a string or a whole number"))
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_log_level() -> String {

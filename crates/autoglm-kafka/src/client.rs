@@ -1,7 +1,7 @@
 //! Client settings shared by every consumer and producer the processor creates.
 
 use rdkafka::ClientConfig;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 
@@ -39,6 +39,8 @@ pub struct ClientSettings {
     client_id: String,
     /// Raw librdkafka properties (security, tuning), applied before the owned ones.
     extra: Vec<(String, String)>,
+    /// Properties only producers take (compression), applied after `extra`.
+    producer_extra: Vec<(String, String)>,
 }
 
 impl ClientSettings {
@@ -48,6 +50,7 @@ impl ClientSettings {
             bootstrap_servers: bootstrap_servers.into(),
             client_id: "open-autoglm".to_owned(),
             extra: Vec::new(),
+            producer_extra: Vec::new(),
         }
     }
 
@@ -74,6 +77,32 @@ impl ClientSettings {
         Ok(self)
     }
 
+    /// Adds a property that only producers take, such as `compression.type`.
+    pub fn with_producer_property(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Self, SettingsError> {
+        let key = key.into();
+        if OWNED_PROPERTIES.contains(&key.as_str()) {
+            return Err(SettingsError::OwnedProperty {
+                key,
+                reason: "set it through the typed configuration instead",
+            });
+        }
+        self.producer_extra.push((key, value.into()));
+        Ok(self)
+    }
+
+    fn producer_config(&self) -> ClientConfig {
+        let mut config = self.client_config();
+        for (key, value) in &self.producer_extra {
+            config.set(key, value);
+        }
+        config.set("enable.idempotence", "true");
+        config
+    }
+
     /// The bootstrap servers.
     pub fn bootstrap_servers(&self) -> &str {
         &self.bootstrap_servers
@@ -97,8 +126,7 @@ impl ClientSettings {
         &self,
         transactional_id: &str,
     ) -> Result<FutureProducer, KafkaError> {
-        self.client_config()
-            .set("enable.idempotence", "true")
+        self.producer_config()
             .set("transactional.id", transactional_id)
             // Delivery must time out before the broker aborts the transaction.
             .set("transaction.timeout.ms", "60000")
@@ -108,9 +136,7 @@ impl ClientSettings {
 
     /// An idempotent producer without transactions, for at-least-once output.
     pub fn idempotent_producer(&self) -> Result<FutureProducer, KafkaError> {
-        self.client_config()
-            .set("enable.idempotence", "true")
-            .create()
+        self.producer_config().create()
     }
 
     /// A consumer in `group_id` that only sees committed records and never commits on its own:
@@ -122,15 +148,24 @@ impl ClientSettings {
     /// The processor's consumer: [`read_committed_consumer`](Self::read_committed_consumer) as
     /// the static group member `member_id` (`group.instance.id`). A restarted instance takes its
     /// partitions back at once instead of waiting for the broker to expire its old session, so a
-    /// crash costs a restart, not a session timeout of stalled partitions.
-    pub fn member_consumer(
+    /// crash costs a restart, not a rebalance.
+    /// `context` hears the group's rebalances.
+    pub fn member_consumer<C: ConsumerContext + 'static>(
         &self,
         group_id: &str,
         member_id: &str,
-    ) -> Result<StreamConsumer, KafkaError> {
+        context: C,
+    ) -> Result<StreamConsumer<C>, KafkaError> {
         let mut config = self.consumer_config(group_id, "read_committed");
         config.set("group.instance.id", member_id);
-        config.create()
+        // A static member does not leave the group when it closes: its partitions move only
+        // when its session expires. 10 s (the broker's minimum is 6 s) bounds that stall after a
+        // scale-in or a crash without restart; a restart within it takes the partitions back
+        // without any rebalance. A pass-through `session.timeout.ms` wins.
+        if config.get("session.timeout.ms").is_none() {
+            config.set("session.timeout.ms", "10000");
+        }
+        config.create_with_context(context)
     }
 
     /// Like [`read_committed_consumer`](Self::read_committed_consumer), but also sees records of

@@ -19,6 +19,7 @@
 //! it never skips. A fatal error (fenced, authorization, configuration) stops the pipeline with an
 //! error and a non-zero exit.
 
+mod group;
 mod pipeline;
 mod restore;
 mod route;

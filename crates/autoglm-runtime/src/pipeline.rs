@@ -10,7 +10,8 @@ use autoglm_config::{Config, DeleteMode};
 use autoglm_core::{ChangeEvent, Classify, ErrorClass, Row};
 use autoglm_kafka::{ClientSettings, classify};
 use autoglm_state::{
-    Change, Decision, GuardInput, RocksBackend, RocksOptions, StateError, VersionGuard,
+    Change, Decision, GuardInput, KvBackend, RocksBackend, RocksOptions, StateError, VersionGuard,
+    WriteRequest,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -22,6 +23,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use crate::group::{Changes, GroupContext, Partition};
 use crate::restore::restore;
 use crate::route::RouteRuntime;
 
@@ -207,6 +209,13 @@ impl Pipeline {
                 .with_property("sasl.password", password.expose())
                 .map_err(|e| RunError::Config(e.to_string()))?;
         }
+        if config.event_queue.enable_compression
+            && !config.kafka.properties.contains_key("compression.type")
+        {
+            settings = settings
+                .with_producer_property("compression.type", "zstd")
+                .map_err(|e| RunError::Config(e.to_string()))?;
+        }
         let registry_error = |e: CodecError| {
             let cause = std::error::Error::source(&e)
                 .map(|s| format!(": {s}"))
@@ -325,25 +334,15 @@ impl Pipeline {
         let state_path = &self.config.event_queue.storage_path;
         let mut guard = VersionGuard::new(backend.clone(), self.tombstone_retention_ms());
 
-        let changelogs = self.ensure_changelogs().await?;
+        self.ensure_changelogs().await?;
         self.retry_transient("target schema registration", &options.shutdown, || {
             self.register_schemas()
         })
         .await?;
 
-        let consumer: Arc<StreamConsumer> = Arc::new(
-            self.settings
-                .member_consumer(&self.config.kafka.group_id, &self.config.transactional_id())?,
-        );
-        let subscriptions: Vec<String> =
-            self.routes.iter().map(RouteRuntime::subscription).collect();
-        let topics: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics)?;
-
-        let mut producer_config = self.settings.client_config();
-        if self.config.event_queue.enable_compression {
-            producer_config.set("compression.type", "zstd");
-        }
+        // The producer first: init_transactions aborts this instance's own open transaction
+        // (after a kill), which would otherwise hold back the changelog's committed end that
+        // the restore of an assigned partition reads up to.
         let producer = if exactly_once {
             let producer = self
                 .settings
@@ -356,9 +355,15 @@ impl Pipeline {
         } else {
             self.settings.idempotent_producer()?
         };
-        // After init_transactions: it aborted this instance's own open transaction (after a
-        // kill), which would otherwise hold back the changelog's committed end.
-        let restored = restore(&self.settings, backend, &changelogs).await?;
+        let consumer: Arc<Member> = Arc::new(self.settings.member_consumer(
+            &self.config.kafka.group_id,
+            &self.config.transactional_id(),
+            GroupContext::default(),
+        )?);
+        let subscriptions: Vec<String> =
+            self.routes.iter().map(RouteRuntime::subscription).collect();
+        let topics: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
         tracing::info!(
             routes = self.routes.len(),
             exactly_once,
@@ -369,11 +374,9 @@ impl Pipeline {
 
         let flush = Duration::from_millis(self.config.event_queue.flush_interval_ms);
         let max_records = self.config.commit.max_records;
-        let mut summary = RunSummary {
-            restored: restored.records,
-            ..RunSummary::default()
-        };
+        let mut summary = RunSummary::default();
         let mut last_record = Instant::now();
+        let mut failures = Failures::default();
         loop {
             if options.shutdown.is_cancelled() {
                 break;
@@ -384,47 +387,43 @@ impl Pipeline {
                 tracing::info!(idle_secs = idle.as_secs(), "no input for a while; stopping");
                 break;
             }
-            let batch = poll_batch(&consumer, flush, max_records, &options.shutdown).await?;
+            let polled = poll_batch(&consumer, flush, max_records, &options.shutdown).await?;
+            summary.restored += self.follow_group(backend, polled.changes).await?;
+            let batch = polled.batch;
             if batch.is_empty() {
                 continue;
             }
             last_record = Instant::now();
-            let mut attempt = 0u32;
-            let mut last_alarm: Option<Instant> = None;
-            loop {
-                match self
-                    .process(&batch, &consumer, &producer, &mut guard, exactly_once)
-                    .await
-                {
-                    Ok(batch_summary) => {
-                        summary.records += batch_summary.records;
-                        summary.emitted += batch_summary.emitted;
-                        summary.dropped += batch_summary.dropped;
-                        summary.dead_lettered += batch_summary.dead_lettered;
-                        summary.tombstones += batch_summary.tombstones;
-                        summary.commits += 1;
-                        break;
+            match self
+                .process(&batch, &consumer, &producer, &mut guard, exactly_once)
+                .await
+            {
+                Ok(batch_summary) => {
+                    summary.records += batch_summary.records;
+                    summary.emitted += batch_summary.emitted;
+                    summary.dropped += batch_summary.dropped;
+                    summary.dead_lettered += batch_summary.dead_lettered;
+                    summary.tombstones += batch_summary.tombstones;
+                    summary.commits += 1;
+                    failures = Failures::default();
+                }
+                Err(BatchError::Fatal(e)) => {
+                    guard.abort();
+                    return Err(e);
+                }
+                Err(BatchError::Transient(Transient(reason))) => {
+                    // Abort, rewind to the batch's first offsets and poll again: the records
+                    // come back for the partitions this instance still owns.
+                    guard.abort();
+                    if exactly_once {
+                        abort(&producer).await?;
                     }
-                    Err(BatchError::Fatal(e)) => {
-                        guard.abort();
-                        return Err(e);
-                    }
-                    Err(BatchError::Transient(Transient(reason))) => {
-                        guard.abort();
-                        if exactly_once {
-                            abort(&producer).await?;
-                        }
-                        summary.retries += 1;
-                        attempt += 1;
-                        let wait = self.backoff(attempt);
-                        if attempt <= self.config.retry_attempts() {
-                            tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, %reason, "batch failed; retrying");
-                        } else if last_alarm.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
-                        {
-                            last_alarm = Some(Instant::now());
-                            tracing::error!(attempt, %reason, "still failing after the configured attempts; waiting, not skipping");
-                        }
-                        tokio::time::sleep(wait).await;
+                    rewind(&consumer, &batch)?;
+                    summary.retries += 1;
+                    let wait = failures.next(self, &reason);
+                    tokio::select! {
+                        () = options.shutdown.cancelled() => break,
+                        () = tokio::time::sleep(wait) => {}
                     }
                 }
             }
@@ -433,6 +432,40 @@ impl Pipeline {
         consumer.unsubscribe();
         tracing::info!(?summary, "pipeline stopped");
         Ok(summary)
+    }
+
+    /// Applies what the group changed: lost partitions forget their changelog checkpoint (their
+    /// next assignment restores the whole partition), assigned partitions restore their
+    /// changelog tail. Returns the changelog records replayed.
+    async fn follow_group(
+        &self,
+        backend: &RocksBackend,
+        changes: Changes,
+    ) -> Result<u64, RunError> {
+        let changelog_of = |(topic, partition): &Partition| {
+            self.routes
+                .iter()
+                .find(|r| r.matches(topic))
+                .map(|r| (r.changelog_topic.clone(), *partition))
+        };
+        let lost: Vec<Partition> = changes.lost.iter().filter_map(changelog_of).collect();
+        if !lost.is_empty() {
+            tracing::warn!(partitions = ?lost, "partitions lost; their next assignment restores them whole");
+            backend
+                .write(WriteRequest {
+                    puts: Vec::new(),
+                    checkpoints: lost.into_iter().map(|(t, p)| (t, p, 0)).collect(),
+                })
+                .await?;
+        }
+        let mut assigned: Vec<Partition> =
+            changes.assigned.iter().filter_map(changelog_of).collect();
+        assigned.sort();
+        assigned.dedup();
+        if assigned.is_empty() {
+            return Ok(0);
+        }
+        Ok(restore(&self.settings, backend, &assigned).await?.records)
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -446,8 +479,8 @@ impl Pipeline {
     }
 
     /// Creates each route's compacted changelog topic if it is missing, partitioned like its
-    /// source, and returns every changelog partition.
-    async fn ensure_changelogs(&self) -> Result<Vec<(String, i32)>, RunError> {
+    /// source.
+    async fn ensure_changelogs(&self) -> Result<(), RunError> {
         let admin: AdminClient<DefaultClientContext> = self.settings.client_config().create()?;
         let settings = self.settings.clone();
         let metadata = tokio::task::spawn_blocking(move || {
@@ -465,29 +498,20 @@ impl Pipeline {
                 .max()
                 .unwrap_or(1)
         };
-        let existing = |name: &str| {
-            metadata
-                .topics()
-                .iter()
-                .find(|t| t.name() == name)
-                .map(|t| t.partitions().len())
-        };
-        let mut all = Vec::new();
-        let mut missing: Vec<(String, i32)> = Vec::new();
-        for route in &self.routes {
-            let topic = &route.changelog_topic;
-            let partitions = match existing(topic) {
-                Some(n) => i32::try_from(n).unwrap_or(i32::MAX),
-                None => {
-                    let n = i32::try_from(partitions_of(route)).unwrap_or(1);
-                    missing.push((topic.clone(), n));
-                    n
-                }
-            };
-            all.extend((0..partitions).map(|p| (topic.clone(), p)));
-        }
+        let existing: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+        let missing: Vec<(String, i32)> = self
+            .routes
+            .iter()
+            .filter(|r| !existing.contains(&r.changelog_topic.as_str()))
+            .map(|r| {
+                (
+                    r.changelog_topic.clone(),
+                    i32::try_from(partitions_of(r)).unwrap_or(1),
+                )
+            })
+            .collect();
         if missing.is_empty() {
-            return Ok(all);
+            return Ok(());
         }
         let new_topics: Vec<NewTopic<'_>> = missing
             .iter()
@@ -513,7 +537,7 @@ impl Pipeline {
                 }
             }
         }
-        Ok(all)
+        Ok(())
     }
 
     /// Runs `step` until it succeeds, retrying transient failures with the configured backoff.
@@ -558,7 +582,7 @@ impl Pipeline {
     async fn process(
         &self,
         batch: &[OwnedMessage],
-        consumer: &Arc<StreamConsumer>,
+        consumer: &Arc<Member>,
         producer: &FutureProducer,
         guard: &mut VersionGuard<RocksBackend>,
         exactly_once: bool,
@@ -913,36 +937,106 @@ fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, BatchError
     Ok(list)
 }
 
+/// The processor's consumer: a static group member that reports rebalances.
+type Member = StreamConsumer<GroupContext>;
+
+/// One poll: the records of partitions this instance still owns, and what the group changed.
+struct Polled {
+    batch: Vec<OwnedMessage>,
+    /// Assigned and lost partitions since the last poll (revocations are applied to `batch`).
+    changes: Changes,
+}
+
 /// Polls until `flush` has passed since the first record, `max` records arrived, or shutdown.
+/// Rebalances happen inside `recv`; after each one the records of revoked partitions are
+/// dropped unprocessed (their new owner reads them from the committed offsets).
 async fn poll_batch(
-    consumer: &StreamConsumer,
+    consumer: &Member,
     flush: Duration,
     max: usize,
     shutdown: &CancellationToken,
-) -> Result<Vec<OwnedMessage>, RunError> {
-    let mut batch = Vec::new();
+) -> Result<Polled, RunError> {
+    let mut batch: Vec<OwnedMessage> = Vec::new();
+    let mut changes = Changes::default();
     // Wait up to a second for the first record, then fill the batch until the cadence ends.
     let mut deadline = tokio::time::Instant::now() + Duration::from_secs(1);
     while batch.len() < max {
         let received = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = tokio::time::timeout_at(deadline, consumer.recv()) => r,
+            _ = shutdown.cancelled() => None,
+            r = tokio::time::timeout_at(deadline, consumer.recv()) => r.ok(),
         };
+        let group = consumer.context().take();
+        if !group.is_empty() {
+            let owned = |m: &OwnedMessage| {
+                !group
+                    .revoked
+                    .contains(&(m.topic().to_owned(), m.partition()))
+            };
+            batch.retain(owned);
+            changes.assigned.retain(|p| !group.revoked.contains(p));
+            changes.assigned.extend(group.assigned);
+            changes.lost.extend(group.lost);
+        }
         match received {
-            Err(_) => break,
-            Ok(Ok(msg)) => {
+            None => break,
+            Some(Ok(msg)) => {
                 if batch.is_empty() {
                     deadline = tokio::time::Instant::now() + flush;
                 }
                 batch.push(msg.detach());
             }
-            Ok(Err(e)) if classify(&e) == ErrorClass::Fatal => return Err(e.into()),
-            Ok(Err(e)) => {
+            Some(Err(e)) if classify(&e) == ErrorClass::Fatal => return Err(e.into()),
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "consumer error; going on");
             }
         }
     }
-    Ok(batch)
+    Ok(Polled { batch, changes })
+}
+
+/// Seeks every partition of `batch` back to its first record, so the next poll reads the batch
+/// again (an aborted transaction's input).
+fn rewind(consumer: &Member, batch: &[OwnedMessage]) -> Result<(), RunError> {
+    let mut first: HashMap<(&str, i32), i64> = HashMap::new();
+    for msg in batch {
+        let slot = first
+            .entry((msg.topic(), msg.partition()))
+            .or_insert(msg.offset());
+        *slot = (*slot).min(msg.offset());
+    }
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in first {
+        list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    }
+    // A zero timeout makes the seek asynchronous: it never blocks the executor.
+    consumer.seek_partitions(list, Duration::ZERO)?;
+    Ok(())
+}
+
+/// Consecutive failed batches: the backoff and the "still failing" alarm.
+#[derive(Debug, Default)]
+struct Failures {
+    attempt: u32,
+    last_alarm: Option<Instant>,
+}
+
+impl Failures {
+    /// Counts one more failure, logs it and returns how long to wait.
+    fn next(&mut self, pipeline: &Pipeline, reason: &str) -> Duration {
+        self.attempt += 1;
+        let attempt = self.attempt;
+        let wait = pipeline.backoff(attempt);
+        if attempt <= pipeline.config.retry_attempts() {
+            tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, %reason, "batch failed; aborted, rewound, retrying");
+        } else if self
+            .last_alarm
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            self.last_alarm = Some(Instant::now());
+            tracing::error!(attempt, %reason, "still failing after the configured attempts; waiting, not skipping");
+        }
+        wait
+    }
 }
 
 async fn abort(producer: &FutureProducer) -> Result<(), RunError> {

@@ -120,6 +120,8 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(execute(cli.command, config));
+    // Blocking librdkafka calls of an overrun shutdown may still run: do not wait for them.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -159,15 +161,24 @@ async fn execute(command: Command, config: Option<Config>) -> anyhow::Result<()>
             },
             Some(config),
         ) => {
+            let deadline = config.shutdown_timeout;
             let pipeline = Pipeline::new(config)?;
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
-            let summary = pipeline
-                .run(RunOptions {
-                    exit_when_idle: exit_when_idle_secs.map(Duration::from_secs),
-                    shutdown,
-                })
-                .await?;
+            let run = pipeline.run(RunOptions {
+                exit_when_idle: exit_when_idle_secs.map(Duration::from_secs),
+                shutdown: shutdown.clone(),
+            });
+            let overrun = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(deadline).await;
+            };
+            let summary = tokio::select! {
+                summary = run => summary?,
+                () = overrun => anyhow::bail!(
+                    "did not stop within shutdown_timeout ({deadline:?}); exiting without a clean leave (the open transaction is aborted by the broker or the next start)"
+                ),
+            };
             println!(
                 "records {} · emitted {} · dropped (stale/duplicate) {} · dead-lettered {} · tombstones skipped {} · commits {} · retries {}",
                 summary.records,

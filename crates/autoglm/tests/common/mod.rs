@@ -65,10 +65,20 @@ impl Job {
     /// Fresh topics (3 partitions) and a config with `event_queue` settings `event_queue`
     /// (YAML flow entries) and `commit.max_records`.
     pub async fn new(stack: &Stack, event_queue: &str, max_records: usize) -> Job {
+        Job::with_partitions(stack, event_queue, max_records, 3).await
+    }
+
+    /// Like [`Job::new`], with `partitions` partitions per topic.
+    pub async fn with_partitions(
+        stack: &Stack,
+        event_queue: &str,
+        max_records: usize,
+        partitions: i32,
+    ) -> Job {
         let (source, target, dlq, group) =
             (unique("in"), unique("out"), unique("dlq"), unique("g"));
         let kafka = stack.kafka();
-        recreate_topics(&kafka, &[&source, &target, &dlq], 3)
+        recreate_topics(&kafka, &[&source, &target, &dlq], partitions)
             .await
             .expect("topics");
         let dir = std::env::temp_dir().join(unique("autoglm-job"));
@@ -134,9 +144,34 @@ routes:
 
     /// Starts the binary (`run --exit-when-idle-secs 4`), logging to `run-<n>.log`.
     pub fn start(&self, run: usize, env: &[(&str, &str)]) -> Child {
+        self.start_idle(run, env, 4)
+    }
+
+    /// Starts instance `instance` (its own `kafka.instance_id` and state directory) of the
+    /// same group, stopping after `idle_secs` without input.
+    pub fn start_instance(&self, run: usize, instance: usize, idle_secs: u64) -> Child {
+        let state = self.dir.join(format!("state-{instance}"));
+        let state = state.to_string_lossy();
+        let id = instance.to_string();
+        self.start_idle(
+            run,
+            &[
+                ("AUTOGLM__KAFKA__INSTANCE_ID", &id),
+                ("AUTOGLM__EVENT_QUEUE__STORAGE_PATH", &state),
+            ],
+            idle_secs,
+        )
+    }
+
+    fn start_idle(&self, run: usize, env: &[(&str, &str)], idle_secs: u64) -> Child {
         let log = std::fs::File::create(self.log(run)).expect("log file");
         Command::new(env!("CARGO_BIN_EXE_autoglm"))
-            .args(["run", "--exit-when-idle-secs", "4", "--config"])
+            .args([
+                "run",
+                "--exit-when-idle-secs",
+                &idle_secs.to_string(),
+                "--config",
+            ])
             .arg(self.dir.join("config.yaml"))
             .envs(env.iter().copied())
             .stdout(Stdio::null())

@@ -1,0 +1,100 @@
+//! What the consumer group told this instance: partitions assigned, revoked and lost.
+//!
+//! ```text
+//!  recv() ──► librdkafka rebalance event ──► GroupContext (same task, inside recv)
+//!                                               │ revoked / lost / assigned partitions
+//!  poll loop ◄── take() after every recv ◄──────┘
+//!     revoked: drop the batch's records of those partitions (another instance owns them now)
+//!     lost:    forget their changelog checkpoints (the next assignment restores them whole)
+//!     assigned: restore their changelog tails before any of their records is processed
+//! ```
+//!
+//! Rebalance callbacks run inside `recv()`, and the pipeline only polls between transactions,
+//! so a revocation never meets an open transaction: the batch before it was committed (or
+//! aborted) already, and the records polled since are dropped unprocessed. The group uses
+//! cooperative-sticky assignment (incremental: a rebalance moves only the partitions that
+//! change owner); the exactly-once fencing comes from `send_offsets_to_transaction` with the
+//! consumer's group metadata, which the broker refuses for a stale generation.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, PoisonError};
+
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::topic_partition_list::TopicPartitionList;
+
+/// A topic partition.
+pub(crate) type Partition = (String, i32);
+
+/// Changes since the poll loop last asked.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    /// Newly assigned partitions.
+    pub assigned: Vec<Partition>,
+    /// Partitions revoked (including lost ones).
+    pub revoked: HashSet<Partition>,
+    /// Partitions lost without a clean revoke (session expired, fenced).
+    pub lost: Vec<Partition>,
+}
+
+impl Changes {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.assigned.is_empty() && self.revoked.is_empty() && self.lost.is_empty()
+    }
+}
+
+/// The consumer context of the processor's group member.
+#[derive(Debug, Default)]
+pub(crate) struct GroupContext {
+    changes: Mutex<Changes>,
+}
+
+impl GroupContext {
+    /// Takes the changes since the last call.
+    pub(crate) fn take(&self) -> Changes {
+        std::mem::take(&mut *self.changes.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn record(&self, f: impl FnOnce(&mut Changes)) {
+        f(&mut self.changes.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let partitions = elements(list);
+            let lost = consumer.assignment_lost();
+            tracing::info!(?partitions, lost, "partitions revoked");
+            self.record(|c| {
+                // A partition revoked and assigned again is restored again.
+                c.assigned.retain(|p| !partitions.contains(p));
+                if lost {
+                    c.lost.extend(partitions.iter().cloned());
+                }
+                c.revoked.extend(partitions);
+            });
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let partitions = elements(list);
+                tracing::info!(?partitions, "partitions assigned");
+                self.record(|c| c.assigned.extend(partitions));
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
+        }
+    }
+}
+
+fn elements(list: &TopicPartitionList) -> Vec<Partition> {
+    list.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}

@@ -1,0 +1,84 @@
+//! Scale out and in while the stream flows: instances join, leave cleanly (SIGTERM), and one is
+//! killed and restarted; partitions move between instances with stale local state. The target
+//! holds every accepted version exactly once, in order.
+
+mod common;
+
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use autoglm_tests::stack;
+use common::{Job, expected, input};
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    child.wait().expect("wait")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_join_leave_and_crash_without_duplicates_or_losses() {
+    let stack = stack().await;
+    let job = Job::with_partitions(&stack, "flush_interval_ms: 100", 500, 6).await;
+    let records = input(23, 60_000, 300);
+
+    let feed = {
+        let records = records.clone();
+        let job = &job;
+        async move { job.produce(&records).await }
+    };
+    let churn = async {
+        let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
+        let mut a = job.start_instance(0, 0, 30);
+        let mut b = job.start_instance(1, 1, 30);
+        pause(3_000).await;
+        let mut c = job.start_instance(2, 2, 30); // scale out
+        pause(3_000).await;
+        let status = terminate(&mut b); // scale in, cleanly
+        assert!(
+            status.success(),
+            "SIGTERM drains and exits 0: {status}; see {}",
+            job.log(1).display()
+        );
+        pause(2_000).await;
+        a.kill().expect("SIGKILL"); // a crash, then a restart with the same identity
+        a.wait().expect("reaped");
+        let a = job.start_instance(3, 0, 30);
+        pause(2_000).await;
+        let mut d = job.start_instance(4, 1, 30); // b comes back: its partitions' state is stale
+        pause(3_000).await;
+        c.kill().expect("SIGKILL"); // a crash without restart: its partitions move
+        c.wait().expect("reaped");
+        let _ = terminate(&mut d);
+        a
+    };
+    let ((), mut a) = tokio::join!(feed, churn);
+    let status = tokio::task::spawn_blocking(move || a.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(
+        status.success(),
+        "the last instance drains everything and exits: {status}"
+    );
+    // Anything still held by a crashed member's session is taken by one more run.
+    let mut last = job.start_instance(5, 2, 15);
+    let status = tokio::task::spawn_blocking(move || last.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(status.success(), "{status}; see {}", job.log(5).display());
+
+    let (got, count) = job.output().await;
+    let want = expected(&records);
+    assert_eq!(
+        count,
+        want.values().map(Vec::len).sum::<usize>(),
+        "one record per accepted version"
+    );
+    assert_eq!(got, want, "per key: each accepted version once, in order");
+    assert_eq!(job.dead_letters().await, 0);
+}
