@@ -8,6 +8,8 @@
 #   stack.sh status   print each service's state; exit 0 only when both are ready
 #   stack.sh reset    down, then delete the stack's data and logs
 #   stack.sh env      print the addresses as shell assignments (for `eval`)
+#   stack.sh bounce-kafka hard|clean   kill -9 (or stop) the broker, then start it again
+#   stack.sh kafka-tool <class> [args]  run a Kafka CLI tool class from the fetched jars
 #
 # Settings (environment):
 #   AUTOGLM_STACK_DIR        data, logs and jars               (default: <repo>/.stack)
@@ -207,6 +209,32 @@ case ${1:-} in
     stop_one kafka "$stack_dir/kafka/kafka.pid"
     ;;
   status) status ;;
+  bounce-kafka)
+    # Fault tests: `hard` kills the broker with SIGKILL, `clean` stops it; then it starts again.
+    pidfile=$stack_dir/kafka/kafka.pid
+    case ${2:-} in
+      hard)
+        if pid_alive "$pidfile"; then
+          pid=$(cat "$pidfile")
+          log "killing kafka (pid $pid) with SIGKILL"
+          kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+          while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+          rm -f "$pidfile"
+        fi
+        ;;
+      clean) stop_one kafka "$pidfile" ;;
+      *) die "usage: $0 bounce-kafka hard|clean" ;;
+    esac
+    started=$SECONDS
+    start_kafka
+    log "kafka back in $((SECONDS - started))s"
+    ;;
+  kafka-tool)
+    # Runs a Kafka command-line tool class, e.g. org.apache.kafka.tools.TransactionsCommand.
+    shift
+    [[ $# -ge 1 ]] || die "usage: $0 kafka-tool <main class> [args…]"
+    exec java -cp "$kafka_lib/*" "$@"
+    ;;
   reset)
     "$0" down
     rm -rf "$stack_dir/kafka" "$stack_dir/registry"
@@ -216,7 +244,7 @@ case ${1:-} in
     echo "AUTOGLM_SCHEMA_REGISTRY_URL=http://127.0.0.1:$registry_port/apis/ccompat/v7"
     ;;
   *)
-    echo "usage: $0 up|down|status|reset|env" >&2
+    echo "usage: $0 up|down|status|reset|env|bounce-kafka hard|clean|kafka-tool <class> [args]" >&2
     exit 2
     ;;
 esac

@@ -128,9 +128,12 @@ impl ClientSettings {
     ) -> Result<FutureProducer, KafkaError> {
         self.producer_config()
             .set("transactional.id", transactional_id)
-            // Delivery must time out before the broker aborts the transaction.
-            .set("transaction.timeout.ms", "60000")
-            .set("message.timeout.ms", "30000")
+            // A crashed or paused instance's open transaction holds back the committed end of
+            // its partitions (the next owner's restore and reads wait for it) until the broker
+            // aborts it: keep that short, as Kafka Streams does (10 s). Commits come every
+            // flush_interval_ms, far below it. Delivery must time out before the transaction.
+            .set("transaction.timeout.ms", "15000")
+            .set("message.timeout.ms", "10000")
             .create()
     }
 

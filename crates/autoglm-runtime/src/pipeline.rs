@@ -27,6 +27,7 @@ use crate::group::{Changes, GroupContext, Partition};
 use crate::restore::restore;
 use crate::route::RouteRuntime;
 
+/// How long one blocking transaction call (init, send offsets, commit, abort) may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one Schema Registry request may take.
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);

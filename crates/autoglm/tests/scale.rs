@@ -82,3 +82,65 @@ async fn instances_join_leave_and_crash_without_duplicates_or_losses() {
     assert_eq!(got, want, "per key: each accepted version once, in order");
     assert_eq!(job.dead_letters().await, 0);
 }
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([name, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {name}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_instance_is_fenced_and_commits_nothing_twice() {
+    let stack = stack().await;
+    let job = Job::with_partitions(&stack, "flush_interval_ms: 100", 500, 4).await;
+    let records = input(31, 40_000, 200);
+
+    let feed = {
+        let records = records.clone();
+        let job = &job;
+        async move { job.produce(&records).await }
+    };
+    let pause = async {
+        let mut a = job.start_instance(0, 0, 40);
+        let b = job.start_instance(1, 1, 40);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        // Beyond the session (10 s) and the transaction timeout (15 s): b takes a's partitions,
+        // the broker aborts a's open transaction.
+        signal(&a, "-STOP");
+        tokio::time::sleep(Duration::from_secs(22)).await;
+        signal(&a, "-CONT");
+        let a_status = tokio::task::spawn_blocking(move || a.wait())
+            .await
+            .expect("join")
+            .expect("wait");
+        (a_status, b)
+    };
+    let ((), (a_status, mut b)) = tokio::join!(feed, pause);
+    let log = std::fs::read_to_string(job.log(0)).expect("log");
+    // Resumed, a either rejoined and went on, or was fenced and stopped with one clear line.
+    assert!(
+        a_status.success() || log.contains("fenced") || log.contains("Fenced"),
+        "a: {a_status}\n{log}"
+    );
+    let b_status = tokio::task::spawn_blocking(move || b.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(
+        b_status.success(),
+        "b: {b_status}; see {}",
+        job.log(1).display()
+    );
+    job.run_to_idle(2).await;
+
+    let (got, count) = job.output().await;
+    let want = expected(&records);
+    assert_eq!(
+        count,
+        want.values().map(Vec::len).sum::<usize>(),
+        "one record per accepted version"
+    );
+    assert_eq!(got, want, "per key: each accepted version once, in order");
+}

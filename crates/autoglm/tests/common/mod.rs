@@ -242,7 +242,8 @@ routes:
 
 impl Drop for Job {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
+        // Kept when the test failed, or with AUTOGLM_TEST_KEEP set, to read the logs.
+        if !std::thread::panicking() && std::env::var_os("AUTOGLM_TEST_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
