@@ -39,7 +39,7 @@ pub enum RunError {
     #[error("configuration: {0}")]
     Config(String),
     /// A Kafka error that retrying cannot fix (fenced, authorization, …).
-    #[error("kafka ({class}): {source}")]
+    #[error("kafka ({class})")]
     Kafka {
         /// The error's class.
         class: ErrorClass,
@@ -335,7 +335,11 @@ impl Pipeline {
         let state_path = &self.config.event_queue.storage_path;
         let mut guard = VersionGuard::new(backend.clone(), self.tombstone_retention_ms());
 
-        self.ensure_changelogs().await?;
+        // The broker may be away at start (a bounce, a rolling restart): wait for it.
+        self.retry_transient("changelog topic setup", &options.shutdown, || {
+            self.ensure_changelogs()
+        })
+        .await?;
         self.retry_transient("target schema registration", &options.shutdown, || {
             self.register_schemas()
         })
@@ -348,10 +352,16 @@ impl Pipeline {
             let producer = self
                 .settings
                 .transactional_producer(&self.config.transactional_id())?;
-            let p = producer.clone();
-            tokio::task::spawn_blocking(move || p.init_transactions(TXN_TIMEOUT))
-                .await
-                .map_err(|e| RunError::Config(format!("init_transactions task: {e}")))??;
+            self.retry_transient("init_transactions", &options.shutdown, || {
+                let p = producer.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || p.init_transactions(TXN_TIMEOUT))
+                        .await
+                        .map_err(|e| RunError::Config(format!("init_transactions task: {e}")))?
+                        .map_err(RunError::from)
+                }
+            })
+            .await?;
             producer
         } else {
             self.settings.idempotent_producer()?

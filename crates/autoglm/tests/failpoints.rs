@@ -9,13 +9,13 @@
 mod common;
 
 use autoglm_tests::stack;
-use common::{Job, expected, input};
+use common::{Job, expected, updates};
 
 async fn crash_then_restart(point: &str) {
     let stack = stack().await;
     // One long transaction holds the whole first stream, so the crash hits all of it.
     let job = Job::new(&stack, "flush_interval_ms: 1500", 100_000).await;
-    let first = input(11, 2_000, 100);
+    let first = updates(11, 2_000, 100);
     job.produce(&first).await;
 
     let mut child = job.start(0, &[("AUTOGLM_CRASH_AT", point)]);
@@ -36,9 +36,9 @@ async fn crash_then_restart(point: &str) {
 
     // The replay first: had the restart lost the crashed transaction's state, it would be
     // emitted again. Then new versions of every key.
-    let fresh: Vec<_> = input(12, 1_000, 100)
+    let fresh: Vec<_> = updates(12, 1_000, 100)
         .into_iter()
-        .map(|(key, version)| (key, version + 1_000))
+        .map(|(key, version)| (key, version.map(|v| v + 1_000)))
         .collect();
     job.produce(&first).await;
     job.produce(&fresh).await;

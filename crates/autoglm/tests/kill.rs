@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use autoglm_demo::read_uncommitted;
 use autoglm_tests::stack;
-use common::{Job, expected, input};
+use common::{Job, expected, updates};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_then_restart_emits_each_accepted_version_once() {
     let stack = stack().await;
     let job = Job::new(&stack, "flush_interval_ms: 50", 300).await;
-    let records = input(7, 60_000, 200);
+    let records = updates(7, 60_000, 200);
 
     // The stream keeps arriving while the processor is killed and restarted.
     let feed = {

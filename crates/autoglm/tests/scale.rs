@@ -8,7 +8,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use autoglm_tests::stack;
-use common::{Job, expected, input};
+use common::{Job, expected, updates};
 
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
     let status = Command::new("kill")
@@ -23,7 +23,7 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
 async fn instances_join_leave_and_crash_without_duplicates_or_losses() {
     let stack = stack().await;
     let job = Job::with_partitions(&stack, "flush_interval_ms: 100", 500, 6).await;
-    let records = input(23, 60_000, 300);
+    let records = updates(23, 60_000, 300);
 
     let feed = {
         let records = records.clone();
@@ -95,7 +95,7 @@ fn signal(child: &Child, name: &str) {
 async fn a_paused_instance_is_fenced_and_commits_nothing_twice() {
     let stack = stack().await;
     let job = Job::with_partitions(&stack, "flush_interval_ms: 100", 500, 4).await;
-    let records = input(31, 40_000, 200);
+    let records = updates(31, 40_000, 200);
 
     let feed = {
         let records = records.clone();

@@ -14,40 +14,69 @@ use autoglm_tests::{Stack, unique};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
-/// `(key, version)` per record, in input order: mostly increasing per key, with about 5% exact
-/// replays and 3% stale versions.
-pub fn input(seed: u64, records: usize, keys: u64) -> Vec<(u64, i64)> {
+/// One input record: a key and its row's version, or `None` for a key-only delete (a null
+/// value, which carries no version).
+pub type Record = (u64, Option<i64>);
+
+/// Records in input order: versions mostly increase per key, with about 5% exact replays and 3%
+/// stale versions; with `deletes`, about 1% key-only deletes, and a delete is often followed by
+/// a late (older) update.
+pub fn input(seed: u64, records: usize, keys: u64, deletes: bool) -> Vec<Record> {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut newest: BTreeMap<u64, i64> = BTreeMap::new();
+    let mut newest: BTreeMap<u64, (i64, bool)> = BTreeMap::new();
     (0..records)
         .map(|_| {
             let key = rng.u64(0..keys);
-            let last = newest.entry(key).or_insert(0);
-            let version = match rng.u8(0..100) {
+            let (last, deleted) = newest.entry(key).or_insert((0, false));
+            let roll = rng.u8(0..100);
+            if *deleted && roll < 30 {
+                *deleted = false;
+                return (key, Some(rng.i64(1..=*last))); // a late update after a delete
+            }
+            *deleted = false;
+            let version = match roll {
                 0..5 if *last > 0 => *last,
                 5..8 if *last > 1 => rng.i64(1..*last),
+                8..9 if deletes && *last > 0 => {
+                    *deleted = true;
+                    return (key, None);
+                }
                 _ => {
                     *last += rng.i64(1..3);
                     *last
                 }
             };
-            (key, version)
+            (key, Some(version))
         })
         .collect()
 }
 
-/// The oracle: per key, each version newer than every version before it, in order.
-pub fn expected(input: &[(u64, i64)]) -> BTreeMap<String, Vec<String>> {
-    let mut newest: BTreeMap<u64, i64> = BTreeMap::new();
+/// [`input`] without deletes.
+pub fn updates(seed: u64, records: usize, keys: u64) -> Vec<Record> {
+    input(seed, records, keys, false)
+}
+
+/// The oracle: per key, what the target must hold, in order — each version newer than every
+/// version before it, and `v†` (a tombstone at the deleted row's version) for each delete of a
+/// live row.
+pub fn expected(input: &[Record]) -> BTreeMap<String, Vec<String>> {
+    let mut newest: BTreeMap<u64, (i64, bool)> = BTreeMap::new();
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for &(key, version) in input {
-        let last = newest.entry(key).or_insert(0);
-        if version > *last {
-            *last = version;
-            out.entry(key.to_string())
-                .or_default()
-                .push(version.to_string());
-        }
+        let (last, deleted) = newest.entry(key).or_insert((0, true));
+        let emitted = match version {
+            Some(version) if version > *last => {
+                *last = version;
+                *deleted = false;
+                version.to_string()
+            }
+            None if !*deleted => {
+                *deleted = true;
+                format!("{last}†")
+            }
+            _ => continue,
+        };
+        out.entry(key.to_string()).or_default().push(emitted);
     }
     out
 }
@@ -57,6 +86,7 @@ pub struct Job {
     pub source: String,
     pub target: String,
     pub dlq: String,
+    pub group: String,
     pub dir: PathBuf,
     kafka: ClientSettings,
 }
@@ -88,7 +118,7 @@ impl Job {
 kafka: {{ bootstrap_servers: "{bootstrap}", group_id: {group}, instance_id: "0" }}
 event_queue: {{ storage_path: {state}, {event_queue} }}
 commit: {{ max_records: {max_records} }}
-log_level: warn
+log_level: info
 routes:
   - name: accounts
     source: {{ topic: {source}, envelope: upsert, encoding: json }}
@@ -105,13 +135,15 @@ routes:
             source,
             target,
             dlq,
+            group,
             dir,
             kafka,
         }
     }
 
-    /// Produces `records` as JSON upsert rows, keyed by id; per key order is kept.
-    pub async fn produce(&self, records: &[(u64, i64)]) {
+    /// Produces `records` as JSON upsert rows keyed by id (a null value for a delete); per key
+    /// order is kept.
+    pub async fn produce(&self, records: &[Record]) {
         let producer: FutureProducer = self
             .kafka
             .client_config()
@@ -120,18 +152,21 @@ routes:
             .expect("producer");
         for chunk in records.chunks(500) {
             let sends = chunk.iter().map(|(key, version)| {
-                let key = key.to_string();
-                let value =
+                let value = version.map(|version| {
                     serde_json::json!({"id": key, "rev": version, "name": format!("n{version}")})
-                        .to_string();
+                        .to_string()
+                });
+                // The key is the id's JSON text, as the row has it: a key-only delete finds it.
+                let key = key.to_string();
                 let producer = producer.clone();
                 let source = self.source.clone();
                 async move {
+                    let mut record = FutureRecord::to(&source).key(&key);
+                    if let Some(value) = &value {
+                        record = record.payload(value);
+                    }
                     producer
-                        .send(
-                            FutureRecord::to(&source).key(&key).payload(&value),
-                            Timeout::After(Duration::from_secs(30)),
-                        )
+                        .send(record, Timeout::After(Duration::from_secs(300)))
                         .await
                         .map_err(|(e, _)| e)
                         .expect("produce");
@@ -199,17 +234,22 @@ routes:
         );
     }
 
-    /// Target records per key (versions in offset order) and the total count, read committed.
+    /// Target records per key (versions in offset order, `v†` for a tombstone) and the total
+    /// count, read committed.
     pub async fn output(&self) -> (BTreeMap<String, Vec<String>>, usize) {
         let out = read_committed(&self.kafka, None, &self.target, Duration::from_secs(3))
             .await
             .expect("read target");
         let mut by_key: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
         for record in &out {
-            by_key
-                .entry(record.key.clone())
-                .or_default()
-                .push((record.offset, record.headers["autoglm.version"].clone()));
+            by_key.entry(record.key.clone()).or_default().push((
+                record.offset,
+                format!(
+                    "{}{}",
+                    record.headers["autoglm.version"],
+                    if record.value.is_none() { "†" } else { "" }
+                ),
+            ));
         }
         let by_key = by_key
             .into_iter()
