@@ -17,7 +17,7 @@ BIN = $(CARGO_TARGET_DIR)/debug
 # RocksDB/librdkafka are built once per target directory.
 CARGO_SELECT = --workspace --all-targets --features autoglm/failpoints
 
-.PHONY: help up down status reset demo test fmt lint build
+.PHONY: help up down status reset demo test chaos fmt lint build
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,3 +55,17 @@ lint: ## rustfmt and clippy, as CI runs them
 
 test: up lint ## Start the stack if needed, lint, then run every test (unit and integration)
 	env $(STACK_ENV) cargo test $(CARGO_SELECT) --no-fail-fast
+
+# The chaos test's sizes (make test runs the defaults, the short version).
+RECORDS ?= 100000
+KEYS ?= 2000
+PARTITIONS ?= 6
+KILLS ?= 10
+SEED ?= 1
+
+chaos: up ## The chaos test alone, with its figures: make chaos RECORDS=1000000 KEYS=1000000 KILLS=30
+	@exe=$$(cargo test $(CARGO_SELECT) --no-run 2>&1 | sed -n 's/.*Executable tests\/chaos.rs (\(.*\))/\1/p'); \
+	  test -n "$$exe" || { echo "chaos: test binary not found" >&2; exit 1; }; \
+	  env $(STACK_ENV) CHAOS_RECORDS=$(RECORDS) CHAOS_KEYS=$(KEYS) \
+	  CHAOS_PARTITIONS=$(PARTITIONS) CHAOS_KILLS=$(KILLS) CHAOS_SEED=$(SEED) \
+	  "$$exe" chaos_copies --nocapture

@@ -17,7 +17,8 @@
 //! it; tick 2 and 6 also restart one cleanly (SIGTERM), tick 3 adds a fourth instance and tick
 //! 7 removes it, tick 4 kills the broker with SIGKILL and starts it, tick 8 stops and starts it
 //! cleanly. An instance that exits on its own (a fatal error during a broker bounce) is started
-//! again, as a supervisor would, and counted.
+//! again, as a supervisor would, and counted. At the end a fresh instance with an empty store
+//! rebuilds the whole state from the changelog, and the report gives its time.
 
 mod common;
 
@@ -135,6 +136,15 @@ fn checker_catches_a_stale_overwrite() {
     let want = BTreeMap::from([("1".to_owned(), vec!["4".into(), "4†".into()])]);
     let got = BTreeMap::from([("1".to_owned(), vec!["4".into(), "4†".into(), "4".into()])]);
     assert!(!check(&want, &got).clean());
+}
+
+/// A `name=value` number of a log line (0 when absent).
+fn field(line: &str, name: &str) -> u64 {
+    line.split(&format!("{name}="))
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn stack_sh(args: &[&str]) {
@@ -383,20 +393,25 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
         .await
         .expect("read uncommitted");
 
+    // 6. A store lost for good: a fresh instance alone rebuilds every partition from the
+    // changelog (the whole changelog, not a tail).
+    let fresh = fleet.runs + 3;
+    let mut rebuild = job.start_instance(fresh, 9, 20);
+    let _ = tokio::task::spawn_blocking(move || rebuild.wait()).await;
+    let rebuild_log = std::fs::read_to_string(job.log(fresh)).unwrap_or_default();
+    let rebuilt = rebuild_log
+        .lines()
+        .filter(|l| l.contains("state restored"))
+        .map(|line| (field(line, "records"), field(line, "elapsed_ms")))
+        .fold((0, 0), |(r, ms), (r2, ms2)| (r + r2, ms + ms2));
+
     let mut rebalances = 0;
     let mut restores: Vec<(u64, u64)> = Vec::new();
     for run in 0..fleet.runs + 3 {
         let log = std::fs::read_to_string(job.log(run)).unwrap_or_default();
         rebalances += log.matches("partitions assigned").count();
         for line in log.lines().filter(|l| l.contains("state restored")) {
-            let field = |name: &str| -> u64 {
-                line.split(&format!("{name}="))
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0)
-            };
-            restores.push((field("records"), field("elapsed_ms")));
+            restores.push((field(line, "records"), field(line, "elapsed_ms")));
         }
     }
     let slowest = restores
@@ -408,7 +423,8 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
         "chaos: {records} records over {keys} keys and {partitions} partitions, seed {seed}\n\
          chaos: {fault_secs} s of faults, {} s in all; {} kills (SIGKILL), {} clean restarts, \
          1 instance added and removed, broker bounces {bounces:?}, {} unexpected exits restarted\n\
-         chaos: {rebalances} assignments, {} restores (slowest: {} records in {} ms)\n\
+         chaos: {rebalances} assignments, {} restores (slowest: {} records in {} ms); \
+         a fresh store rebuilt {} state entries ({} keys) in {} ms\n\
          chaos: output {count} records, expected {}; duplicates {}, losses {}, stale overwrites {}, \
          unexpected {}; open transactions {}; lagging partitions {}; store disagreements {}; \
          aborted records seen read_uncommitted {}",
@@ -419,6 +435,9 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
         restores.len(),
         slowest.0,
         slowest.1,
+        rebuilt.0,
+        stored.len(),
+        rebuilt.1,
         want.values().map(Vec::len).sum::<usize>(),
         verdict.duplicates,
         verdict.missing,
