@@ -12,12 +12,18 @@
 //!  guard.commit ─► one RocksDB WriteBatch (state follows commits)
 //! ```
 //!
+//! Scale-out (the `group` module): the consumer is a static member of the group with
+//! cooperative-sticky assignment. Rebalances happen inside `recv`, between transactions; an
+//! assigned partition first restores its changelog tail ([`restore`]) from the store's
+//! checkpoint, records of a revoked partition that were polled but not processed are dropped,
+//! and a lost partition forgets its checkpoint so that its next assignment restores it whole.
+//!
 //! Failure behaviour: a poison record goes to the route's DLQ in the same transaction and its
 //! offset advances. A transient failure (registry down, broker timeout, abortable transaction
-//! error) aborts the transaction, drops the uncommitted state and retries the same batch with
-//! exponential backoff; after the configured attempts it keeps waiting and says so once a minute —
-//! it never skips. A fatal error (fenced, authorization, configuration) stops the pipeline with an
-//! error and a non-zero exit.
+//! error) aborts the transaction, drops the uncommitted state, rewinds the consumer to the
+//! batch's first offsets and polls again after an exponential backoff; after the configured
+//! attempts it keeps waiting and says so once a minute — it never skips. A fatal error (fenced,
+//! authorization, configuration) stops the pipeline with an error and a non-zero exit.
 
 mod group;
 mod pipeline;
