@@ -89,6 +89,7 @@ pub struct Job {
     pub group: String,
     pub dir: PathBuf,
     kafka: ClientSettings,
+    producer: FutureProducer,
 }
 
 impl Job {
@@ -131,7 +132,14 @@ routes:
             state = dir.join("state").display(),
         );
         std::fs::write(dir.join("config.yaml"), yaml).expect("write config");
+        let producer = kafka
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer");
         Job {
+            producer,
             source,
             target,
             dlq,
@@ -144,12 +152,7 @@ routes:
     /// Produces `records` as JSON upsert rows keyed by id (a null value for a delete); per key
     /// order is kept.
     pub async fn produce(&self, records: &[Record]) {
-        let producer: FutureProducer = self
-            .kafka
-            .client_config()
-            .set("enable.idempotence", "true")
-            .create()
-            .expect("producer");
+        let producer = &self.producer;
         for chunk in records.chunks(500) {
             let sends = chunk.iter().map(|(key, version)| {
                 let value = version.map(|version| {
@@ -158,7 +161,6 @@ routes:
                 });
                 // The key is the id's JSON text, as the row has it: a key-only delete finds it.
                 let key = key.to_string();
-                let producer = producer.clone();
                 let source = self.source.clone();
                 async move {
                     let mut record = FutureRecord::to(&source).key(&key);
