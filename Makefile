@@ -17,7 +17,7 @@ BIN = $(CARGO_TARGET_DIR)/debug
 # RocksDB/librdkafka are built once per target directory.
 CARGO_SELECT = --workspace --all-targets --features autoglm/failpoints
 
-.PHONY: help up down status reset demo test chaos fmt lint build
+.PHONY: help up down status reset demo test chaos bench fmt lint build
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -69,3 +69,13 @@ chaos: up ## The chaos test alone, with its figures: make chaos RECORDS=1000000 
 	  env $(STACK_ENV) CHAOS_RECORDS=$(RECORDS) CHAOS_KEYS=$(KEYS) \
 	  CHAOS_PARTITIONS=$(PARTITIONS) CHAOS_KILLS=$(KILLS) CHAOS_SEED=$(SEED) \
 	  "$$exe" chaos_copies --nocapture
+
+# The benchmark's sizes.
+BENCH_RECORDS ?= 200000
+BENCH_KEYS ?= 20000
+BENCH_PARTITIONS ?= 6
+
+bench: up ## Broker ceiling vs pass-through vs full pipeline, release build: make bench BENCH_RECORDS=1000000
+	cargo build --release --bin autoglm --bin autoglm-bench
+	env $(STACK_ENV) $(CARGO_TARGET_DIR)/release/autoglm-bench --records $(BENCH_RECORDS) \
+	  --keys $(BENCH_KEYS) --partitions $(BENCH_PARTITIONS) --out bench/results

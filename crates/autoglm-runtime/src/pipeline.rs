@@ -185,6 +185,8 @@ pub struct Pipeline {
     routes: Vec<RouteRuntime>,
     decoder: Decoder,
     registry: Option<RegistryClient>,
+    /// Benchmark baseline: copy records unchanged (see [`Pipeline::pass_through`]).
+    pass_through: bool,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -253,6 +255,7 @@ impl Pipeline {
             settings,
             routes,
             registry,
+            pass_through: false,
         })
     }
 
@@ -284,6 +287,14 @@ impl Pipeline {
             }
         }
         Ok(checks)
+    }
+
+    /// The benchmark baseline (`autoglm run --pass-through`): the same consumer, producer, poll
+    /// loop and commits, but every record goes unchanged to its route's first target — no
+    /// decoding, no version state, no mapping, no changelog.
+    pub fn pass_through(mut self) -> Pipeline {
+        self.pass_through = true;
+        self
     }
 
     /// Registers every Avro target schema (topic-name strategy) and returns `(topic, id)` pairs.
@@ -615,6 +626,11 @@ impl Pipeline {
                 continue;
             };
             let route = &self.routes[route_index];
+            if self.pass_through {
+                out.forward(route.targets[0].topic(), msg, OwnedHeaders::new())?;
+                summary.emitted += 1;
+                continue;
+            }
             let decoded = self
                 .decoder
                 .decode(route.envelope, route.encoding, msg.key(), msg.payload())

@@ -46,6 +46,10 @@ enum Command {
         /// Stop after this many seconds without input (for demos and batch jobs).
         #[arg(long)]
         exit_when_idle_secs: Option<u64>,
+        /// Benchmark baseline: copy records unchanged to each route's first target (no decoding,
+        /// state or mapping), with the same consumer, producer, poll loop and commits.
+        #[arg(long)]
+        pass_through: bool,
     },
     /// Schema Registry tasks for the target schemas in the config.
     Schemas {
@@ -158,12 +162,16 @@ async fn execute(command: Command, config: Option<Config>) -> anyhow::Result<()>
         (
             Command::Run {
                 exit_when_idle_secs,
+                pass_through,
                 ..
             },
             Some(config),
         ) => {
             let deadline = config.shutdown_timeout;
-            let pipeline = Pipeline::new(config)?;
+            let mut pipeline = Pipeline::new(config)?;
+            if pass_through {
+                pipeline = pipeline.pass_through();
+            }
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             let run = pipeline.run(RunOptions {
