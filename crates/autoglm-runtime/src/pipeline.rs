@@ -1035,8 +1035,23 @@ fn rewind(consumer: &Member, batch: &[OwnedMessage]) -> Result<(), RunError> {
     for ((topic, partition), offset) in first {
         list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
     }
-    // A zero timeout makes the seek asynchronous: it never blocks the executor.
-    consumer.seek_partitions(list, Duration::ZERO)?;
+    // A zero timeout makes the seek asynchronous: it never blocks the executor. A partition
+    // revoked meanwhile cannot be sought, and needs not be. A partition still owned that cannot
+    // be sought would skip records: stop instead (a restart resumes from the committed offsets).
+    let sought = consumer.seek_partitions(list, Duration::ZERO)?;
+    let owned = consumer.assignment()?;
+    for element in sought.elements() {
+        if let Err(e) = element.error()
+            && owned
+                .find_partition(element.topic(), element.partition())
+                .is_some()
+        {
+            return Err(RunError::Kafka {
+                class: ErrorClass::Fatal,
+                source: e,
+            });
+        }
+    }
     Ok(())
 }
 
