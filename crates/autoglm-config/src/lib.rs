@@ -232,6 +232,33 @@ routes:
     }
 
     #[test]
+    fn metrics_listen_is_an_ip_and_port() {
+        let config = parse(BASE, "t", repo(), Overrides::None).expect("valid");
+        assert!(config.metrics.is_none(), "absent: no metrics server");
+        let with = |listen: &str| format!("{BASE}metrics:\n  listen: \"{listen}\"\n");
+        let config = parse(&with("0.0.0.0:9464"), "t", repo(), Overrides::None).expect("valid");
+        let addr = config
+            .metrics
+            .expect("metrics")
+            .listen_addr()
+            .expect("address");
+        assert_eq!(addr, "0.0.0.0:9464".parse().expect("literal"));
+        for bad in ["localhost:9464", "127.0.0.1", "127.0.0.1:99999", ""] {
+            let found = problems(&with(bad));
+            assert_eq!(found.len(), 1, "{bad}: {found:?}");
+            assert!(
+                found[0].starts_with("metrics.listen: ")
+                    && found[0].contains("is not an `ip:port` address"),
+                "{bad}: {found:?}"
+            );
+        }
+        let found = problems(&format!(
+            "{BASE}metrics:\n  listen: 127.0.0.1:9464\n  port: 1\n"
+        ));
+        assert!(found.len() == 1 && found[0].contains("port"), "{found:?}");
+    }
+
+    #[test]
     fn secrets_are_masked_when_printed() {
         let text = BASE.replace(
             "  url: http://127.0.0.1:8081",

@@ -1,6 +1,7 @@
 //! The configuration's shape. Defaults live here, in one place.
 
 use std::collections::BTreeMap;
+use std::net::{AddrParseError, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -47,6 +48,9 @@ pub struct Config {
     /// it the process exits non-zero; the broker or the next start aborts what was open.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Prometheus metrics and health probes over HTTP while `run` runs; absent: no server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
     /// The sync routes.
     pub routes: Vec<Route>,
 }
@@ -172,6 +176,21 @@ impl Default for StateConfig {
             tombstone_retention: Duration::from_secs(7 * 24 * 3600),
             block_cache_bytes: 64 << 20,
         }
+    }
+}
+
+/// The HTTP endpoint of `/metrics`, `/health` and `/ready`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `ip:port` to listen on, e.g. `0.0.0.0:9464`; port `0` takes any free port.
+    pub listen: String,
+}
+
+impl MetricsConfig {
+    /// The listen address (validation has checked that it parses).
+    pub fn listen_addr(&self) -> Result<SocketAddr, AddrParseError> {
+        self.listen.trim().parse()
     }
 }
 

@@ -124,6 +124,17 @@ pub(crate) fn validate(config: &Config, base_dir: &Path) -> Vec<Problem> {
     if let Err(e) = config.log_level.parse::<LogFilter>() {
         problem("log_level".into(), e);
     }
+    if let Some(metrics) = &config.metrics
+        && let Err(e) = metrics.listen_addr()
+    {
+        problem(
+            "metrics.listen".into(),
+            format!(
+                "{:?} is not an `ip:port` address ({e}), e.g. 0.0.0.0:9464 or 127.0.0.1:9464",
+                metrics.listen
+            ),
+        );
+    }
     for (pattern, _) in &config.mapping_rules {
         if let Err(e) = regex::Regex::new(pattern) {
             problem(

@@ -19,6 +19,7 @@
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
 
+use prometheus::IntGauge;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::topic_partition_list::TopicPartitionList;
@@ -35,21 +36,35 @@ pub(crate) struct Changes {
     pub revoked: HashSet<Partition>,
     /// Partitions lost without a clean revoke (session expired, fenced).
     pub lost: Vec<Partition>,
+    /// A rebalance completed with an assignment (possibly empty: librdkafka reports every one).
+    pub rebalanced: bool,
 }
 
 impl Changes {
     pub(crate) fn is_empty(&self) -> bool {
-        self.assigned.is_empty() && self.revoked.is_empty() && self.lost.is_empty()
+        self.assigned.is_empty()
+            && self.revoked.is_empty()
+            && self.lost.is_empty()
+            && !self.rebalanced
     }
 }
 
 /// The consumer context of the processor's group member.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct GroupContext {
     changes: Mutex<Changes>,
+    /// Kept at the size of the consumer's assignment after every rebalance.
+    assigned_partitions: IntGauge,
 }
 
 impl GroupContext {
+    pub(crate) fn new(assigned_partitions: IntGauge) -> GroupContext {
+        GroupContext {
+            changes: Mutex::default(),
+            assigned_partitions,
+        }
+    }
+
     /// Takes the changes since the last call.
     pub(crate) fn take(&self) -> Changes {
         std::mem::take(&mut *self.changes.lock().unwrap_or_else(PoisonError::into_inner))
@@ -79,15 +94,23 @@ impl ConsumerContext for GroupContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
                 let partitions = elements(list);
                 tracing::info!(?partitions, "partitions assigned");
-                self.record(|c| c.assigned.extend(partitions));
+                self.record(|c| {
+                    c.assigned.extend(partitions);
+                    c.rebalanced = true;
+                });
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
+        }
+        // The (incremental) assign or unassign has been applied by now.
+        if let Ok(assignment) = consumer.assignment() {
+            self.assigned_partitions
+                .set(i64::try_from(assignment.count()).unwrap_or(i64::MAX));
         }
     }
 }

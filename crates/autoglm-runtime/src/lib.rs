@@ -18,6 +18,12 @@
 //! checkpoint, records of a revoked partition that were polled but not processed are dropped,
 //! and a lost partition forgets its checkpoint so that its next assignment restores it whole.
 //!
+//! Operations (the `metrics` module): each pipeline has its own Prometheus registry, updated
+//! once per committed batch (counts of an aborted batch are dropped, so the counters agree with
+//! [`RunSummary`]), and, with `metrics.listen`, an HTTP task serving `/metrics`, `/health` (the
+//! loop is alive) and `/ready` (producer initialised, first assignment restored) that stops with
+//! the run.
+//!
 //! Failure behaviour: a poison record goes to the route's DLQ in the same transaction and its
 //! offset advances. A transient failure (registry down, broker timeout, abortable transaction
 //! error) aborts the transaction, drops the uncommitted state, rewinds the consumer to the
@@ -26,10 +32,12 @@
 //! authorization, configuration) stops the pipeline with an error and a non-zero exit.
 
 mod group;
+mod metrics;
 mod pipeline;
 mod restore;
 mod route;
 
+pub use metrics::Metrics;
 pub use pipeline::{Pipeline, RunError, RunOptions, RunSummary, SchemaCheck};
 pub use restore::{RestoreStats, restore};
 pub use route::RouteRuntime;

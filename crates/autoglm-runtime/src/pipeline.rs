@@ -24,6 +24,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::group::{Changes, GroupContext, Partition};
+use crate::metrics::{Endpoint, Metrics, Tally};
 use crate::restore::restore;
 use crate::route::RouteRuntime;
 
@@ -185,6 +186,7 @@ pub struct Pipeline {
     routes: Vec<RouteRuntime>,
     decoder: Decoder,
     registry: Option<RegistryClient>,
+    metrics: Metrics,
     /// Benchmark baseline: copy records unchanged (see [`Pipeline::pass_through`]).
     pass_through: bool,
 }
@@ -249,7 +251,19 @@ impl Pipeline {
                     .map_err(|e| RunError::Config(format!("route {}: {e}", route.name)))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let metrics = Metrics::new(
+            routes.iter().map(|r| {
+                (
+                    r.name.as_str(),
+                    r.targets.iter().map(|t| t.topic()).collect(),
+                )
+            }),
+            // Longer than any one turn of the loop: two transaction calls and a backoff.
+            Duration::from_secs(120) + config.backoff.max_interval,
+        )
+        .map_err(|e| RunError::Config(format!("metrics: {e}")))?;
         Ok(Pipeline {
+            metrics,
             decoder: Decoder::new(sr_settings),
             config,
             settings,
@@ -257,6 +271,11 @@ impl Pipeline {
             registry,
             pass_through: false,
         })
+    }
+
+    /// This pipeline's metrics and probes (what `metrics.listen` serves).
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
     }
 
     /// Asks the registry, for every Avro target in config order, whether its schema may be
@@ -316,6 +335,19 @@ impl Pipeline {
 
     /// Runs until cancelled, idle for `exit_when_idle`, or a fatal error.
     pub async fn run(self, options: RunOptions) -> Result<RunSummary, RunError> {
+        self.metrics.beat();
+        let endpoint = match &self.config.metrics {
+            Some(m) => {
+                let addr = m
+                    .listen_addr()
+                    .map_err(|e| RunError::Config(format!("metrics.listen: {e}")))?;
+                let endpoint = Endpoint::start(addr, self.metrics.clone())
+                    .await
+                    .map_err(|e| RunError::Config(format!("metrics.listen: {addr}: {e}")))?;
+                Some(endpoint)
+            }
+            None => None,
+        };
         let state_path = self.config.event_queue.storage_path.clone();
         let rocks = RocksOptions {
             block_cache_bytes: self.config.state.block_cache_bytes,
@@ -325,10 +357,14 @@ impl Pipeline {
         };
         let backend = RocksBackend::open(&state_path, rocks)?;
         let result = self.serve(&backend, options).await;
+        self.metrics.stopped();
         // Close the store before returning: RocksDB's background jobs must be finished before
         // the process exits, or its static destructors race them (an abort at exit).
         if let Err(error) = backend.close().await {
             tracing::warn!(error = %chain(&error), "closing the state store");
+        }
+        if let Some(endpoint) = endpoint {
+            endpoint.stop().await;
         }
         result
     }
@@ -377,10 +413,11 @@ impl Pipeline {
         } else {
             self.settings.idempotent_producer()?
         };
+        self.metrics.producer_ready();
         let consumer: Arc<Member> = Arc::new(self.settings.member_consumer(
             &self.config.kafka.group_id,
             &self.config.transactional_id(),
-            GroupContext::default(),
+            GroupContext::new(self.metrics.assigned_partitions()),
         )?);
         let subscriptions: Vec<String> =
             self.routes.iter().map(RouteRuntime::subscription).collect();
@@ -399,7 +436,9 @@ impl Pipeline {
         let mut summary = RunSummary::default();
         let mut last_record = Instant::now();
         let mut failures = Failures::default();
+        let mut tally = self.metrics.tally();
         loop {
+            self.metrics.beat();
             if options.shutdown.is_cancelled() {
                 break;
             }
@@ -417,7 +456,14 @@ impl Pipeline {
             }
             last_record = Instant::now();
             match self
-                .process(&batch, &consumer, &producer, &mut guard, exactly_once)
+                .process(
+                    &batch,
+                    &consumer,
+                    &producer,
+                    &mut guard,
+                    exactly_once,
+                    &mut tally,
+                )
                 .await
             {
                 Ok(batch_summary) => {
@@ -427,6 +473,7 @@ impl Pipeline {
                     summary.dead_lettered += batch_summary.dead_lettered;
                     summary.tombstones += batch_summary.tombstones;
                     summary.commits += 1;
+                    self.metrics.committed(&mut tally, polled.started);
                     failures = Failures::default();
                 }
                 Err(BatchError::Fatal(e)) => {
@@ -442,6 +489,7 @@ impl Pipeline {
                     }
                     rewind(&consumer, &batch)?;
                     summary.retries += 1;
+                    self.metrics.aborted(&mut tally);
                     let wait = failures.next(self, &reason);
                     tokio::select! {
                         () = options.shutdown.cancelled() => break,
@@ -484,10 +532,17 @@ impl Pipeline {
             changes.assigned.iter().filter_map(changelog_of).collect();
         assigned.sort();
         assigned.dedup();
-        if assigned.is_empty() {
-            return Ok(0);
+        let mut restored = 0;
+        if !assigned.is_empty() {
+            let _restoring = self.metrics.restoring();
+            let stats = restore(&self.settings, backend, &assigned).await?;
+            self.metrics.restored(&stats);
+            restored = stats.records;
         }
-        Ok(restore(&self.settings, backend, &assigned).await?.records)
+        if changes.rebalanced {
+            self.metrics.assignment_restored();
+        }
+        Ok(restored)
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -578,6 +633,7 @@ impl Pipeline {
         let mut attempt = 0u32;
         let mut last_alarm: Option<Instant> = None;
         loop {
+            self.metrics.beat();
             let error = match step().await {
                 Ok(value) => return Ok(value),
                 Err(e) => e,
@@ -608,6 +664,7 @@ impl Pipeline {
         producer: &FutureProducer,
         guard: &mut VersionGuard<RocksBackend>,
         exactly_once: bool,
+        tally: &mut Tally,
     ) -> Result<RunSummary, BatchError> {
         if exactly_once {
             producer.begin_transaction()?;
@@ -626,9 +683,11 @@ impl Pipeline {
                 continue;
             };
             let route = &self.routes[route_index];
+            tally.input(route_index);
             if self.pass_through {
                 out.forward(route.targets[0].topic(), msg, OwnedHeaders::new())?;
                 summary.emitted += 1;
+                tally.emitted(route_index, 0);
                 continue;
             }
             let decoded = self
@@ -639,6 +698,7 @@ impl Pipeline {
                 Ok(Decoded::Event(event)) => event,
                 Ok(Decoded::Tombstone { .. }) => {
                     summary.tombstones += 1;
+                    tally.tombstone(route_index);
                     continue;
                 }
                 Err(e) if e.class() == ErrorClass::Transient => {
@@ -647,6 +707,7 @@ impl Pipeline {
                 Err(e) => {
                     out.dead_letter(route, msg, &e.class(), &e.to_string(), "decode", "")?;
                     summary.dead_lettered += 1;
+                    tally.dead_letter(route_index, e.class());
                     continue;
                 }
             };
@@ -662,6 +723,7 @@ impl Pipeline {
                 Err(e) => {
                     out.dead_letter(route, msg, &ErrorClass::Poison, &e.to_string(), e.rule, "")?;
                     summary.dead_lettered += 1;
+                    tally.dead_letter(route_index, ErrorClass::Poison);
                     continue;
                 }
             };
@@ -677,6 +739,7 @@ impl Pipeline {
                 Err(e) => {
                     out.dead_letter(route, msg, &e.class(), &e.to_string(), e.rule(), e.field())?;
                     summary.dead_lettered += 1;
+                    tally.dead_letter(route_index, e.class());
                     continue;
                 }
             };
@@ -709,6 +772,7 @@ impl Pipeline {
             let route = &self.routes[w.route];
             // An unversioned delete takes the version of the row it deletes.
             let version = version.map_or_else(String::new, |v| route.version_label(v));
+            tally.decision(w.route, *decision);
             if *decision != Decision::Accept {
                 summary.dropped += 1;
                 if let Some(audit) = &route.audit_topic {
@@ -718,7 +782,7 @@ impl Pipeline {
             }
             changelog_partition.insert(&w.state_key, (w.route, msg.partition()));
             let key = route.output_key(&w.entity_key);
-            for target in &route.targets {
+            for (t, target) in route.targets.iter().enumerate() {
                 let payload = match &w.mapped {
                     Some(row) => match target.encode(row).await {
                         Ok(bytes) => Some(bytes),
@@ -735,6 +799,7 @@ impl Pipeline {
                                 target.topic(),
                             )?;
                             summary.dead_lettered += 1;
+                            tally.dead_letter(w.route, e.class());
                             continue;
                         }
                     },
@@ -749,6 +814,7 @@ impl Pipeline {
                     &version,
                 )?;
                 summary.emitted += 1;
+                tally.emitted(w.route, t);
             }
         }
 
@@ -773,16 +839,21 @@ impl Pipeline {
                 .group_metadata()
                 .ok_or_else(|| BatchError::Transient(Transient("no group metadata yet".into())))?;
             let p = producer.clone();
+            let commit_seconds = self.metrics.commit_seconds();
             blocking(move || {
                 p.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT)?;
                 fail::fail_point!("after_send_offsets");
-                p.commit_transaction(TXN_TIMEOUT)
+                commit_seconds.observe_closure_duration(|| p.commit_transaction(TXN_TIMEOUT))
             })
             .await?;
         } else {
             out.wait_all().await?;
             let c = Arc::clone(consumer);
-            blocking(move || c.commit(&offsets, CommitMode::Sync)).await?;
+            let commit_seconds = self.metrics.commit_seconds();
+            blocking(move || {
+                commit_seconds.observe_closure_duration(|| c.commit(&offsets, CommitMode::Sync))
+            })
+            .await?;
         }
         fail::fail_point!("after_commit");
 
@@ -970,6 +1041,8 @@ type Member = StreamConsumer<GroupContext>;
 /// One poll: the records of partitions this instance still owns, and what the group changed.
 struct Polled {
     batch: Vec<OwnedMessage>,
+    /// When the batch's first record arrived.
+    started: Option<Instant>,
     /// Assigned and lost partitions since the last poll (revocations are applied to `batch`).
     changes: Changes,
 }
@@ -985,6 +1058,7 @@ async fn poll_batch(
 ) -> Result<Polled, RunError> {
     let mut batch: Vec<OwnedMessage> = Vec::new();
     let mut changes = Changes::default();
+    let mut started = None;
     // Wait up to a second for the first record, then fill the batch until the cadence ends.
     let mut deadline = tokio::time::Instant::now() + Duration::from_secs(1);
     while batch.len() < max {
@@ -1003,12 +1077,14 @@ async fn poll_batch(
             changes.assigned.retain(|p| !group.revoked.contains(p));
             changes.assigned.extend(group.assigned);
             changes.lost.extend(group.lost);
+            changes.rebalanced |= group.rebalanced;
         }
         match received {
             None => break,
             Some(Ok(msg)) => {
                 if batch.is_empty() {
                     deadline = tokio::time::Instant::now() + flush;
+                    started.get_or_insert_with(Instant::now);
                 }
                 batch.push(msg.detach());
             }
@@ -1018,7 +1094,11 @@ async fn poll_batch(
             }
         }
     }
-    Ok(Polled { batch, changes })
+    Ok(Polled {
+        batch,
+        started,
+        changes,
+    })
 }
 
 /// Seeks every partition of `batch` back to its first record, so the next poll reads the batch
