@@ -16,7 +16,8 @@
 //! Faults, one tick every 3–10 s: each tick kills a random instance with SIGKILL and restarts
 //! it; tick 2 and 6 also restart one cleanly (SIGTERM), tick 3 adds a fourth instance and tick
 //! 7 removes it, tick 4 kills the broker with SIGKILL and starts it, tick 8 stops and starts it
-//! cleanly. An instance that exits on its own (a fatal error during a broker bounce) is started
+//! cleanly, and on tick 5 an instance is restarted with a crash point that aborts it inside a
+//! transaction that has produced output (random kills alone may all land between transactions). An instance that exits on its own (a fatal error during a broker bounce) is started
 //! again, as a supervisor would, and counted. At the end a fresh instance with an empty store
 //! rebuilds the whole state from the changelog, and the report gives its time.
 
@@ -175,7 +176,13 @@ struct Fleet<'j> {
 
 impl<'j> Fleet<'j> {
     fn start(&mut self, instance: usize) {
-        let child = self.job.start_instance(self.runs, instance, 3_600);
+        self.start_with(instance, &[]);
+    }
+
+    fn start_with(&mut self, instance: usize, env: &[(&str, &str)]) {
+        let child = self
+            .job
+            .start_instance_with(self.runs, instance, 3_600, env);
         self.runs += 1;
         self.running.insert(instance, child);
     }
@@ -266,6 +273,14 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
                     fleet.clean_restarts += 1;
                 }
                 3 => fleet.start(3),
+                5 => {
+                    // A kill that certainly meets an open transaction with output in it: the
+                    // instance aborts itself (no cleanup) right after producing its second
+                    // batch; the supervisor starts it again.
+                    let id = ids[rng.usize(0..ids.len())];
+                    fleet.kill(id);
+                    fleet.start_with(id, &[("AUTOGLM_CRASH_AT", "after_produce:2")]);
+                }
                 7 => fleet.stop(3),
                 4 => {
                     stack_sh(&["bounce-kafka", "hard"]);
@@ -422,7 +437,8 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
     println!(
         "chaos: {records} records over {keys} keys and {partitions} partitions, seed {seed}\n\
          chaos: {fault_secs} s of faults, {} s in all; {} kills (SIGKILL), {} clean restarts, \
-         1 instance added and removed, broker bounces {bounces:?}, {} unexpected exits restarted\n\
+         1 instance added and removed, broker bounces {bounces:?}, {} exits restarted (one is the \
+         crash point)\n\
          chaos: {rebalances} assignments, {} restores (slowest: {} records in {} ms); \
          a fresh store rebuilt {} state entries ({} keys) in {} ms\n\
          chaos: output {count} records, expected {}; duplicates {}, losses {}, stale overwrites {}, \

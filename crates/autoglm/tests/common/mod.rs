@@ -187,17 +187,26 @@ routes:
     /// Starts instance `instance` (its own `kafka.instance_id` and state directory) of the
     /// same group, stopping after `idle_secs` without input.
     pub fn start_instance(&self, run: usize, instance: usize, idle_secs: u64) -> Child {
+        self.start_instance_with(run, instance, idle_secs, &[])
+    }
+
+    /// Like [`Job::start_instance`], with more environment (a crash point).
+    pub fn start_instance_with(
+        &self,
+        run: usize,
+        instance: usize,
+        idle_secs: u64,
+        env: &[(&str, &str)],
+    ) -> Child {
         let state = self.dir.join(format!("state-{instance}"));
         let state = state.to_string_lossy();
         let id = instance.to_string();
-        self.start_idle(
-            run,
-            &[
-                ("AUTOGLM__KAFKA__INSTANCE_ID", &id),
-                ("AUTOGLM__EVENT_QUEUE__STORAGE_PATH", &state),
-            ],
-            idle_secs,
-        )
+        let mut all = vec![
+            ("AUTOGLM__KAFKA__INSTANCE_ID", id.as_str()),
+            ("AUTOGLM__EVENT_QUEUE__STORAGE_PATH", &*state),
+        ];
+        all.extend_from_slice(env);
+        self.start_idle(run, &all, idle_secs)
     }
 
     fn start_idle(&self, run: usize, env: &[(&str, &str)], idle_secs: u64) -> Child {
