@@ -174,14 +174,57 @@ impl Decoder {
     }
 }
 
-/// 4xx: the registry answered and does not know the id (poison). Anything else: it could not
-/// answer (transient); the cached error is dropped so that the retry asks again.
+/// 404: the registry answered and does not know the id (poison). Another 4xx: it refused the
+/// request — credentials, URL — (fatal). Anything else: it could not answer (transient); the
+/// cached error is dropped so that the retry asks again.
 fn registry_error(avro: &AvroDecoder, id: u32, error: SRCError) -> CodecError {
-    let client_error = error.error.contains("status 4");
-    if client_error && !error.retriable {
-        CodecError::UnknownSchema { id, source: error }
-    } else {
+    if error.retriable || !error.error.contains("status 4") {
         avro.remove_errors_from_cache();
         CodecError::RegistryUnavailable(error)
+    } else if error.error.contains("status 404") {
+        CodecError::UnknownSchema { id, source: error }
+    } else {
+        CodecError::RegistryRefused { id, source: error }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use autoglm_core::{Classify, ErrorClass};
+
+    use super::*;
+
+    fn class_of(message: &str, retriable: bool) -> ErrorClass {
+        let avro = AvroDecoder::new(SrSettings::new("http://127.0.0.1:9".to_owned()));
+        registry_error(&avro, 7, SRCError::new(message, None, retriable)).class()
+    }
+
+    #[test]
+    fn an_unknown_id_is_poison_a_refusal_is_fatal_an_outage_is_transient() {
+        let failed = "HTTP request to schema registry failed with status";
+        assert_eq!(
+            class_of(&format!("{failed} 404 Not Found"), false),
+            ErrorClass::Poison
+        );
+        assert_eq!(
+            class_of(&format!("{failed} 401 Unauthorized"), false),
+            ErrorClass::Fatal
+        );
+        assert_eq!(
+            class_of(&format!("{failed} 403 Forbidden"), false),
+            ErrorClass::Fatal
+        );
+        assert_eq!(
+            class_of(&format!("{failed} 503 Service Unavailable"), true),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            class_of(&format!("{failed} 500 Internal Server Error"), false),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            class_of("error sending request", true),
+            ErrorClass::Transient
+        );
     }
 }

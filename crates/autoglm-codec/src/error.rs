@@ -15,6 +15,16 @@ pub enum CodecError {
         #[source]
         source: schema_registry_converter::error::SRCError,
     },
+    /// The registry refused the lookup (400, 401, 403, …): wrong credentials or URL. Retrying
+    /// cannot help and dead-lettering would send every record away: stop.
+    #[error("schema registry refused the lookup of schema id {id}")]
+    RegistryRefused {
+        /// The id from the wire header.
+        id: u32,
+        /// The registry's answer.
+        #[source]
+        source: schema_registry_converter::error::SRCError,
+    },
     /// The registry could not be reached or answered with a server error.
     #[error("schema registry unavailable")]
     RegistryUnavailable(#[source] schema_registry_converter::error::SRCError),
@@ -79,7 +89,9 @@ impl Classify for CodecError {
                 None | Some(408 | 429 | 500..) => ErrorClass::Transient,
                 Some(_) => ErrorClass::Fatal,
             },
-            CodecError::RegistrySettings { .. } => ErrorClass::Fatal,
+            CodecError::RegistrySettings { .. } | CodecError::RegistryRefused { .. } => {
+                ErrorClass::Fatal
+            }
             _ => ErrorClass::Poison,
         }
     }

@@ -28,6 +28,8 @@ use crate::metrics::{Endpoint, Metrics, Tally};
 use crate::restore::restore;
 use crate::route::RouteRuntime;
 
+/// How long closing the Kafka clients at the end of a run may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one blocking transaction call (init, send offsets, commit, abort) may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one Schema Registry request may take.
@@ -51,6 +53,9 @@ pub enum RunError {
     /// The state changelog holds a record open-autoglm did not write.
     #[error("state changelog: {0}")]
     Changelog(String),
+    /// The schema registry refused to serve the processor (credentials, URL).
+    #[error("schema registry")]
+    Registry(#[source] CodecError),
     /// The state store failed.
     #[error("state store")]
     State(#[from] StateError),
@@ -72,7 +77,7 @@ impl RunError {
             RunError::Config(_) | RunError::Changelog(_) => ErrorClass::Fatal,
             RunError::Kafka { class, .. } => *class,
             RunError::State(e) => e.class(),
-            RunError::Schema { source, .. } => source.class(),
+            RunError::Schema { source, .. } | RunError::Registry(source) => source.class(),
         }
     }
 }
@@ -498,9 +503,18 @@ impl Pipeline {
                 }
             }
         }
-        // No transaction is open between batches: leave the group cleanly.
+        // No transaction is open between batches: leave the group cleanly. Closing the clients
+        // blocks (the consumer serves its last rebalance, the producer flushes): off the
+        // executor, and bounded, so that a stuck close cannot hold the process past its deadline.
         consumer.unsubscribe();
         tracing::info!(?summary, "pipeline stopped");
+        let close = tokio::task::spawn_blocking(move || drop((consumer, producer)));
+        if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
+            tracing::warn!(
+                timeout_secs = CLOSE_TIMEOUT.as_secs(),
+                "the Kafka clients did not close in time; going on (the broker expires the session)"
+            );
+        }
         Ok(summary)
     }
 
@@ -703,6 +717,9 @@ impl Pipeline {
                 }
                 Err(e) if e.class() == ErrorClass::Transient => {
                     return Err(BatchError::Transient(Transient(format!("decode: {e}"))));
+                }
+                Err(e) if e.class() == ErrorClass::Fatal => {
+                    return Err(BatchError::Fatal(RunError::Registry(e)));
                 }
                 Err(e) => {
                     out.dead_letter(route, msg, &e.class(), &e.to_string(), "decode", "")?;
@@ -1121,7 +1138,9 @@ fn rewind(consumer: &Member, batch: &[OwnedMessage]) -> Result<(), RunError> {
     let sought = consumer.seek_partitions(list, Duration::ZERO)?;
     let owned = consumer.assignment()?;
     for element in sought.elements() {
+        // An asynchronous seek reports "in progress": it was started.
         if let Err(e) = element.error()
+            && e.rdkafka_error_code() != Some(RDKafkaErrorCode::InProgress)
             && owned
                 .find_partition(element.topic(), element.partition())
                 .is_some()

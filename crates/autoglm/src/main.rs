@@ -174,16 +174,17 @@ async fn execute(command: Command, config: Option<Config>) -> anyhow::Result<()>
             }
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
-            let run = pipeline.run(RunOptions {
+            // Its own task: a blocking call inside the pipeline cannot hold up the deadline.
+            let run = tokio::spawn(pipeline.run(RunOptions {
                 exit_when_idle: exit_when_idle_secs.map(Duration::from_secs),
                 shutdown: shutdown.clone(),
-            });
+            }));
             let overrun = async {
                 shutdown.cancelled().await;
                 tokio::time::sleep(deadline).await;
             };
             let summary = tokio::select! {
-                summary = run => summary?,
+                summary = run => summary.map_err(|e| anyhow::anyhow!("pipeline task: {e}"))??,
                 () = overrun => anyhow::bail!(
                     "did not stop within shutdown_timeout ({deadline:?}); exiting without a clean leave (the open transaction is aborted by the broker or the next start)"
                 ),

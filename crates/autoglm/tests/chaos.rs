@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use autoglm_demo::read_uncommitted;
 use autoglm_state::{KvBackend, RocksBackend, RocksOptions, StateEntry, route_prefix};
 use autoglm_tests::{repo_root, stack};
-use common::{Job, expected, input};
+use common::{Job, expected, input, terminate};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -155,13 +155,6 @@ fn stack_sh(args: &[&str]) {
         .status()
         .expect("stack.sh");
     assert!(status.success(), "stack.sh {args:?} failed");
-}
-
-fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    child.wait().expect("wait")
 }
 
 /// The running instances and what happened to them.

@@ -8,16 +8,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use autoglm_tests::stack;
-use common::{Job, expected, updates};
-
-fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
-    child.wait().expect("wait")
-}
+use common::{Job, expected, terminate, updates};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_join_leave_and_crash_without_duplicates_or_losses() {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use autoglm_demo::{read_committed, recreate_topics};
 use autoglm_kafka::ClientSettings;
@@ -297,5 +297,25 @@ impl Drop for Job {
         if !std::thread::panicking() && std::env::var_os("AUTOGLM_TEST_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// SIGTERM, then the exit: within the default `shutdown_timeout` (30 s) and some slack, or the
+/// test fails (after a SIGKILL, so that it does not hang).
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("pid {} did not stop within 40 s of SIGTERM", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
