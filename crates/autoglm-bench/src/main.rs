@@ -103,7 +103,15 @@ async fn bench(args: Args) -> anyhow::Result<()> {
 
     let mut runs = Vec::new();
     eprintln!("bench: (a) the broker alone");
-    runs.extend(broker_ceiling(&repo, &settings, &args, avg, stamp)?);
+    let ceiling_topic = format!("bench-ceiling-{stamp}");
+    recreate_topics(&settings, &[&ceiling_topic], args.partitions).await?;
+    runs.extend(broker_ceiling(
+        &repo,
+        &settings,
+        &args,
+        avg,
+        &ceiling_topic,
+    )?);
     let modes: [(&'static str, &'static str, bool, bool); 4] = [
         ("b", "pass-through, at least once", true, false),
         ("c", "pass-through, exactly once", true, true),
@@ -227,9 +235,8 @@ fn broker_ceiling(
     settings: &ClientSettings,
     args: &Args,
     size: usize,
-    stamp: u64,
+    topic: &str,
 ) -> anyhow::Result<Vec<Run>> {
-    let topic = format!("bench-ceiling-{stamp}");
     let broker = broker_pid(repo);
     let cpu_before = broker.and_then(cpu_ticks);
     let produced = kafka_tool(
@@ -237,7 +244,7 @@ fn broker_ceiling(
         &[
             "org.apache.kafka.tools.ProducerPerformance",
             "--topic",
-            &topic,
+            topic,
             "--num-records",
             &args.records.to_string(),
             "--record-size",
@@ -271,18 +278,18 @@ fn broker_ceiling(
             "--bootstrap-server",
             settings.bootstrap_servers(),
             "--topic",
-            &topic,
+            topic,
             "--messages",
             &args.records.to_string(),
             "--timeout",
             "60000",
         ],
     )?;
-    // The CSV line after the header: …, data.consumed.in.nMsg, nMsg.sec, …
+    // The CSV line after the header; fetch.nMsg.sec (the 10th field) leaves out the group join.
     let consume_rate = consumed
         .lines()
-        .rfind(|l| l.matches(',').count() >= 5 && !l.contains("start.time"))
-        .and_then(|l| l.split(',').nth(5)?.trim().parse::<f64>().ok())
+        .rfind(|l| l.matches(',').count() >= 9 && !l.contains("start.time"))
+        .and_then(|l| l.split(',').nth(9)?.trim().parse::<f64>().ok())
         .context("ConsumerPerformance printed no rate")?;
     let broker_us = cpu_before
         .zip(cpu_after)
@@ -371,6 +378,8 @@ async fn processor_run(
             "schema: schemas/",
             &format!("schema: {}/schemas/", repo.display()),
         );
+    let dlq = format!("{target}.dlq");
+    recreate_topics(settings, &[&target, &dlq], args.partitions).await?;
     let config_file = dir.join("config.yaml");
     std::fs::write(&config_file, config)?;
 
