@@ -32,6 +32,17 @@ pub enum SettingsError {
     },
 }
 
+/// `key`, unless the processor owns that property.
+fn not_owned(key: String) -> Result<String, SettingsError> {
+    if OWNED_PROPERTIES.contains(&key.as_str()) {
+        return Err(SettingsError::OwnedProperty {
+            key,
+            reason: "set it through the typed configuration instead",
+        });
+    }
+    Ok(key)
+}
+
 /// Where the cluster is and how to talk to it.
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
@@ -66,13 +77,7 @@ impl ClientSettings {
         key: impl Into<String>,
         value: impl Into<String>,
     ) -> Result<Self, SettingsError> {
-        let key = key.into();
-        if OWNED_PROPERTIES.contains(&key.as_str()) {
-            return Err(SettingsError::OwnedProperty {
-                key,
-                reason: "set it through the typed configuration instead",
-            });
-        }
+        let key = not_owned(key.into())?;
         self.extra.push((key, value.into()));
         Ok(self)
     }
@@ -83,13 +88,7 @@ impl ClientSettings {
         key: impl Into<String>,
         value: impl Into<String>,
     ) -> Result<Self, SettingsError> {
-        let key = key.into();
-        if OWNED_PROPERTIES.contains(&key.as_str()) {
-            return Err(SettingsError::OwnedProperty {
-                key,
-                reason: "set it through the typed configuration instead",
-            });
-        }
+        let key = not_owned(key.into())?;
         self.producer_extra.push((key, value.into()));
         Ok(self)
     }
