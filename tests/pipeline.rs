@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use autoglm_config::Overrides;
-use autoglm_demo::{Received, read_committed, recreate_topics, scenario};
+use autoglm_demo::{DemoValue, Received, read_committed, recreate_topics, scenario};
 use autoglm_runtime::{Pipeline, RunOptions, RunSummary};
 use autoglm_tests::{Outage, authority, repo_root, stack, unique};
 
@@ -135,6 +135,20 @@ async fn crm_stream_is_aligned_deduplicated_and_dead_lettered_exactly_once() {
     );
     assert!(value.get("password_hash").is_none(), "dropped field");
     assert_eq!(alice.headers["autoglm.source.topic"], t.source);
+    let source_time = scenario()
+        .iter()
+        .find(|r| {
+            r.key["id"] == 1
+                && matches!(&r.value, DemoValue::Envelope(e) if e["after"]["version"] == 2)
+        })
+        .and_then(|r| match &r.value {
+            DemoValue::Envelope(e) => e["ts_ms"].as_i64(),
+            _ => None,
+        });
+    assert_eq!(
+        alice.timestamp, source_time,
+        "the output carries its source record's timestamp"
+    );
 
     let dead = read_committed(&kafka, None, &t.dlq, quiet)
         .await

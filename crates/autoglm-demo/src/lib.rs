@@ -300,6 +300,12 @@ pub async fn produce(
         if let Some(payload) = &payload {
             record = record.payload(payload);
         }
+        // Stamped with the change's own time, as a source connector does.
+        if let DemoValue::Envelope(json) = &r.value
+            && let Some(ts) = json["ts_ms"].as_i64()
+        {
+            record = record.timestamp(ts);
+        }
         producer
             .send(record, Timeout::After(Duration::from_secs(30)))
             .await
@@ -322,6 +328,8 @@ pub struct Received {
     pub value: Option<Json>,
     /// The headers, as text.
     pub headers: BTreeMap<String, String>,
+    /// The record's timestamp (ms since the epoch).
+    pub timestamp: Option<i64>,
 }
 
 /// Reads every record of `topic` with a `read_committed` consumer in a fresh group, until
@@ -401,6 +409,7 @@ async fn read(
             key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
             value,
             headers,
+            timestamp: message.timestamp().to_millis(),
         });
     }
     Ok(out)

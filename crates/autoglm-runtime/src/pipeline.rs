@@ -940,6 +940,11 @@ impl<'p> Output<'p> {
             headers = headers.insert(header("traceparent", &trace));
         }
         let mut record = FutureRecord::to(topic).key(key).headers(headers);
+        // The source record's time travels with the change, as in Kafka Streams: a consumer
+        // can tell how old a change is, and retention treats it like its source.
+        if let Some(ms) = source.timestamp().to_millis() {
+            record = record.timestamp(ms);
+        }
         if let Some(payload) = payload {
             record = record.payload(payload);
         }
