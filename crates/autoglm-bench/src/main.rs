@@ -440,8 +440,16 @@ async fn watch(
     mut child: Child,
     broker: Option<u32>,
 ) -> anyhow::Result<Sample> {
-    let probe: Arc<BaseConsumer> =
-        Arc::new(settings.client_config().set("group.id", group).create()?);
+    // read_uncommitted: a read_committed probe asks for stable offsets, and the broker holds
+    // that answer while a transaction with offsets is open, which back-to-back transactions
+    // keep true until the very end.
+    let probe: Arc<BaseConsumer> = Arc::new(
+        settings
+            .client_config()
+            .set("group.id", group)
+            .set("isolation.level", "read_uncommitted")
+            .create()?,
+    );
     let end: i64 = {
         let probe = Arc::clone(&probe);
         let source = source.to_owned();

@@ -13,6 +13,9 @@ use clap::{Parser, Subcommand};
 use schema_registry_converter::async_impl::schema_registry::{SrSettings, get_all_subjects};
 use tokio_util::sync::CancellationToken;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "autoglm",
