@@ -113,6 +113,58 @@ pub(crate) fn format_decimal(unscaled: &BigInt, scale: usize) -> String {
     format!("{sign}{int}.{frac}")
 }
 
+/// A writer schema (from the registry), parsed once for both of its decoders.
+///
+/// Records decode with `serde_avro_fast`, straight from the bytes into JSON, with no
+/// intermediate `apache_avro::types::Value`; `make bench`'s `codec` benchmark measures the gain.
+/// What that path does not take — bytes and fixed values (JSON has no bytes), decimals wider
+/// than 96 bits or with a scale above 28 — falls back to apache-avro and [`to_json`], which is
+/// also the reference the tests hold the fast path to.
+pub struct WriterSchema {
+    fast: Option<serde_avro_fast::Schema>,
+    resolved: OwnedSchema,
+}
+
+impl std::fmt::Debug for WriterSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterSchema")
+            .field("fast", &self.fast.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WriterSchema {
+    /// Parses the schema's JSON text.
+    pub fn parse(raw: &str) -> Result<WriterSchema, apache_avro::Error> {
+        let resolved = OwnedSchema::new(Schema::parse_str(raw)?)?;
+        // apache-avro is the authority on what is valid; the fast path is an optimisation.
+        let fast = raw.parse::<serde_avro_fast::Schema>().ok();
+        Ok(WriterSchema { fast, resolved })
+    }
+
+    /// Decodes one datum (the bytes after the wire header) into JSON.
+    pub fn decode(&self, datum: &[u8]) -> Result<Json, apache_avro::Error> {
+        match self.decode_fast(datum) {
+            Some(json) => Ok(json),
+            None => self.decode_with_apache_avro(datum),
+        }
+    }
+
+    /// The fast path alone: `None` where it does not apply.
+    pub fn decode_fast(&self, datum: &[u8]) -> Option<Json> {
+        serde_avro_fast::from_datum_slice::<Json>(datum, self.fast.as_ref()?).ok()
+    }
+
+    /// The reference path: apache-avro's `Value`, then [`to_json`].
+    pub fn decode_with_apache_avro(&self, datum: &[u8]) -> Result<Json, apache_avro::Error> {
+        let root = self.resolved.root();
+        let value = apache_avro::reader::datum::GenericDatumReader::builder(root)
+            .build()?
+            .read_value(&mut &datum[..])?;
+        Ok(to_json(value, root, self.resolved.names()))
+    }
+}
+
 /// A parsed schema with its named types, owned (apache-avro keeps its owned variant private).
 #[derive(Debug)]
 pub(crate) struct OwnedSchema {

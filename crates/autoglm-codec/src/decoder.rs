@@ -9,8 +9,8 @@ use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::error::SRCError;
 use serde_json::Value as Json;
 
-use crate::avro_json::OwnedSchema;
-use crate::{CodecError, avro_json, connect, envelope, wire};
+use crate::avro_json::WriterSchema;
+use crate::{CodecError, connect, envelope, wire};
 
 /// How the source topic's values are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -51,10 +51,10 @@ pub enum Decoded {
 }
 
 /// Decodes records; one per process, shared by every route. Schemas are fetched from the
-/// registry once per id and cached (by `schema_registry_converter`, plus the resolved names here).
+/// registry once per id, parsed once and cached here.
 pub struct Decoder {
     avro: Option<AvroDecoder>,
-    resolved: Mutex<HashMap<u32, Arc<OwnedSchema>>>,
+    schemas: Mutex<HashMap<u32, Arc<WriterSchema>>>,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -70,7 +70,7 @@ impl Decoder {
     pub fn new(registry: Option<SrSettings>) -> Decoder {
         Decoder {
             avro: registry.map(AvroDecoder::new),
-            resolved: Mutex::new(HashMap::new()),
+            schemas: Mutex::new(HashMap::new()),
         }
     }
 
@@ -129,48 +129,46 @@ impl Decoder {
 
     async fn avro_to_json(&self, bytes: &[u8]) -> Result<Json, CodecError> {
         let id = wire::schema_id(bytes)?;
-        if bytes.len() < wire::WIRE_HEADER_LEN {
-            return Err(CodecError::WireFormat("shorter than the 5-byte header"));
+        let datum = bytes
+            .get(wire::WIRE_HEADER_LEN..)
+            .ok_or(CodecError::WireFormat("shorter than the 5-byte header"))?;
+        let schema = self.writer_schema(id).await?;
+        schema
+            .decode(datum)
+            .map_err(|source| CodecError::Avro { id, source })
+    }
+
+    /// The writer schema of `id`: from this decoder's cache, else from the registry (which
+    /// `schema_registry_converter` caches too), parsed once.
+    async fn writer_schema(&self, id: u32) -> Result<Arc<WriterSchema>, CodecError> {
+        if let Some(schema) = self
+            .schemas
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+        {
+            return Ok(Arc::clone(schema));
         }
         let avro = self.avro.as_ref().ok_or(CodecError::Shape {
             expected: "JSON value",
             reason: "an Avro record, but no schema registry is configured".to_owned(),
         })?;
-        let schema = avro
+        let fetched = avro
             .get_schema(id)
             .await
             .map_err(|e| registry_error(avro, id, e))?;
-        let decoded = avro
-            .decode_with_schema(Some(bytes))
-            .await
-            .map_err(|source| CodecError::Avro { id, source })?
-            .ok_or(CodecError::WireFormat("empty value"))?;
-        let resolved = self.resolved(id, &schema.parsed)?;
-        Ok(avro_json::to_json(
-            decoded.value,
-            resolved.root(),
-            resolved.names(),
-        ))
-    }
-
-    fn resolved(
-        &self,
-        id: u32,
-        schema: &apache_avro::Schema,
-    ) -> Result<Arc<OwnedSchema>, CodecError> {
-        let mut cache = self.resolved.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(resolved) = cache.get(&id) {
-            return Ok(Arc::clone(resolved));
-        }
-        let resolved =
+        let schema =
             Arc::new(
-                OwnedSchema::new(schema.clone()).map_err(|e| CodecError::Shape {
+                WriterSchema::parse(&fetched.raw).map_err(|e| CodecError::Shape {
                     expected: "resolvable Avro schema",
                     reason: format!("schema {id}: {e}"),
                 })?,
             );
-        cache.insert(id, Arc::clone(&resolved));
-        Ok(resolved)
+        self.schemas
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, Arc::clone(&schema));
+        Ok(schema)
     }
 }
 

@@ -2,6 +2,7 @@
 
 use apache_avro::schema::Names;
 use apache_avro::types::Value;
+use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::{Decimal, Schema};
 use autoglm_core::Row;
 use num_bigint::BigInt;
@@ -19,6 +20,8 @@ use crate::{CodecError, Compatibility, RegistryClient};
 /// An output topic's Avro schema and its registration (`<topic>-value`).
 pub struct AvroTarget {
     encoder: AvroEncoder,
+    /// The registered schema's id, once known.
+    id: tokio::sync::OnceCell<u32>,
     strategy: SubjectNameStrategy,
     pub(crate) resolved: OwnedSchema,
     /// `<topic>-value`.
@@ -49,6 +52,7 @@ impl AvroTarget {
         })?;
         Ok(AvroTarget {
             encoder: AvroEncoder::new(registry),
+            id: tokio::sync::OnceCell::new(),
             strategy: SubjectNameStrategy::TopicNameStrategyWithSchema(
                 topic.to_owned(),
                 false,
@@ -100,28 +104,38 @@ impl AvroTarget {
             })
     }
 
-    /// Encodes `row` in the Confluent wire format.
+    /// Encodes `row` in the Confluent wire format. The first call registers the schema (or finds
+    /// it registered); its id is kept for every later call.
     pub async fn encode(&self, row: &Row) -> Result<Vec<u8>, CodecError> {
-        let value = json_to_avro(
-            &Json::Object(row.clone()),
-            self.resolved.root(),
-            self.resolved.names(),
-            "",
-        )?;
-        self.encoder
-            .encode_value(value, &self.strategy)
-            .await
-            .map_err(|e| {
-                if e.retriable {
-                    self.encoder.remove_errors_from_cache();
-                    CodecError::RegistryUnavailable(e)
-                } else {
-                    CodecError::Encode {
-                        path: String::new(),
-                        reason: e.to_string(),
-                    }
-                }
-            })
+        let id = *self.id.get_or_try_init(|| self.register()).await?;
+        let mut bytes = Vec::with_capacity(256);
+        bytes.push(0);
+        bytes.extend_from_slice(&id.to_be_bytes());
+        self.write_datum(row, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// Appends `row`'s Avro datum (no wire header) to `out`.
+    pub fn write_datum(&self, row: &Row, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        let root = self.resolved.root();
+        let Schema::Record(record) = root else {
+            return Err(CodecError::Shape {
+                expected: "a record target schema",
+                reason: format!("`{}` is not a record", self.subject),
+            });
+        };
+        let value = record_to_avro(row, record, self.resolved.names())?;
+        let encode_error = |e: apache_avro::Error| CodecError::Encode {
+            path: String::new(),
+            reason: e.to_string(),
+        };
+        // No validation pass: record_to_avro only builds values of the schema's own types.
+        GenericDatumWriter::builder(root)
+            .validate(false)
+            .build()
+            .and_then(|writer| writer.write_value(out, value))
+            .map_err(encode_error)?;
+        Ok(())
     }
 }
 
@@ -137,8 +151,14 @@ pub fn json_to_avro(
     names: &Names,
     path: &str,
 ) -> Result<Value, CodecError> {
+    convert(json, schema, names).map_err(|e| under(e, path.trim_start_matches('.')))
+}
+
+/// [`json_to_avro`], with an error's path relative to `json`: each level prefixes its own
+/// field name as the error comes back up, so a valid row builds no path strings.
+fn convert(json: &Json, schema: &Schema, names: &Names) -> Result<Value, CodecError> {
     let fail = |reason: &str| CodecError::Encode {
-        path: path.trim_start_matches('.').to_owned(),
+        path: String::new(),
         reason: format!("{reason}, got {}", truncated(json, 64)),
     };
     let schema = match schema {
@@ -160,14 +180,14 @@ pub fn json_to_avro(
                 // Branches of the value's own JSON kind first, so that `"007"` stays a string
                 // under ["long", "string"] and `5` an integer under ["double", "long"]; only then
                 // the converting branches (a string into a long, a number into a decimal, …).
-                let (natural, converting): (Vec<_>, Vec<_>) = variants
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, v)| !matches!(v, Schema::Null))
-                    .partition(|(_, v)| same_kind(json, v, names));
+                let branches = |natural: bool| {
+                    variants.iter().enumerate().filter(move |(_, v)| {
+                        !matches!(v, Schema::Null) && same_kind(json, v, names) == natural
+                    })
+                };
                 let mut last_error = None;
-                for (index, variant) in natural.into_iter().chain(converting) {
-                    match json_to_avro(json, variant, names, path) {
+                for (index, variant) in branches(true).chain(branches(false)) {
+                    match convert(json, variant, names) {
                         Ok(v) => return Ok(Value::Union(index_u32(index), Box::new(v))),
                         Err(e) => last_error = Some(e),
                     }
@@ -179,23 +199,7 @@ pub fn json_to_avro(
             let Json::Object(map) = json else {
                 return Err(fail("expected an object"));
             };
-            let mut fields = Vec::with_capacity(record.fields.len());
-            for field in &record.fields {
-                let field_path = format!("{path}.{}", field.name);
-                let value = match (map.get(&field.name), &field.default) {
-                    (Some(v), _) => json_to_avro(v, &field.schema, names, &field_path)?,
-                    (None, Some(default)) => {
-                        json_to_avro(default, &field.schema, names, &field_path)?
-                    }
-                    (None, None) => json_to_avro(&Json::Null, &field.schema, names, &field_path)
-                        .map_err(|_| CodecError::Encode {
-                            path: field_path.trim_start_matches('.').to_owned(),
-                            reason: "required by the target schema, but missing".to_owned(),
-                        })?,
-                };
-                fields.push((field.name.clone(), value));
-            }
-            Value::Record(fields)
+            record_to_avro(map, record, names)?
         }
         Schema::Boolean => match json {
             Json::Bool(b) => Value::Boolean(*b),
@@ -266,7 +270,9 @@ pub fn json_to_avro(
                 items
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| json_to_avro(v, &array.items, names, &format!("{path}[{i}]")))
+                    .map(|(i, v)| {
+                        convert(v, &array.items, names).map_err(|e| under(e, &format!("[{i}]")))
+                    })
                     .collect::<Result<_, _>>()?,
             )
         }
@@ -280,7 +286,7 @@ pub fn json_to_avro(
                     .map(|(k, v)| {
                         Ok((
                             k.clone(),
-                            json_to_avro(v, &map.types, names, &format!("{path}.{k}"))?,
+                            convert(v, &map.types, names).map_err(|e| under(e, k))?,
                         ))
                     })
                     .collect::<Result<_, CodecError>>()?,
@@ -288,6 +294,48 @@ pub fn json_to_avro(
         }
         _ => return Err(fail("this Avro type is not supported as a target")),
     })
+}
+
+/// A row as an Avro record: each field from the row, else its default, else null if the field
+/// takes it.
+fn record_to_avro(
+    row: &Row,
+    record: &apache_avro::schema::RecordSchema,
+    names: &Names,
+) -> Result<Value, CodecError> {
+    let mut fields = Vec::with_capacity(record.fields.len());
+    for field in &record.fields {
+        let value = match (row.get(&field.name), &field.default) {
+            (Some(v), _) => convert(v, &field.schema, names),
+            (None, Some(default)) => convert(default, &field.schema, names),
+            (None, None) => {
+                convert(&Json::Null, &field.schema, names).map_err(|_| CodecError::Encode {
+                    path: String::new(),
+                    reason: "required by the target schema, but missing".to_owned(),
+                })
+            }
+        };
+        fields.push((
+            field.name.clone(),
+            value.map_err(|e| under(e, &field.name))?,
+        ));
+    }
+    Ok(Value::Record(fields))
+}
+
+/// Puts `parent` in front of an encode error's path (`parent.path`, `parent[3]`).
+fn under(error: CodecError, parent: &str) -> CodecError {
+    match error {
+        CodecError::Encode { path, reason } if !parent.is_empty() => CodecError::Encode {
+            path: match path.as_str() {
+                "" => parent.to_owned(),
+                p if p.starts_with('[') => format!("{parent}{p}"),
+                p => format!("{parent}.{p}"),
+            },
+            reason,
+        },
+        other => other,
+    }
 }
 
 /// Whether `schema` is the Avro counterpart of `json`'s own kind (no conversion needed).

@@ -35,7 +35,7 @@ pub enum CodecError {
         id: u32,
         /// The decoder's complaint.
         #[source]
-        source: schema_registry_converter::error::SRCError,
+        source: apache_avro::Error,
     },
     /// The bytes are not valid JSON.
     #[error("invalid JSON")]

@@ -32,6 +32,7 @@ mod round_trips;
 mod wire;
 
 pub use autoglm_core::ChangeEvent;
+pub use avro_json::WriterSchema;
 pub use decoder::{Decoded, Decoder, Encoding, Envelope};
 pub use encoder::{AvroTarget, json_to_avro};
 pub use envelope::parse_envelope;

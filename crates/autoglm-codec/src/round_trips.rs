@@ -16,7 +16,9 @@ use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use serde_json::{Map, Value as Json, json};
 
 use crate::avro_json::to_json;
-use crate::{AvroTarget, Decoded, Decoder, Encoding, Envelope, WIRE_HEADER_LEN, json_to_avro};
+use crate::{
+    AvroTarget, Decoded, Decoder, Encoding, Envelope, WIRE_HEADER_LEN, WriterSchema, json_to_avro,
+};
 
 const TARGET_SCHEMA: &str = r#"{
   "type": "record", "name": "Row", "namespace": "test",
@@ -221,7 +223,12 @@ proptest! {
         let decoded = reader
             .read_value(&mut &framed[WIRE_HEADER_LEN..])
             .expect("datum decodes");
-        prop_assert_eq!(to_json(decoded, root, names), Json::Object(row));
+        prop_assert_eq!(to_json(decoded, root, names), Json::Object(row.clone()));
+        // The decoder's own paths: the fast one, and the apache-avro one it falls back to.
+        let writer = WriterSchema::parse(TARGET_SCHEMA).expect("schema");
+        let datum = &framed[WIRE_HEADER_LEN..];
+        prop_assert_eq!(writer.decode_with_apache_avro(datum).expect("decodes"), Json::Object(row.clone()));
+        prop_assert_eq!(writer.decode_fast(datum), Some(Json::Object(row)), "the fast path takes every type here");
     }
 
     #[test]

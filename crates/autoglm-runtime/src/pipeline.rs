@@ -472,7 +472,7 @@ impl Pipeline {
                 .await
             {
                 Ok(batch_summary) => {
-                            summary.records += batch_summary.records;
+                    summary.records += batch_summary.records;
                     summary.emitted += batch_summary.emitted;
                     summary.dropped += batch_summary.dropped;
                     summary.dead_lettered += batch_summary.dead_lettered;
