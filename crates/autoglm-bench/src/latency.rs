@@ -51,6 +51,11 @@ pub struct LatencyRun {
     pub send_failures: u64,
     /// Accepted records whose output the reader never saw.
     pub unseen: u64,
+    /// The processor's mean batch time, first polled record to commit and state write
+    /// (`autoglm_pipeline_batch_duration_seconds`).
+    pub mean_batch_ms: Option<f64>,
+    /// Its mean `commit_transaction` call (`autoglm_transaction_commit_duration_seconds`).
+    pub mean_commit_ms: Option<f64>,
 }
 
 /// Offers `rate` records/s of `records` for `warmup + measure` to a fresh processor.
@@ -93,8 +98,22 @@ pub async fn run(
         (warmup, measure),
     )
     .await;
+    let mean_ms = async |name: &str| {
+        let sum = instance.metric(&bench.http, &format!("{name}_sum")).await?;
+        let count = instance
+            .metric(&bench.http, &format!("{name}_count"))
+            .await?;
+        (count > 0.0).then(|| sum / count * 1000.0)
+    };
+    let mean_batch_ms = mean_ms("autoglm_pipeline_batch_duration_seconds").await;
+    let mean_commit_ms = mean_ms("autoglm_transaction_commit_duration_seconds").await;
     instance.kill();
-    result
+    processor::check_no_dead_letters(bench, &target, &instance.log).await?;
+    Ok(LatencyRun {
+        mean_batch_ms,
+        mean_commit_ms,
+        ..result?
+    })
 }
 
 async fn offer(
@@ -191,6 +210,8 @@ async fn offer(
         max_ms: histogram.max() as f64 / 1000.0,
         send_failures: failures,
         unseen: expected.saturating_sub(seen.load(Ordering::Relaxed)),
+        mean_batch_ms: None,
+        mean_commit_ms: None,
     })
 }
 
@@ -235,7 +256,7 @@ impl Bench {
         let consumer: StreamConsumer = self
             .settings
             .client_config()
-            .set("group.id", self.group("latency-reader"))
+            .set("group.id", self.topic("latency-reader"))
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             // Bounds how long the broker may hold an empty fetch: never what is measured.

@@ -23,8 +23,9 @@
 //!
 //! Progress goes to stderr every 2 s; the tables to stdout; every figure to
 //! `<out>/bench-<unix time>.json` and the bar charts to `<out>/bench-<unix time>.png`. The
-//! topics, groups and state directories of the run are deleted at the end (`--keep` keeps
-//! them). A phase that fails stops the bench with the error; nothing asserts on a time.
+//! topics and state directories of the run are deleted at the end (`--keep` keeps them; a
+//! failed run keeps the processor logs). A phase that fails stops the bench with its error; a
+//! record in a dead-letter topic is such a failure. Nothing asserts on a time.
 //! Machines are noisy: compare ratios within one run, not absolute numbers across runs.
 
 mod latency;
@@ -41,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use autoglm_codec::AvroTarget;
-use autoglm_demo::{delete_group, recreate_topics};
+use autoglm_demo::recreate_topics;
 use autoglm_kafka::ClientSettings;
 use clap::{Parser, ValueEnum};
 use rdkafka::admin::{AdminClient, AdminOptions};
@@ -96,7 +97,7 @@ struct Args {
         default_value = "ceiling,modes,latency,keys,instances,restore"
     )]
     phases: Vec<Phase>,
-    /// Keep the run's topics, groups and state directories.
+    /// Keep the run's topics and state directories (and the processor logs).
     #[arg(long)]
     keep: bool,
     /// Where the JSON results and the plot go.
@@ -241,7 +242,7 @@ impl Bench {
         format!("bench-{}-{name}", self.stamp)
     }
 
-    /// A group of this run, deleted at the end with its changelog topic.
+    /// A group of this run; its changelog topic is deleted at the end.
     fn group(&self, name: &str) -> String {
         let group = format!("bench-{}-{name}", self.stamp);
         if let Ok(mut groups) = self.groups.lock() {
@@ -258,7 +259,10 @@ impl Bench {
         Ok(())
     }
 
-    async fn cleanup(&self) -> anyhow::Result<()> {
+    /// Deletes the run's topics, and its state directories unless it failed. The groups are
+    /// left to expire (offsets.retention.minutes): librdkafka's DeleteGroups crashed the bench
+    /// once at exit.
+    async fn cleanup(&self, succeeded: bool) -> anyhow::Result<()> {
         let groups = self.groups.lock().map(|g| g.clone()).unwrap_or_default();
         let mut topics = self.topics.lock().map(|t| t.clone()).unwrap_or_default();
         // The processor names its changelog topics `<group>-<route>-changelog`.
@@ -266,10 +270,11 @@ impl Bench {
         let admin: AdminClient<DefaultClientContext> = self.settings.client_config().create()?;
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         admin.delete_topics(&topics, &AdminOptions::new()).await?;
-        for group in &groups {
-            delete_group(&self.settings, group).await?;
+        if succeeded {
+            let _ = std::fs::remove_dir_all(&self.work);
+        } else {
+            eprintln!("bench: the processor logs are in {}", self.work.display());
         }
-        let _ = std::fs::remove_dir_all(&self.work);
         Ok(())
     }
 }
@@ -325,11 +330,11 @@ fn main() -> anyhow::Result<()> {
         let result = bench_all(&bench, &args).await;
         if args.keep {
             eprintln!(
-                "bench: kept topics bench-{}-*, state in {}",
+                "bench: kept topics bench-{}-*, state and logs in {}",
                 bench.stamp,
                 bench.work.display()
             );
-        } else if let Err(e) = bench.cleanup().await {
+        } else if let Err(e) = bench.cleanup(result.is_ok()).await {
             eprintln!("bench: cleanup failed: {e:#}");
         }
         result
@@ -566,6 +571,7 @@ async fn group_run(
             instance.wait_exit(Duration::from_secs(60)).await?;
         }
     }
+    processor::check_no_dead_letters(bench, &target, &dir).await?;
     Ok(GroupRun {
         trace: trace?,
         group,
@@ -953,12 +959,22 @@ fn print_tables(report: &Report) {
     if !report.latency.is_empty() {
         println!("\nend-to-end latency, exactly once, open loop (ms)");
         println!(
-            "{:<6} {:>10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
-            "load", "offered/s", "achieved/s", "samples", "p50", "p99", "p99.9", "max", "unseen"
+            "{:<6} {:>10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10}",
+            "load",
+            "offered/s",
+            "achieved/s",
+            "samples",
+            "p50",
+            "p99",
+            "p99.9",
+            "max",
+            "unseen",
+            "batch ms",
+            "commit ms"
         );
         for run in &report.latency {
             println!(
-                "{:<6} {:>10.0} {:>10.0} {:>9} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8}",
+                "{:<6} {:>10.0} {:>10.0} {:>9} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8} {:>9} {:>10}",
                 format!("{:.0}%", run.load * 100.0),
                 run.target_records_per_sec,
                 run.achieved_records_per_sec,
@@ -967,7 +983,9 @@ fn print_tables(report: &Report) {
                 run.p99_ms,
                 run.p999_ms,
                 run.max_ms,
-                run.unseen
+                run.unseen,
+                opt(run.mean_batch_ms),
+                opt(run.mean_commit_ms)
             );
         }
     }

@@ -390,6 +390,27 @@ pub async fn follow(
     }
 }
 
+/// Fails if anything was written to `target`'s dead-letter topic: the bench's records must all
+/// map, or the figures would measure the DLQ path.
+pub async fn check_no_dead_letters(bench: &Bench, target: &str, log: &Path) -> anyhow::Result<()> {
+    let probe: Arc<BaseConsumer> = Arc::new(
+        bench
+            .settings
+            .client_config()
+            .set("group.id", "autoglm-bench-probe")
+            .create()?,
+    );
+    let dlq = format!("{target}.dlq");
+    let end = end_offsets(&probe, &dlq, bench.partitions).await?;
+    if end > 0 {
+        bail!(
+            "{dlq} is not empty: records were dead-lettered (see {})",
+            log.display()
+        );
+    }
+    Ok(())
+}
+
 async fn end_offsets(
     probe: &Arc<BaseConsumer>,
     topic: &str,
