@@ -216,6 +216,7 @@ pub async fn settled(
     timeout: Duration,
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
+    let mut said = Instant::now();
     loop {
         for instance in instances.iter_mut() {
             instance.check_alive()?;
@@ -225,6 +226,13 @@ pub async fn settled(
         }
         if started.elapsed() > timeout {
             bail!("the group did not settle within {timeout:?}");
+        }
+        if said.elapsed() >= Duration::from_secs(2) {
+            said = Instant::now();
+            eprintln!(
+                "bench: waiting {:.0} s for /ready and the assignment (restoring state?)",
+                started.elapsed().as_secs_f64()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
