@@ -70,12 +70,21 @@ chaos: up ## The chaos test alone, with its figures: make chaos RECORDS=1000000 
 	  CHAOS_PARTITIONS=$(PARTITIONS) CHAOS_KILLS=$(KILLS) CHAOS_SEED=$(SEED) \
 	  "$$exe" chaos_copies --nocapture
 
-# The benchmark's sizes.
+# The benchmark's sizes (the defaults take about 10 minutes on 2 cores); see `autoglm-bench --help`.
 BENCH_RECORDS ?= 200000
 BENCH_KEYS ?= 20000
 BENCH_PARTITIONS ?= 6
+BENCH_KEY_SCALES ?= 10000,1000000
+BENCH_INSTANCES ?= 1,2,3
+BENCH_RESTORE_KEYS ?= 1000000
+BENCH_LATENCY_SECS ?= 15
+BENCH_PHASES ?= ceiling,modes,latency,keys,instances,restore
+BENCH_OUT ?= bench/results
+BENCH_ARGS ?=
 
-bench: up ## Broker ceiling vs pass-through vs full pipeline, release build: make bench BENCH_RECORDS=1000000
+bench: up ## Throughput vs the broker, latency, key/instance scaling, restore; JSON + PNG in bench/results: make bench BENCH_KEY_SCALES=10000,1000000,10000000
 	cargo build --release --bin autoglm --bin autoglm-bench
 	env $(STACK_ENV) $(CARGO_TARGET_DIR)/release/autoglm-bench --records $(BENCH_RECORDS) \
-	  --keys $(BENCH_KEYS) --partitions $(BENCH_PARTITIONS) --out bench/results
+	  --keys $(BENCH_KEYS) --partitions $(BENCH_PARTITIONS) --key-scales $(BENCH_KEY_SCALES) \
+	  --instances $(BENCH_INSTANCES) --restore-keys $(BENCH_RESTORE_KEYS) \
+	  --latency-secs $(BENCH_LATENCY_SECS) --phases $(BENCH_PHASES) --out $(BENCH_OUT) $(BENCH_ARGS)

@@ -1,49 +1,108 @@
-//! `make bench`: how fast the real binary copies a preloaded CDC topic, against ceilings measured
-//! in the same run on the same broker.
+//! `make bench`: how fast, how promptly and how far the real binary goes, measured against
+//! ceilings taken in the same run on the same broker.
 //!
 //! ```text
-//!  preload N Debezium Avro records (P partitions, ~5% stale or duplicate versions)
-//!     (a) the broker alone: kafka-producer-perf-test and kafka-consumer-perf-test, same record size
-//!     (b) autoglm run --pass-through, at least once   (c) the same, exactly once
-//!     (d) the full pipeline, at least once            (e) the full pipeline, exactly once
-//!  each run: records/s and MB/s between the first and the last committed offset, CPU µs per
-//!  record of the processor and of the broker (/proc), the processor's peak RSS
-//!  ratios: R_txn = c / b, R_proc = e / c
+//!  input: Debezium (MySQL) Avro change events of a 16-column CRM row (strings, decimals,
+//!         timestamps; ~500 bytes), every key created once, then updates with ~5% stale or
+//!         duplicate versions; mapped by bench/autoglm-bench.yaml onto a 15-field ERP record
+//!
+//!  throughput (each run: records/s and MB/s between the first and the last committed offset,
+//!  CPU µs per record of the processor and of the broker from /proc, the processor's peak RSS)
+//!    (a) the broker alone: kafka-producer-perf-test and kafka-consumer-perf-test, same size
+//!    (b) autoglm run --pass-through, at least once   (c) the same, exactly once
+//!    (d) the full pipeline, at least once            (e) the full pipeline, exactly once
+//!    ratios: R_txn = c / b, R_proc = e / c
+//!  latency: an open-loop input at 50% and 80% of (e) into a fresh exactly-once processor;
+//!    now − record timestamp at a read_committed reader of the target; p50/p99/p99.9/max
+//!  scaling: (e) with 10k and 1M keys in the state (the update phase after every key was
+//!    created, with peak RSS), and with 1, 2 and 3 instances in one group (from the moment
+//!    the group has settled)
+//!  restore: (e) SIGKILLed once it has committed 1M keys, then restarted (i) on its state
+//!    directory and (ii) on an empty one (the whole changelog): time until /ready
 //! ```
 //!
-//! The table goes to the terminal, the figures to `<out>/bench-<unix time>.json`. Machines are
-//! noisy: compare ratios within one run, not absolute numbers across runs.
+//! Progress goes to stderr every 2 s; the tables to stdout; every figure to
+//! `<out>/bench-<unix time>.json` and the bar charts to `<out>/bench-<unix time>.png`. The
+//! topics and state directories of the run are deleted at the end (`--keep` keeps them; a
+//! failed run keeps the processor logs). A phase that fails stops the bench with its error; a
+//! record in a dead-letter topic is such a failure. Nothing asserts on a time.
+//! Machines are noisy: compare ratios within one run, not absolute numbers across runs.
 
+mod latency;
+mod plot;
+mod processor;
+mod progress;
+mod report;
+mod workload;
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use autoglm_codec::AvroTarget;
-use autoglm_demo::{CRM_SCHEMA, customer, envelope, recreate_topics};
+use autoglm_demo::recreate_topics;
 use autoglm_kafka::ClientSettings;
-use clap::Parser;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+use clap::{Parser, ValueEnum};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
-use serde::Serialize;
-use serde_json::Value as Json;
+
+use latency::LatencyRun;
+use processor::{Spec, Start, Template, Trace, Window};
+pub use progress::Progress;
+use report::{InstanceRun, KeyScaleRun, RecordShape, Report, RestartRun, RestoreReport, Run};
+use workload::Workload;
 
 /// Benchmark the processor against the broker's own ceiling.
 #[derive(Debug, Parser)]
 struct Args {
-    /// Input records to preload.
+    /// Input records of the throughput, latency-stream and instance runs; also the updates after
+    /// the creates of each key-scaling run.
     #[arg(long, default_value_t = 200_000)]
-    records: usize,
-    /// Distinct entity keys.
+    records: u64,
+    /// Distinct entity keys of the throughput and latency streams.
     #[arg(long, default_value_t = 20_000)]
     keys: u64,
     /// Input partitions.
     #[arg(long, default_value_t = 6)]
     partitions: i32,
-    /// Where the JSON results go.
+    /// Keys in the state for the scaling runs of (e), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
+    key_scales: Vec<u64>,
+    /// Processor instances for the scaling runs of (e), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    instances: Vec<usize>,
+    /// Keys committed before the restore phase's SIGKILL.
+    #[arg(long, default_value_t = 1_000_000)]
+    restore_keys: u64,
+    /// Open-loop loads of the latency runs, as fractions of the max rate.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.8")]
+    latency_loads: Vec<f64>,
+    /// The max rate (records/s) the loads are fractions of; default: what (e) measured.
+    #[arg(long)]
+    latency_max_rate: Option<f64>,
+    /// Measured seconds of each latency run.
+    #[arg(long, default_value_t = 15)]
+    latency_secs: u64,
+    /// Seconds of input before the measurement starts.
+    #[arg(long, default_value_t = 3)]
+    latency_warmup_secs: u64,
+    /// Phases to run, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "ceiling,modes,latency,keys,instances,restore"
+    )]
+    phases: Vec<Phase>,
+    /// Keep the run's topics and state directories (and the processor logs).
+    #[arg(long)]
+    keep: bool,
+    /// Where the JSON results and the plot go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
     /// Kafka bootstrap servers.
@@ -54,210 +113,565 @@ struct Args {
     schema_registry_url: String,
 }
 
-/// One measured run.
-#[derive(Debug, Clone, Serialize)]
-struct Run {
-    name: &'static str,
-    what: &'static str,
-    records_per_sec: f64,
-    mb_per_sec: f64,
-    processor_cpu_us_per_record: Option<f64>,
-    broker_cpu_us_per_record: Option<f64>,
-    peak_rss_mib: Option<f64>,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Phase {
+    /// (a) the broker alone
+    Ceiling,
+    /// (b)–(e)
+    Modes,
+    /// open-loop latency at fractions of (e)
+    Latency,
+    /// (e) with more keys in the state
+    Keys,
+    /// (e) with more instances
+    Instances,
+    /// SIGKILL, then restart and rebuild
+    Restore,
 }
 
-#[derive(Debug, Serialize)]
-struct Report {
-    unix_time: u64,
-    records: usize,
-    keys: u64,
+/// What every phase shares: the stack, the binary, the bench config and what to clean up.
+#[derive(Debug)]
+pub struct Bench {
+    settings: ClientSettings,
+    template: Template,
+    repo: PathBuf,
+    /// This run's state directories and configs.
+    work: PathBuf,
+    broker: Option<u32>,
     partitions: i32,
-    avg_record_bytes: usize,
-    runs: Vec<Run>,
-    r_txn: Option<f64>,
-    r_proc: Option<f64>,
+    stamp: u64,
+    binary: PathBuf,
+    http: reqwest::Client,
+    avro: AvroTarget,
+    topics: Mutex<Vec<String>>,
+    groups: Mutex<Vec<String>>,
+}
+
+impl Bench {
+    /// `bench-<stamp>-<name>`.
+    fn topic(&self, name: &str) -> String {
+        format!("bench-{}-{name}", self.stamp)
+    }
+
+    /// A group of this run; its changelog topic is deleted at the end.
+    fn group(&self, name: &str) -> String {
+        let group = format!("bench-{}-{name}", self.stamp);
+        if let Ok(mut groups) = self.groups.lock() {
+            groups.push(group.clone());
+        }
+        group
+    }
+
+    async fn create_topics(&self, topics: &[&str]) -> anyhow::Result<()> {
+        recreate_topics(&self.settings, topics, self.partitions).await?;
+        if let Ok(mut created) = self.topics.lock() {
+            created.extend(topics.iter().map(|t| (*t).to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Deletes the run's topics, and its state directories unless it failed. The groups are
+    /// left to expire (offsets.retention.minutes): librdkafka's DeleteGroups crashed the bench
+    /// once at exit.
+    async fn cleanup(&self, succeeded: bool) -> anyhow::Result<()> {
+        let groups = self.groups.lock().map(|g| g.clone()).unwrap_or_default();
+        let mut topics = self.topics.lock().map(|t| t.clone()).unwrap_or_default();
+        // The processor names its changelog topics `<group>-<route>-changelog`.
+        topics.extend(groups.iter().map(|g| format!("{g}-customers-changelog")));
+        let admin: AdminClient<DefaultClientContext> = self.settings.client_config().create()?;
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        admin.delete_topics(&topics, &AdminOptions::new()).await?;
+        if succeeded {
+            let _ = std::fs::remove_dir_all(&self.work);
+        } else {
+            eprintln!("bench: the processor logs are in {}", self.work.display());
+        }
+        Ok(())
+    }
+}
+
+/// A preloaded source topic.
+#[derive(Debug, Clone)]
+struct Loaded {
+    topic: String,
+    creates: u64,
+    records: u64,
+    bytes: u64,
+}
+
+impl Loaded {
+    fn avg_bytes(&self) -> f64 {
+        self.bytes as f64 / self.records.max(1) as f64
+    }
+}
+
+/// Source topics by (creates, updates), each loaded once.
+#[derive(Debug, Default)]
+struct Sources(HashMap<(u64, u64), Loaded>);
+
+impl Sources {
+    async fn get(&mut self, bench: &Bench, creates: u64, updates: u64) -> anyhow::Result<Loaded> {
+        if let Some(loaded) = self.0.get(&(creates, updates)) {
+            return Ok(loaded.clone());
+        }
+        let topic = bench.topic(&format!("crm-{creates}-{updates}"));
+        eprintln!(
+            "bench: preloading {topic}: {creates} creates, then {updates} updates ({} partitions)",
+            bench.partitions
+        );
+        bench.create_topics(&[&topic]).await?;
+        let workload = Workload::new(creates, updates)?;
+        let records = workload.len();
+        let bytes = workload::preload(&bench.settings, &bench.avro, &topic, workload).await?;
+        let loaded = Loaded {
+            topic,
+            creates,
+            records,
+            bytes,
+        };
+        self.0.insert((creates, updates), loaded.clone());
+        Ok(loaded)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tokio::runtime::Runtime::new()?.block_on(bench(args))
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let bench = setup(&args)?;
+        let result = bench_all(&bench, &args).await;
+        if args.keep {
+            eprintln!(
+                "bench: kept topics bench-{}-*, state and logs in {}",
+                bench.stamp,
+                bench.work.display()
+            );
+        } else if let Err(e) = bench.cleanup(result.is_ok()).await {
+            eprintln!("bench: cleanup failed: {e:#}");
+        }
+        result
+    })
 }
 
-async fn bench(args: Args) -> anyhow::Result<()> {
+fn setup(args: &Args) -> anyhow::Result<Bench> {
     let repo = repo_root();
-    let settings = ClientSettings::new(&args.bootstrap_servers).with_client_id("autoglm-bench");
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let registry = SrSettings::new_builder(args.schema_registry_url.clone())
         .set_timeout(Duration::from_secs(30))
         .build()?;
-    let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let source = format!("bench-crm-{stamp}");
+    Ok(Bench {
+        settings: ClientSettings::new(&args.bootstrap_servers).with_client_id("autoglm-bench"),
+        template: Template::load(&repo, &args.bootstrap_servers, &args.schema_registry_url)?,
+        work: std::env::temp_dir().join(format!("autoglm-bench-{stamp}")),
+        broker: broker_pid(&repo),
+        partitions: args.partitions,
+        stamp,
+        binary: std::env::current_exe()?.with_file_name("autoglm"),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?,
+        // Every input record is encoded under this one subject; the processor decodes by
+        // schema id, whatever the topic.
+        avro: AvroTarget::new(
+            registry,
+            &format!("bench-{stamp}-crm"),
+            workload::SOURCE_SCHEMA,
+        )?,
+        repo,
+        topics: Mutex::default(),
+        groups: Mutex::default(),
+    })
+}
 
-    eprintln!(
-        "bench: preloading {} records into {source} ({} partitions)",
-        args.records, args.partitions
-    );
-    recreate_topics(&settings, &[&source], args.partitions).await?;
-    let bytes = preload(&settings, registry, &source, args.records, args.keys).await?;
-    let avg = bytes / args.records.max(1);
-    eprintln!("bench: preloaded, {avg} bytes per record on average");
+async fn bench_all(bench: &Bench, args: &Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let phase = |p: Phase| args.phases.contains(&p);
+    let mut sources = Sources::default();
+    let main_creates = args.keys.min(args.records).max(1);
+    let main = sources
+        .get(
+            bench,
+            main_creates,
+            args.records.saturating_sub(main_creates),
+        )
+        .await?;
+    let avg = main.avg_bytes();
+    eprintln!("bench: {avg:.0} bytes per record on average");
 
     let mut runs = Vec::new();
-    eprintln!("bench: (a) the broker alone");
-    let ceiling_topic = format!("bench-ceiling-{stamp}");
-    recreate_topics(&settings, &[&ceiling_topic], args.partitions).await?;
-    runs.extend(broker_ceiling(
-        &repo,
-        &settings,
-        &args,
-        avg,
-        &ceiling_topic,
-    )?);
-    let modes: [(&'static str, &'static str, bool, bool); 4] = [
-        ("b", "pass-through, at least once", true, false),
-        ("c", "pass-through, exactly once", true, true),
-        ("d", "full pipeline, at least once", false, false),
-        ("e", "full pipeline, exactly once", false, true),
-    ];
-    for (name, what, pass_through, exactly_once) in modes {
-        eprintln!("bench: ({name}) {what}");
-        let run = processor_run(
-            &repo,
-            &settings,
-            &args,
-            &source,
-            stamp,
-            avg,
-            name,
-            pass_through,
-            exactly_once,
-        )
-        .await
-        .with_context(|| format!("run ({name})"))?;
-        eprintln!("bench: ({name}) {:.0} records/s", run.records_per_sec);
-        runs.push(Run { what, ..run });
+    if phase(Phase::Ceiling) {
+        eprintln!("bench: (a) the broker alone");
+        let topic = bench.topic("ceiling");
+        bench.create_topics(&[&topic]).await?;
+        runs.extend(broker_ceiling(bench, args.records, avg, &topic)?);
+    }
+    if phase(Phase::Modes) {
+        let modes: [(&'static str, &'static str, bool, bool); 4] = [
+            ("b", "pass-through, at least once", true, false),
+            ("c", "pass-through, exactly once", true, true),
+            ("d", "full pipeline, at least once", false, false),
+            ("e", "full pipeline, exactly once", false, true),
+        ];
+        for (name, what, pass_through, exactly_once) in modes {
+            eprintln!("bench: ({name}) {what}");
+            let run = group_run(
+                bench,
+                name,
+                &main,
+                1,
+                (pass_through, exactly_once),
+                Start::FirstCommit,
+                false,
+            )
+            .await
+            .with_context(|| format!("run ({name})"))?;
+            let trace = run.trace;
+            let window = Window::between(&trace.first, &trace.end);
+            eprintln!("bench: ({name}) {:.0} records/s", window.rate());
+            runs.push(Run {
+                name,
+                what,
+                records_per_sec: window.rate(),
+                mb_per_sec: window.rate() * avg / 1e6,
+                processor_cpu_us_per_record: Some(window.processor_us_per_record),
+                broker_cpu_us_per_record: window.broker_us_per_record,
+                peak_rss_mib: Some(trace.peak_rss_kib as f64 / 1024.0),
+            });
+        }
     }
     let rate = |name: &str| {
         runs.iter()
             .find(|r| r.name == name)
             .map(|r| r.records_per_sec)
     };
-    let ratio = |a: &str, b: &str| Some(rate(a)? / rate(b)?);
-    let report = Report {
-        unix_time: stamp,
-        records: args.records,
-        keys: args.keys,
-        partitions: args.partitions,
-        avg_record_bytes: avg,
-        r_txn: ratio("c", "b"),
-        r_proc: ratio("e", "c"),
-        runs,
-    };
-    print_table(&report);
-    std::fs::create_dir_all(&args.out)?;
-    let file = args.out.join(format!("bench-{stamp}.json"));
-    std::fs::write(&file, serde_json::to_string_pretty(&report)?)?;
-    eprintln!("bench: wrote {}", file.display());
-    Ok(())
-}
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repository root")
-}
-
-/// Produces `records` CRM change events over `keys` keys: each key's version mostly rises, about
-/// 5% of the records repeat or go back to an older version. Returns the payload bytes.
-async fn preload(
-    settings: &ClientSettings,
-    registry: SrSettings,
-    topic: &str,
-    records: usize,
-    keys: u64,
-) -> anyhow::Result<usize> {
-    let avro = AvroTarget::new(registry, topic, CRM_SCHEMA)?;
-    let producer: FutureProducer = settings
-        .client_config()
-        .set("linger.ms", "20")
-        .set("batch.size", "1000000")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
-    let mut rng = fastrand::Rng::with_seed(42);
-    let mut versions = vec![0i64; usize::try_from(keys)?];
-    let mut bytes = 0;
-    let mut pending = Vec::with_capacity(10_000);
-    for i in 0..records {
-        let id = rng.u64(0..keys);
-        let slot = &mut versions[usize::try_from(id)?];
-        let version = match rng.u8(0..100) {
-            0..3 if *slot > 1 => *slot - 1, // stale
-            3..5 if *slot > 0 => *slot,     // duplicate
-            _ => {
-                *slot += 1;
-                *slot
+    let mut latency_runs = Vec::new();
+    if phase(Phase::Latency) {
+        match args.latency_max_rate.or_else(|| rate("e")) {
+            Some(max) => {
+                latency_runs = latency_phase(bench, args, max).await?;
             }
-        };
-        let id = i64::try_from(id)?;
-        let name = format!("customer {id:07} of the east region");
-        let email = format!("customer.{id}@example.com");
-        let credit = format!("{}.{:02}", 1000 + id % 9000, id % 100);
-        let row = customer(id, &name, &email, "91310000MA1FL0000X", &credit, version);
-        let lsn = i64::try_from(i)? + 1_000;
-        let Json::Object(event) = envelope("u", Some(row.clone()), Some(row), lsn, false) else {
-            bail!("envelope is not an object");
-        };
-        let payload = avro.encode(&event).await?;
-        bytes += payload.len();
-        let key = format!("{{\"id\":{id}}}");
-        let record = FutureRecord::to(topic).key(&key).payload(&payload);
-        pending.push(
-            producer
-                .send_result(record)
-                .map_err(|(e, _)| e)
-                .context("enqueue")?,
-        );
-        if pending.len() == 10_000 {
-            for delivery in pending.drain(..) {
-                delivery.await?.map_err(|(e, _)| e)?;
+            None => eprintln!(
+                "bench: latency skipped: no (e) rate to take fractions of (run `modes` or pass --latency-max-rate)"
+            ),
+        }
+    }
+
+    let mut key_scaling = Vec::new();
+    let mut restore = None;
+    if phase(Phase::Keys) {
+        for &keys in &args.key_scales {
+            let source = sources.get(bench, keys, args.records).await?;
+            // The restore phase starts from this run, SIGKILLed as soon as it is done.
+            let kill = phase(Phase::Restore) && keys == args.restore_keys;
+            let (run, group_run) = key_run(bench, &source, kill).await?;
+            key_scaling.push(run);
+            if kill {
+                restore = Some(restore_phase(bench, keys, &group_run).await?);
             }
         }
     }
-    for delivery in pending {
-        delivery.await?.map_err(|(e, _)| e)?;
+    if phase(Phase::Restore) && restore.is_none() {
+        let source = sources.get(bench, args.restore_keys, args.records).await?;
+        let (run, group_run) = key_run(bench, &source, true).await?;
+        key_scaling.push(run);
+        restore = Some(restore_phase(bench, args.restore_keys, &group_run).await?);
     }
-    Ok(bytes)
+
+    let mut instance_scaling = Vec::new();
+    if phase(Phase::Instances) {
+        for &count in &args.instances {
+            instance_scaling.push(instance_run(bench, &main, count).await?);
+        }
+    }
+
+    let ratio = |a: &str, b: &str| Some(rate(a)? / rate(b)?);
+    let avg_record_bytes = avg.round() as u64;
+    let mut report = Report {
+        unix_time: bench.stamp,
+        records: main.records,
+        keys: main.creates,
+        partitions: args.partitions,
+        avg_record_bytes,
+        r_txn: ratio("c", "b"),
+        r_proc: ratio("e", "c"),
+        runs,
+        record: RecordShape {
+            source_row_fields: workload::ROW_FIELDS,
+            target_fields: workload::TARGET_FIELDS,
+            avg_bytes: avg_record_bytes,
+            stale_or_duplicate_percent: 5.0,
+        },
+        latency: latency_runs,
+        key_scaling,
+        instance_scaling,
+        restore,
+        plot: None,
+    };
+    report::print_tables(&report);
+    std::fs::create_dir_all(&args.out)?;
+    let png = args.out.join(format!("bench-{}.png", bench.stamp));
+    match plot::draw(&png, &report::plot_title(&report), &report::panels(&report)) {
+        Ok(()) => report.plot = Some(png),
+        Err(e) => eprintln!("bench: no plot: {e:#}"),
+    }
+    let file = args.out.join(format!("bench-{}.json", bench.stamp));
+    std::fs::write(&file, serde_json::to_string_pretty(&report)?)?;
+    eprintln!(
+        "bench: wrote {}{} in {:.0} s",
+        file.display(),
+        report
+            .plot
+            .as_ref()
+            .map_or_else(String::new, |p| format!(" and {}", p.display())),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A finished (or SIGKILLed) run of one group.
+#[derive(Debug)]
+struct GroupRun {
+    trace: Trace,
+    group: String,
+    source: String,
+    target: String,
+    dir: PathBuf,
+}
+
+/// Starts `count` instances of a fresh group on `source` and follows them to its end. Unless
+/// `kill`, they then exit on their own (3 s idle); with `kill` they are SIGKILLed at once.
+async fn group_run(
+    bench: &Bench,
+    name: &str,
+    source: &Loaded,
+    count: usize,
+    (pass_through, exactly_once): (bool, bool),
+    start: Start,
+    kill: bool,
+) -> anyhow::Result<GroupRun> {
+    let group = bench.group(name);
+    let target = bench.topic(&format!("{name}-erp"));
+    bench
+        .create_topics(&[&target, &format!("{target}.dlq")])
+        .await?;
+    let dir = bench.work.join(name);
+    let mut instances = Vec::with_capacity(count);
+    for i in 0..count {
+        let state = dir.join(format!("state-{i}"));
+        instances.push(processor::start(
+            bench,
+            &Spec {
+                group: &group,
+                instance: i,
+                source: &source.topic,
+                target: &target,
+                state: &state,
+                exactly_once,
+                pass_through,
+                exit_when_idle_secs: Some(3),
+            },
+        )?);
+    }
+    let label = format!("({name})");
+    let trace =
+        processor::follow(bench, &label, &group, &source.topic, &mut instances, start).await;
+    for instance in &mut instances {
+        if kill || trace.is_err() {
+            instance.kill();
+        } else {
+            instance.wait_exit(Duration::from_secs(60)).await?;
+        }
+    }
+    processor::check_no_dead_letters(bench, &target, &dir).await?;
+    Ok(GroupRun {
+        trace: trace?,
+        group,
+        source: source.topic.clone(),
+        target,
+        dir,
+    })
+}
+
+/// (e) over a source whose creates fill the state with its keys; measures the updates after.
+async fn key_run(
+    bench: &Bench,
+    source: &Loaded,
+    kill: bool,
+) -> anyhow::Result<(KeyScaleRun, GroupRun)> {
+    let keys = source.creates;
+    eprintln!("bench: (e) with {keys} keys in the state");
+    let name = format!("keys-{keys}");
+    let group_run = group_run(
+        bench,
+        &name,
+        source,
+        1,
+        (false, true),
+        Start::Committed(i64::try_from(keys)?),
+        kill,
+    )
+    .await
+    .with_context(|| format!("run ({name})"))?;
+    let trace = &group_run.trace;
+    let load = Window::between(&trace.first, &trace.start);
+    let updates = Window::between(&trace.start, &trace.end);
+    let run = KeyScaleRun {
+        keys,
+        records: updates.records,
+        load_records_per_sec: (load.records > 0).then(|| load.rate()),
+        records_per_sec: updates.rate(),
+        mb_per_sec: updates.rate() * source.avg_bytes() / 1e6,
+        processor_cpu_us_per_record: updates.processor_us_per_record,
+        peak_rss_mib: trace.peak_rss_kib as f64 / 1024.0,
+    };
+    eprintln!(
+        "bench: ({name}) {:.0} records/s, peak RSS {:.0} MiB",
+        run.records_per_sec, run.peak_rss_mib
+    );
+    Ok((run, group_run))
+}
+
+async fn instance_run(bench: &Bench, source: &Loaded, count: usize) -> anyhow::Result<InstanceRun> {
+    eprintln!("bench: (e) with {count} instance(s) in one group");
+    let name = format!("instances-{count}");
+    let started = Instant::now();
+    let trace = group_run(
+        bench,
+        &name,
+        source,
+        count,
+        (false, true),
+        Start::Settled,
+        false,
+    )
+    .await
+    .with_context(|| format!("run ({name})"))?
+    .trace;
+    let window = Window::between(&trace.start, &trace.end);
+    eprintln!("bench: ({name}) {:.0} records/s", window.rate());
+    Ok(InstanceRun {
+        instances: count,
+        records: window.records,
+        records_per_sec: window.rate(),
+        mb_per_sec: window.rate() * source.avg_bytes() / 1e6,
+        settle_secs: (trace.start.at - started).as_secs_f64(),
+        processor_cpu_us_per_record: window.processor_us_per_record,
+        peak_rss_mib: trace.peak_rss_kib as f64 / 1024.0,
+    })
+}
+
+async fn latency_phase(
+    bench: &Bench,
+    args: &Args,
+    max_rate: f64,
+) -> anyhow::Result<Vec<LatencyRun>> {
+    let warmup = Duration::from_secs(args.latency_warmup_secs);
+    let measure = Duration::from_secs(args.latency_secs);
+    let top = args.latency_loads.iter().copied().fold(0.0, f64::max);
+    let needed = (top * max_rate * (warmup + measure).as_secs_f64()).ceil() as u64 + 1;
+    let creates = args.keys.min(needed).max(1);
+    eprintln!("bench: latency: encoding {needed} records");
+    let records = workload::encode_all(
+        &bench.avro,
+        Workload::new(creates, needed.saturating_sub(creates))?,
+    )
+    .await?;
+    let mut runs = Vec::new();
+    for &load in &args.latency_loads {
+        let rate = load * max_rate;
+        eprintln!(
+            "bench: latency at {:.0}% of {max_rate:.0} records/s",
+            load * 100.0
+        );
+        let run = latency::run(bench, load, rate, &records, warmup, measure).await?;
+        eprintln!(
+            "bench: latency at {:.0}%: p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
+            load * 100.0,
+            run.p50_ms,
+            run.p99_ms,
+            run.p999_ms
+        );
+        runs.push(run);
+    }
+    Ok(runs)
+}
+
+/// Restarts the SIGKILLed `run` (instance 0) on its own state directory, then on an empty one.
+async fn restore_phase(bench: &Bench, keys: u64, run: &GroupRun) -> anyhow::Result<RestoreReport> {
+    eprintln!("bench: restore (i): restart on the same state directory");
+    let same_state = restart(bench, run, &run.dir.join("state-0")).await?;
+    eprintln!("bench: restore (ii): restart on an empty state directory");
+    let empty_state = restart(bench, run, &run.dir.join("state-empty")).await?;
+    Ok(RestoreReport {
+        keys,
+        committed_at_kill: run.trace.end.committed,
+        same_state,
+        empty_state,
+    })
+}
+
+/// Starts instance 0 of `run`'s group on `state` and times it until it is ready.
+async fn restart(bench: &Bench, run: &GroupRun, state: &Path) -> anyhow::Result<RestartRun> {
+    let started = Instant::now();
+    let mut instance = processor::start(
+        bench,
+        &Spec {
+            group: &run.group,
+            instance: 0,
+            source: &run.source,
+            target: &run.target,
+            state,
+            exactly_once: true,
+            pass_through: false,
+            exit_when_idle_secs: None,
+        },
+    )?;
+    let ready = processor::settled(
+        bench,
+        std::slice::from_mut(&mut instance),
+        Duration::from_secs(1800),
+    )
+    .await;
+    let ready_secs = started.elapsed().as_secs_f64();
+    let metric = |name| instance.metric(&bench.http, name);
+    let restored_records = metric("autoglm_restore_records_total").await;
+    let restore_secs = metric("autoglm_restore_duration_seconds_sum").await;
+    instance.kill();
+    ready?;
+    eprintln!(
+        "bench: ready after {ready_secs:.2} s, {} changelog records restored",
+        restored_records.unwrap_or(0.0)
+    );
+    Ok(RestartRun {
+        ready_secs,
+        restored_records,
+        restore_secs,
+    })
 }
 
 /// (a): the broker's producer and consumer throughput for records of `size` bytes.
-fn broker_ceiling(
-    repo: &Path,
-    settings: &ClientSettings,
-    args: &Args,
-    size: usize,
-    topic: &str,
-) -> anyhow::Result<Vec<Run>> {
-    let broker = broker_pid(repo);
-    let cpu_before = broker.and_then(cpu_ticks);
+fn broker_ceiling(bench: &Bench, records: u64, size: f64, topic: &str) -> anyhow::Result<Vec<Run>> {
+    let size = size.round() as u64;
+    let cpu_before = bench.broker.and_then(processor::cpu_ticks);
     let produced = kafka_tool(
-        repo,
+        &bench.repo,
         &[
             "org.apache.kafka.tools.ProducerPerformance",
             "--topic",
             topic,
             "--num-records",
-            &args.records.to_string(),
+            &records.to_string(),
             "--record-size",
             &size.to_string(),
             "--throughput",
             "-1",
             "--producer-props",
-            &format!("bootstrap.servers={}", settings.bootstrap_servers()),
+            &format!("bootstrap.servers={}", bench.template.bootstrap),
             "acks=all",
             "linger.ms=5",
         ],
     )?;
-    let cpu_after = broker.and_then(cpu_ticks);
+    let cpu_after = bench.broker.and_then(processor::cpu_ticks);
     // "200000 records sent, 98765.4 records/sec (43.21 MB/sec), …"
     let produce_rate = produced
         .lines()
@@ -272,15 +686,15 @@ fn broker_ceiling(
         })
         .context("ProducerPerformance printed no rate")?;
     let consumed = kafka_tool(
-        repo,
+        &bench.repo,
         &[
             "org.apache.kafka.tools.ConsumerPerformance",
             "--bootstrap-server",
-            settings.bootstrap_servers(),
+            &bench.template.bootstrap,
             "--topic",
             topic,
             "--messages",
-            &args.records.to_string(),
+            &records.to_string(),
             "--timeout",
             "60000",
         ],
@@ -293,7 +707,7 @@ fn broker_ceiling(
         .context("ConsumerPerformance printed no rate")?;
     let broker_us = cpu_before
         .zip(cpu_after)
-        .map(|(a, b)| ticks_to_us(b - a) / args.records as f64);
+        .map(|(a, b)| processor::ticks_to_us(b - a) / records as f64);
     let mb = |rate: f64| rate * size as f64 / 1e6;
     Ok(vec![
         Run {
@@ -317,268 +731,47 @@ fn broker_ceiling(
     ])
 }
 
+/// Runs a Kafka tool class through `stack.sh`, echoing its output to stderr as it comes (the
+/// perf tools print their progress); returns the output.
 fn kafka_tool(repo: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new("bash")
+    let mut child = Command::new("bash")
         .arg(repo.join("deploy/local/stack.sh"))
         .arg("kafka-tool")
         .args(args)
-        .output()
-        .context("stack.sh kafka-tool")?;
-    if !output.status.success() {
-        bail!(
-            "{} failed: {}",
-            args[0],
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// (b)–(e): the real binary copies the preloaded topic.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one call site; a struct would only rename them"
-)]
-async fn processor_run(
-    repo: &Path,
-    settings: &ClientSettings,
-    args: &Args,
-    source: &str,
-    stamp: u64,
-    record_bytes: usize,
-    name: &'static str,
-    pass_through: bool,
-    exactly_once: bool,
-) -> anyhow::Result<Run> {
-    let dir = std::env::temp_dir().join(format!("autoglm-bench-{stamp}-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let group = format!("bench-{stamp}-{name}");
-    let target = format!("bench-erp-{stamp}-{name}");
-    let config = std::fs::read_to_string(repo.join("open-autoglm-config.yaml"))?
-        .replace("127.0.0.1:39092", &args.bootstrap_servers)
-        .replace(
-            "http://127.0.0.1:38081/apis/ccompat/v7",
-            &args.schema_registry_url,
-        )
-        .replace("group_id: autoglm-demo", &format!("group_id: {group}"))
-        .replace(
-            "storage_path: .stack/demo/state",
-            &format!("storage_path: {}", dir.join("state").display()),
-        )
-        .replace("persistence: true", &format!("persistence: {exactly_once}"))
-        .replace("topic: crm.customers\n", &format!("topic: {source}\n"))
-        .replace("topic: erp.customers\n", &format!("topic: {target}\n"))
-        .replace(
-            "dlq_topic: crm.customers.dlq",
-            &format!("dlq_topic: {target}.dlq"),
-        )
-        .replace("log_level: info", "log_level: warn")
-        .replace(
-            "schema: schemas/",
-            &format!("schema: {}/schemas/", repo.display()),
-        );
-    let dlq = format!("{target}.dlq");
-    recreate_topics(settings, &[&target, &dlq], args.partitions).await?;
-    let config_file = dir.join("config.yaml");
-    std::fs::write(&config_file, config)?;
-
-    let binary = std::env::current_exe()?.with_file_name("autoglm");
-    let mut command = Command::new(&binary);
-    command
-        .args(["run", "--exit-when-idle-secs", "3", "--config"])
-        .arg(&config_file)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("run.log"))?);
-    if pass_through {
-        command.arg("--pass-through");
-    }
-    let child = command
+        .stdout(Stdio::piped())
         .spawn()
-        .with_context(|| format!("start {}", binary.display()))?;
-    let sample = watch(
-        settings,
-        &group,
-        source,
-        args.partitions,
-        child,
-        broker_pid(repo),
-    )
-    .await?;
-    let records = sample.records as f64;
-    let seconds = sample.seconds.max(1e-9);
-    Ok(Run {
-        name,
-        what: "",
-        records_per_sec: records / seconds,
-        mb_per_sec: records * record_bytes as f64 / seconds / 1e6,
-        processor_cpu_us_per_record: Some(ticks_to_us(sample.processor_ticks) / records.max(1.0)),
-        broker_cpu_us_per_record: sample
-            .broker_ticks
-            .map(|t| ticks_to_us(t) / records.max(1.0)),
-        peak_rss_mib: Some(sample.peak_rss_kib as f64 / 1024.0),
-    })
-}
-
-/// What one processor run did between its first and its last committed offset.
-#[derive(Debug, Default)]
-struct Sample {
-    records: u64,
-    seconds: f64,
-    processor_ticks: u64,
-    broker_ticks: Option<u64>,
-    peak_rss_kib: u64,
-}
-
-/// Follows the group's committed offsets until they reach the end of `source`, sampling the
-/// processor's and the broker's CPU and the processor's peak RSS.
-async fn watch(
-    settings: &ClientSettings,
-    group: &str,
-    source: &str,
-    partitions: i32,
-    mut child: Child,
-    broker: Option<u32>,
-) -> anyhow::Result<Sample> {
-    // read_uncommitted: a read_committed probe asks for stable offsets, and the broker holds
-    // that answer while a transaction with offsets is open, which back-to-back transactions
-    // keep true until the very end.
-    let probe: Arc<BaseConsumer> = Arc::new(
-        settings
-            .client_config()
-            .set("group.id", group)
-            .set("isolation.level", "read_uncommitted")
-            .create()?,
-    );
-    let end: i64 = {
-        let probe = Arc::clone(&probe);
-        let source = source.to_owned();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
-            let mut end = 0;
-            for p in 0..partitions {
-                end += probe
-                    .fetch_watermarks(&source, p, Duration::from_secs(10))?
-                    .1;
-            }
-            Ok(end)
-        })
-        .await??
-    };
-    let pid = child.id();
-    let started = Instant::now();
-    let mut first: Option<(Instant, i64, u64, Option<u64>)> = None;
-    let mut sample = Sample::default();
-    loop {
-        if started.elapsed() > Duration::from_secs(600) {
-            let _ = child.kill();
-            bail!("no end after 10 minutes");
+        .context("stack.sh kafka-tool")?;
+    let mut output = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            eprintln!("bench: (a) {line}");
+            output.push_str(&line);
+            output.push('\n');
         }
-        if let Some(status) = child.try_wait()? {
-            bail!("the processor exited early: {status}");
-        }
-        let committed = {
-            let probe = Arc::clone(&probe);
-            let source = source.to_owned();
-            tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
-                let mut list = TopicPartitionList::new();
-                for p in 0..partitions {
-                    list.add_partition(&source, p);
-                }
-                let committed = probe.committed_offsets(list, Duration::from_secs(10))?;
-                Ok(committed
-                    .elements()
-                    .iter()
-                    .map(|e| match e.offset() {
-                        Offset::Offset(o) => o,
-                        _ => 0,
-                    })
-                    .sum())
-            })
-            .await??
-        };
-        let now = Instant::now();
-        let ticks = cpu_ticks(pid).unwrap_or(0);
-        sample.peak_rss_kib = sample.peak_rss_kib.max(peak_rss_kib(pid).unwrap_or(0));
-        match first {
-            None if committed > 0 => {
-                first = Some((now, committed, ticks, broker.and_then(cpu_ticks)));
-            }
-            Some((t0, c0, p0, b0)) if committed >= end => {
-                sample.records = u64::try_from(end - c0)?;
-                sample.seconds = (now - t0).as_secs_f64();
-                sample.processor_ticks = ticks.saturating_sub(p0);
-                sample.broker_ticks = b0
-                    .zip(broker.and_then(cpu_ticks))
-                    .map(|(a, b)| b.saturating_sub(a));
-                break;
-            }
-            _ => {}
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = child.wait();
-    Ok(sample)
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{} failed ({status})", args[0]);
+    }
+    Ok(output)
 }
 
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces: the fields start after its closing parenthesis.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repository root")
 }
 
-fn ticks_to_us(ticks: u64) -> f64 {
-    // USER_HZ is 100 on Linux.
-    ticks as f64 * 10_000.0
-}
-
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
-}
-
+/// The broker's pid, from the stack's state directory: `AUTOGLM_STACK_DIR` as `stack.sh` reads
+/// it (a git worktree shares the stack of the main clone this way), else `<repo>/.stack`.
 fn broker_pid(repo: &Path) -> Option<u32> {
-    std::fs::read_to_string(repo.join(".stack/kafka/kafka.pid"))
+    let stack =
+        std::env::var_os("AUTOGLM_STACK_DIR").map_or_else(|| repo.join(".stack"), PathBuf::from);
+    std::fs::read_to_string(stack.join("kafka/kafka.pid"))
         .ok()?
         .trim()
         .parse()
         .ok()
-}
-
-fn print_table(report: &Report) {
-    println!(
-        "\n{} records ({} bytes avg), {} keys, {} partitions",
-        report.records, report.avg_record_bytes, report.keys, report.partitions
-    );
-    println!(
-        "{:<10} {:<34} {:>12} {:>8} {:>12} {:>12} {:>9}",
-        "run", "what", "records/s", "MB/s", "cpu µs/rec", "broker µs", "RSS MiB"
-    );
-    let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
-    for run in &report.runs {
-        println!(
-            "{:<10} {:<34} {:>12.0} {:>8.1} {:>12} {:>12} {:>9}",
-            run.name,
-            run.what,
-            run.records_per_sec,
-            run.mb_per_sec,
-            opt(run.processor_cpu_us_per_record),
-            opt(run.broker_cpu_us_per_record),
-            opt(run.peak_rss_mib)
-        );
-    }
-    let ratio = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}"));
-    println!(
-        "R_txn = c/b = {}   R_proc = e/c = {}",
-        ratio(report.r_txn),
-        ratio(report.r_proc)
-    );
 }
