@@ -761,6 +761,11 @@ impl Pipeline {
                     continue;
                 }
             };
+            // Mapped: the batch keeps only what its output needs, not the decoded rows.
+            let mut event = event;
+            event.before = None;
+            event.after = None;
+            event.key = None;
             work.push(Work {
                 at,
                 route: route_index,
