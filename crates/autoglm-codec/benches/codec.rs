@@ -53,8 +53,12 @@ fn aligned() -> Map<String, Json> {
 }
 
 fn target(schema: &str) -> AvroTarget {
-    AvroTarget::new(SrSettings::new("http://registry.invalid".into()), "bench", schema)
-        .expect("bench schema parses")
+    AvroTarget::new(
+        SrSettings::new("http://registry.invalid".into()),
+        "bench",
+        schema,
+    )
+    .expect("bench schema parses")
 }
 
 fn bench_decode(c: &mut Criterion) {

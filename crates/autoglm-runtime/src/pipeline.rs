@@ -13,6 +13,7 @@ use autoglm_state::{
     Change, Decision, GuardInput, KvBackend, RocksBackend, RocksOptions, StateError, VersionGuard,
     WriteRequest,
 };
+use foldhash::HashMapExt as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -789,7 +790,8 @@ impl Pipeline {
         let outcome = guard.process(&inputs, now_ms()).await?;
         drop(inputs);
 
-        let mut changelog_partition: HashMap<&[u8], (usize, i32)> = HashMap::new();
+        let mut changelog_partition: foldhash::HashMap<&[u8], (usize, i32)> =
+            foldhash::HashMap::with_capacity(work.len());
         for ((w, decision), version) in work.iter().zip(&outcome.decisions).zip(&outcome.versions) {
             let msg = &batch[w.at];
             let route = &self.routes[w.route];

@@ -21,7 +21,8 @@
 //! aborted). [`VersionGuard::commit`] keeps the overlay when the write fails; the write is
 //! idempotent, so retrying it is safe. Dropping either future half-way is equally safe.
 
-use std::collections::{HashMap, HashSet};
+// foldhash: the per-record maps hash every state key; SipHash was 3 % of the processor's CPU.
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
 use autoglm_core::Version;
 
