@@ -18,7 +18,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
@@ -1103,7 +1103,18 @@ struct Polled {
     changes: Changes,
 }
 
-/// Polls until `flush` has passed since the first record, `max` records arrived, or shutdown.
+/// How long ago `msg` was written, by its timestamp; zero if it has none or it is in the future.
+fn age(msg: &BorrowedMessage<'_>) -> Duration {
+    msg.timestamp()
+        .to_millis()
+        .and_then(|ts| u64::try_from(now_ms() - ts).ok())
+        .map_or(Duration::ZERO, Duration::from_millis)
+}
+
+/// Polls until the first record is `flush` old (by its timestamp: a record that already waited
+/// while the previous batch was processed does not wait a whole interval again, which kept
+/// end-to-end latency at two intervals and more), `max` records arrived, or shutdown. Records
+/// already in the local queue are always taken, deadline or not.
 /// Rebalances happen inside `recv`; after each one the records of revoked partitions are
 /// dropped unprocessed (their new owner reads them from the committed offsets).
 async fn poll_batch(
@@ -1139,7 +1150,7 @@ async fn poll_batch(
             None => break,
             Some(Ok(msg)) => {
                 if batch.is_empty() {
-                    deadline = tokio::time::Instant::now() + flush;
+                    deadline = tokio::time::Instant::now() + flush.saturating_sub(age(&msg));
                     started.get_or_insert_with(Instant::now);
                 }
                 batch.push(msg.detach());
