@@ -16,10 +16,7 @@ use schema_registry_converter::async_impl::schema_registry::{SrSettings, get_all
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    // `cargo test` sets it at run time too; prefer that, because a target directory shared by
-    // two clones can hold a build whose compile-time path is the other clone's.
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ sits inside the repository")
         .to_path_buf()
