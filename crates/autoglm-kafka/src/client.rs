@@ -206,6 +206,8 @@ impl ClientSettings {
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
+            // Resume fetching 10 ms after the store caught up, not librdkafka's 1 s.
+            .set("fetch.queue.backoff.ms", "10")
             .create()
     }
 

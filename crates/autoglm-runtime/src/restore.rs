@@ -28,6 +28,8 @@ use crate::RunError;
 
 /// Records per state write while restoring.
 const WRITE_BATCH: usize = 20_000;
+/// Records between two looks at the consumer's position.
+const POSITION_EVERY: u64 = 1_024;
 /// How often restore progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
@@ -96,6 +98,9 @@ pub async fn restore<B: KvBackend>(
     let mut last_log = Instant::now();
     let mut last_progress = Instant::now();
     while !tails.is_empty() {
+        // position() copies the whole assignment: ask for it when the stream pauses, near a
+        // tail's end, or every POSITION_EVERY records, not for every record.
+        let mut check_position = stats.records.is_multiple_of(POSITION_EVERY);
         match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await {
             Ok(Ok(msg)) => {
                 let key = msg.key().ok_or_else(|| corrupt(&msg, "no key"))?.to_vec();
@@ -111,26 +116,31 @@ pub async fn restore<B: KvBackend>(
                 last_progress = Instant::now();
                 if let Some(tail) = tails.get_mut(&(msg.topic().to_owned(), msg.partition())) {
                     tail.next = msg.offset() + 1;
+                    // The last record may be followed by a commit marker.
+                    check_position |= tail.next + 1 >= tail.end;
                 }
             }
             Ok(Err(e)) => return Err(e.into()),
-            Err(_timeout) => {}
+            Err(_timeout) => check_position = true,
         }
         // A partition is done once the consumer's position passed its end (transaction
         // markers included, which are never delivered).
-        let position = consumer.position()?;
-        let mut done = Vec::new();
-        for ((topic, partition), tail) in &mut tails {
-            if let Some(Offset::Offset(at)) = position
-                .find_partition(topic, *partition)
-                .map(|p| p.offset())
-            {
-                tail.next = tail.next.max(at);
-            }
-            if tail.next >= tail.end {
-                done.push((topic.clone(), *partition));
+        if check_position {
+            let position = consumer.position()?;
+            for ((topic, partition), tail) in &mut tails {
+                if let Some(Offset::Offset(at)) = position
+                    .find_partition(topic, *partition)
+                    .map(|p| p.offset())
+                {
+                    tail.next = tail.next.max(at);
+                }
             }
         }
+        let done: Vec<(String, i32)> = tails
+            .iter()
+            .filter(|(_, tail)| tail.next >= tail.end)
+            .map(|(key, _)| key.clone())
+            .collect();
         if puts.len() >= WRITE_BATCH || !done.is_empty() {
             let checkpoints = tails
                 .iter()
