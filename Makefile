@@ -17,7 +17,7 @@ BIN = $(CARGO_TARGET_DIR)/debug
 # RocksDB/librdkafka are built once per target directory.
 CARGO_SELECT = --workspace --all-targets --features autoglm/failpoints
 
-.PHONY: help up down status reset demo test chaos bench fmt lint build
+.PHONY: help up down status reset demo test chaos bench microbench fmt lint build
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -88,3 +88,6 @@ bench: up ## Throughput vs the broker, latency, key/instance scaling, restore; J
 	  --keys $(BENCH_KEYS) --partitions $(BENCH_PARTITIONS) --key-scales $(BENCH_KEY_SCALES) \
 	  --instances $(BENCH_INSTANCES) --restore-keys $(BENCH_RESTORE_KEYS) \
 	  --latency-secs $(BENCH_LATENCY_SECS) --phases $(BENCH_PHASES) --out $(BENCH_OUT) $(BENCH_ARGS)
+
+microbench: ## criterion, per record on the bench's records: decode (3 ways), version guard, mapping, encode
+	cargo bench --workspace --benches

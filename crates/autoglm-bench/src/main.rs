@@ -439,7 +439,8 @@ struct GroupRun {
 }
 
 /// Starts `count` instances of a fresh group on `source` and follows them to its end. Unless
-/// `kill`, they then exit on their own (3 s idle); with `kill` they are SIGKILLed at once.
+/// `kill`, they then exit on their own (3 s idle, 15 s for several); with `kill` they are
+/// SIGKILLed at once.
 async fn group_run(
     bench: &Bench,
     name: &str,
@@ -468,7 +469,9 @@ async fn group_run(
                 state: &state,
                 exactly_once,
                 pass_through,
-                exit_when_idle_secs: Some(3),
+                // Several members join one after another, and the rebalances may leave one
+                // without partitions for more than 3 s: it must not leave for want of input.
+                exit_when_idle_secs: Some(if count > 1 { 15 } else { 3 }),
             },
         )?);
     }

@@ -125,16 +125,7 @@ impl ClientSettings {
         &self,
         transactional_id: &str,
     ) -> Result<FutureProducer, KafkaError> {
-        let mut config = self.producer_config();
-        // Right after a commit the broker is still writing the transaction's markers and answers
-        // the next transaction's first AddPartitionsToTxn with CONCURRENT_TRANSACTIONS; the
-        // client retries after `retry.backoff.ms`. librdkafka's 100 ms default would then floor
-        // every transaction at 100 ms (the Java client shortens this retry to 20 ms for the
-        // same reason). A pass-through value wins.
-        if config.get("retry.backoff.ms").is_none() {
-            config.set("retry.backoff.ms", "10");
-        }
-        config
+        self.producer_config()
             .set("transactional.id", transactional_id)
             // A crashed or paused instance's open transaction holds back the committed end of
             // its partitions (the next owner's restore and reads wait for it) until the broker
