@@ -154,7 +154,9 @@ pub struct CommitConfig {
 impl Default for CommitConfig {
     fn default() -> Self {
         CommitConfig {
-            max_records: 10_000,
+            // The batch's records, rows and output are held until the commit: 10,000 records of
+            // 500 bytes put the peak RSS 35 MiB higher, for 4% more throughput in `make bench`.
+            max_records: 5_000,
         }
     }
 }
