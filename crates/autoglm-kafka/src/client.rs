@@ -160,18 +160,18 @@ impl ClientSettings {
     ) -> Result<StreamConsumer<C>, KafkaError> {
         let mut config = self.consumer_config(group_id, "read_committed");
         config.set("group.instance.id", member_id);
-        // A static member does not leave the group when it closes: its partitions move only
-        // when its session expires. 10 s (the broker's minimum is 6 s) bounds that stall after a
-        // scale-in or a crash without restart; a restart within it takes the partitions back
-        // without any rebalance. A pass-through `session.timeout.ms` wins.
-        if config.get("session.timeout.ms").is_none() {
-            config.set("session.timeout.ms", "10000");
-        }
-        // librdkafka prefetches up to 64 MiB by default, a quarter of the memory budget. 16 MiB
-        // still holds a few hundred milliseconds of input at full speed, if the fetcher resumes
-        // soon after the queue drains: librdkafka's fetch.queue.backoff.ms (1 s) would starve
-        // it (pass-through throughput fell to a third in `make bench`). Pass-through values win.
+        // Defaults a pass-through value replaces.
         for (key, value) in [
+            // A static member does not leave the group when it closes: its partitions move
+            // only when its session expires. 10 s (the broker's minimum is 6 s) bounds that
+            // stall after a scale-in or a crash without restart; a restart within it takes the
+            // partitions back without any rebalance.
+            ("session.timeout.ms", "10000"),
+            // librdkafka prefetches up to 64 MiB by default, a quarter of the memory budget.
+            // 16 MiB still holds a few hundred milliseconds of input at full speed, if the
+            // fetcher resumes soon after the queue drains: librdkafka's 1 s
+            // fetch.queue.backoff.ms would starve it (pass-through throughput fell to a third
+            // in `make bench`).
             ("queued.max.messages.kbytes", "16384"),
             ("fetch.queue.backoff.ms", "10"),
         ] {
