@@ -1,5 +1,6 @@
 //! Per-record cost of one guard batch: 1000 records → one multi_get, 1000 decisions, one
-//! WriteBatch commit, over a store pre-loaded with 100k keys.
+//! WriteBatch commit, over a store pre-loaded with 100k keys (`AUTOGLM_GUARD_KEYS` sets another
+//! count, e.g. 10000000 to see RocksDB once the state outgrows its block cache).
 
 use autoglm_core::Version;
 use autoglm_state::{
@@ -9,12 +10,19 @@ use autoglm_state::{
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
 
-const PRELOADED_KEYS: u64 = 100_000;
 const BATCH: usize = 1_000;
 
+fn preloaded_keys() -> u64 {
+    std::env::var("AUTOGLM_GUARD_KEYS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000)
+}
+
+/// State keys as the runtime builds them: the route, then the key fields as a JSON array.
 fn keys() -> Vec<Vec<u8>> {
-    (0..PRELOADED_KEYS)
-        .map(|i| state_key("bench", &i.to_be_bytes()))
+    (0..preloaded_keys())
+        .map(|i| state_key("crm_customers", format!("[{i}]").as_bytes()))
         .collect()
 }
 
@@ -30,14 +38,14 @@ fn inputs<'a>(keys: &'a [Vec<u8>], picks: &[usize], version: u64) -> Vec<GuardIn
 }
 
 /// Deterministic pseudo-random key picks (xorshift), distinct per round.
-fn picks(round: u64) -> Vec<usize> {
+fn picks(round: u64, keys: usize) -> Vec<usize> {
     let mut x = round.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..BATCH)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            (x % PRELOADED_KEYS) as usize
+            (x % keys as u64) as usize
         })
         .collect()
 }
@@ -64,7 +72,9 @@ fn bench_batch<B: KvBackend>(c: &mut Criterion, name: &str, backend: B) {
         .expect("runtime");
     let keys = keys();
     let mut guard = VersionGuard::new(backend, i64::MAX);
+    let started = std::time::Instant::now();
     preload(&rt, &mut guard, &keys);
+    eprintln!("{name}: preloaded {} keys in {:.1?}", keys.len(), started.elapsed());
 
     let mut group = c.benchmark_group("guard_batch");
     group.throughput(Throughput::Elements(BATCH as u64));
@@ -72,7 +82,7 @@ fn bench_batch<B: KvBackend>(c: &mut Criterion, name: &str, backend: B) {
     group.bench_function(name, |b| {
         b.iter(|| {
             round += 1;
-            let picks = picks(round);
+            let picks = picks(round, keys.len());
             let batch = inputs(&keys, &picks, round);
             rt.block_on(async {
                 let outcome = guard.process(&batch, 0).await.expect("process");
@@ -90,8 +100,9 @@ fn bench_batch<B: KvBackend>(c: &mut Criterion, name: &str, backend: B) {
 fn guard_batches(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let rocks = RocksBackend::open(dir.path(), RocksOptions::default()).expect("open rocksdb");
-    bench_batch(c, "rocksdb_1000_of_100k", rocks);
-    bench_batch(c, "memory_1000_of_100k", MemoryBackend::new());
+    let of = format!("1000_of_{}k", preloaded_keys() / 1000);
+    bench_batch(c, &format!("rocksdb_{of}"), rocks);
+    bench_batch(c, &format!("memory_{of}"), MemoryBackend::new());
 }
 
 criterion_group!(benches, guard_batches);

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use rocksdb::compaction_filter::{CompactionFilter, Decision as FilterDecision};
 use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilterFactory};
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
     FlushOptions, Options, WriteBatch, WriteOptions,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -103,7 +103,15 @@ impl RocksOptions {
     fn state_cf_options(&self, cache: &Cache) -> Options {
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(cache);
+        // Index and filter blocks live in the block cache, so the cache bounds them too. Each
+        // is partitioned into 4 KiB blocks under a small pinned top level: once the state
+        // outgrows the cache, a point read that misses reloads one 4 KiB partition, not a whole
+        // file's index and filter (a megabyte each; 10 million keys made every read ~130 µs).
         table.set_cache_index_and_filter_blocks(true);
+        table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+        table.set_partition_filters(true);
+        table.set_metadata_block_size(4096);
+        table.set_pin_top_level_index_and_filter(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         if self.bloom_filter_bits_per_key > 0 {
             table.set_bloom_filter(f64::from(self.bloom_filter_bits_per_key), false);
