@@ -5,13 +5,14 @@
 //!
 //! Decoding is measured three ways, so that the choice in `WriterSchema` stays a measured one:
 //! apache-avro through its `Value` (the reference), apache-avro's serde deserializer straight
-//! into JSON, and `serde_avro_fast` straight into JSON (what the decoder uses).
+//! into JSON, and `serde_avro_fast` straight into JSON; then to the change event, through that
+//! JSON tree or straight into the envelope's fields (what the decoder uses).
 
 use std::hint::black_box;
 
 use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
-use autoglm_codec::{AvroTarget, WriterSchema};
+use autoglm_codec::{AvroTarget, DebeziumEnvelope, Envelope, WriterSchema, parse_envelope};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use serde_json::{Map, Value as Json, json};
@@ -107,6 +108,26 @@ fn bench_decode(c: &mut Criterion) {
     }
     group.bench_function("serde_avro_fast_to_json", |b| {
         b.iter(|| writer.decode_fast(black_box(&datum)))
+    });
+    group.finish();
+
+    // To the change event: through the JSON tree of the whole envelope, or straight into the
+    // envelope's fields (what the decoder does for Debezium Avro).
+    let mut group = c.benchmark_group("decode_event");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("json_tree_then_envelope", |b| {
+        b.iter(|| {
+            let tree = writer.decode_fast(black_box(&datum)).expect("decodes");
+            parse_envelope(Envelope::Debezium, None, tree).expect("an envelope")
+        })
+    });
+    group.bench_function("envelope_fields", |b| {
+        b.iter(|| {
+            writer
+                .decode_fast_as::<DebeziumEnvelope>(black_box(&datum))
+                .and_then(|fields| fields.into_event(&mut None))
+                .expect("an envelope")
+        })
     });
     group.finish();
 }

@@ -152,7 +152,13 @@ impl WriterSchema {
 
     /// The fast path alone: `None` where it does not apply.
     pub fn decode_fast(&self, datum: &[u8]) -> Option<Json> {
-        serde_avro_fast::from_datum_slice::<Json>(datum, self.fast.as_ref()?).ok()
+        self.decode_fast_as(datum)
+    }
+
+    /// The fast path into any serde type: `None` where it does not apply or the datum does not
+    /// fit `T`.
+    pub fn decode_fast_as<T: serde::de::DeserializeOwned>(&self, datum: &[u8]) -> Option<T> {
+        serde_avro_fast::from_datum_slice::<T>(datum, self.fast.as_ref()?).ok()
     }
 
     /// The reference path: apache-avro's `Value`, then [`to_json`].

@@ -50,6 +50,10 @@ pub enum Decoded {
     },
 }
 
+/// [`Decoder::decode_cached`] needs this writer schema id, which is not cached yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaMissing(pub u32);
+
 /// Decodes records; one per process, shared by every route. Schemas are fetched from the
 /// registry once per id, parsed once and cached here.
 pub struct Decoder {
@@ -74,7 +78,8 @@ impl Decoder {
         }
     }
 
-    /// Decodes one record.
+    /// Decodes one record, fetching the writer schemas it names from the registry first when
+    /// this decoder has not seen them yet.
     pub async fn decode(
         &self,
         envelope: Envelope,
@@ -82,12 +87,37 @@ impl Decoder {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
     ) -> Result<Decoded, CodecError> {
-        let key = match key {
-            Some(bytes) => Some(self.decode_key(encoding, bytes).await?),
+        loop {
+            match self.decode_cached(envelope, encoding, key, value) {
+                Ok(decoded) => return decoded,
+                // Cached from now on (or an error), so the loop ends.
+                Err(SchemaMissing(id)) => {
+                    self.writer_schema(id).await?;
+                }
+            }
+        }
+    }
+
+    /// Decodes one record with the writer schemas already cached, without waiting: what the
+    /// pipeline runs on its worker threads. [`SchemaMissing`] names a schema id that
+    /// [`decode`](Self::decode) must fetch first.
+    pub fn decode_cached(
+        &self,
+        envelope: Envelope,
+        encoding: Encoding,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<Result<Decoded, CodecError>, SchemaMissing> {
+        let key = match key
+            .map(|bytes| self.decode_key(encoding, bytes))
+            .transpose()?
+        {
+            Some(Err(e)) => return Ok(Err(e)),
+            Some(Ok(row)) => Some(row),
             None => None,
         };
         let Some(value) = value else {
-            return Ok(match envelope {
+            return Ok(Ok(match envelope {
                 Envelope::Debezium => Decoded::Tombstone { key },
                 Envelope::Upsert => Decoded::Event(ChangeEvent {
                     op: Op::Delete,
@@ -97,57 +127,103 @@ impl Decoder {
                     source: SourcePosition::default(),
                     ts_ms: None,
                 }),
-            });
+            }));
         };
-        let tree = self.to_json(encoding, value).await?;
-        envelope::parse_envelope(envelope, key, tree).map(Decoded::Event)
+        let mut key = key;
+        if (envelope, encoding) == (Envelope::Debezium, Encoding::Avro)
+            && let Some(event) = self.debezium_fast(value, &mut key)?
+        {
+            return Ok(Ok(Decoded::Event(event)));
+        }
+        Ok(self
+            .to_json(encoding, value)?
+            .and_then(|tree| envelope::parse_envelope(envelope, key, tree))
+            .map(Decoded::Event))
     }
 
-    async fn decode_key(&self, encoding: Encoding, bytes: &[u8]) -> Result<Row, CodecError> {
+    /// A Debezium Avro envelope read straight into its fields, with no JSON tree for the
+    /// envelope or its `source` block. `None` where that path does not apply (see
+    /// [`WriterSchema::decode_fast_as`]) or the envelope is invalid: the tree path then decodes
+    /// it again and says why.
+    fn debezium_fast(
+        &self,
+        bytes: &[u8],
+        key: &mut Option<Row>,
+    ) -> Result<Option<ChangeEvent>, SchemaMissing> {
+        let (Ok(id), Some(datum)) = (wire::schema_id(bytes), bytes.get(wire::WIRE_HEADER_LEN..))
+        else {
+            return Ok(None);
+        };
+        let schema = self.cached_schema(id).ok_or(SchemaMissing(id))?;
+        Ok(schema
+            .decode_fast_as::<envelope::DebeziumEnvelope>(datum)
+            .and_then(|fields| fields.into_event(key)))
+    }
+
+    fn decode_key(
+        &self,
+        encoding: Encoding,
+        bytes: &[u8],
+    ) -> Result<Result<Row, CodecError>, SchemaMissing> {
         let tree = match encoding {
-            Encoding::Avro if bytes.first() == Some(&0) => self.avro_to_json(bytes).await?,
+            Encoding::Avro if bytes.first() == Some(&0) => match self.avro_to_json(bytes)? {
+                Ok(tree) => tree,
+                Err(e) => return Ok(Err(e)),
+            },
             _ => match serde_json::from_slice::<Json>(bytes) {
                 Ok(tree) => connect::unwrap(tree),
                 // A plain string key, such as Kafka Connect's StringConverter writes.
                 Err(_) => Json::String(String::from_utf8_lossy(bytes).into_owned()),
             },
         };
-        Ok(match tree {
+        Ok(Ok(match tree {
             Json::Object(row) => row,
             other => Row::from_iter([("key".to_owned(), other)]),
-        })
+        }))
     }
 
-    async fn to_json(&self, encoding: Encoding, bytes: &[u8]) -> Result<Json, CodecError> {
+    fn to_json(
+        &self,
+        encoding: Encoding,
+        bytes: &[u8],
+    ) -> Result<Result<Json, CodecError>, SchemaMissing> {
         match encoding {
-            Encoding::Avro => self.avro_to_json(bytes).await,
-            Encoding::Json => serde_json::from_slice(bytes)
+            Encoding::Avro => self.avro_to_json(bytes),
+            Encoding::Json => Ok(serde_json::from_slice(bytes)
                 .map(connect::unwrap)
-                .map_err(CodecError::Json),
+                .map_err(CodecError::Json)),
         }
     }
 
-    async fn avro_to_json(&self, bytes: &[u8]) -> Result<Json, CodecError> {
-        let id = wire::schema_id(bytes)?;
-        let datum = bytes
-            .get(wire::WIRE_HEADER_LEN..)
-            .ok_or(CodecError::WireFormat("shorter than the 5-byte header"))?;
-        let schema = self.writer_schema(id).await?;
-        schema
+    fn avro_to_json(&self, bytes: &[u8]) -> Result<Result<Json, CodecError>, SchemaMissing> {
+        let id = match wire::schema_id(bytes) {
+            Ok(id) => id,
+            Err(e) => return Ok(Err(e)),
+        };
+        let Some(datum) = bytes.get(wire::WIRE_HEADER_LEN..) else {
+            return Ok(Err(CodecError::WireFormat(
+                "shorter than the 5-byte header",
+            )));
+        };
+        let schema = self.cached_schema(id).ok_or(SchemaMissing(id))?;
+        Ok(schema
             .decode(datum)
-            .map_err(|source| CodecError::Avro { id, source })
+            .map_err(|source| CodecError::Avro { id, source }))
+    }
+
+    fn cached_schema(&self, id: u32) -> Option<Arc<WriterSchema>> {
+        self.schemas
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
     }
 
     /// The writer schema of `id`: from this decoder's cache, else from the registry (which
     /// `schema_registry_converter` caches too), parsed once.
     async fn writer_schema(&self, id: u32) -> Result<Arc<WriterSchema>, CodecError> {
-        if let Some(schema) = self
-            .schemas
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&id)
-        {
-            return Ok(Arc::clone(schema));
+        if let Some(schema) = self.cached_schema(id) {
+            return Ok(schema);
         }
         let avro = self.avro.as_ref().ok_or(CodecError::Shape {
             expected: "JSON value",

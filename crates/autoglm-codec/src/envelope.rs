@@ -48,7 +48,10 @@ fn debezium(key: Option<Row>, value: Json) -> Result<ChangeEvent, CodecError> {
         }
         _ => {}
     }
-    let source = map.get("source").map(source_position).unwrap_or_default();
+    let source = map
+        .get("source")
+        .map(|source| source_position(|name| source.get(name)))
+        .unwrap_or_default();
     Ok(ChangeEvent {
         op,
         before,
@@ -57,6 +60,71 @@ fn debezium(key: Option<Row>, value: Json) -> Result<ChangeEvent, CodecError> {
         source,
         ts_ms: map.get("ts_ms").and_then(Json::as_i64),
     })
+}
+
+/// The Debezium envelope read by serde straight from a decoder: the rows as JSON maps, but no
+/// tree for the envelope or its `source` block, and only the `source` fields a version needs.
+/// Every other field is skipped unread. [`DebeziumEnvelope::into_event`] takes only a valid
+/// envelope; anything else goes the tree path ([`parse_envelope`]), which says what is wrong.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct DebeziumEnvelope {
+    before: Option<Row>,
+    after: Option<Row>,
+    source: Option<SourceFields>,
+    op: Option<String>,
+    ts_ms: Option<i64>,
+}
+
+/// The `source` fields [`SourcePosition`] reads.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct SourceFields {
+    lsn: Option<Json>,
+    sequence: Option<Json>,
+    file: Option<Json>,
+    pos: Option<Json>,
+    row: Option<Json>,
+    ts_ms: Option<Json>,
+    snapshot: Option<Json>,
+}
+
+impl SourceFields {
+    fn get(&self, name: &str) -> Option<&Json> {
+        match name {
+            "lsn" => self.lsn.as_ref(),
+            "sequence" => self.sequence.as_ref(),
+            "file" => self.file.as_ref(),
+            "pos" => self.pos.as_ref(),
+            "row" => self.row.as_ref(),
+            "ts_ms" => self.ts_ms.as_ref(),
+            "snapshot" => self.snapshot.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+impl DebeziumEnvelope {
+    /// The change event, taking `key`; `None` (and `key` left alone) if the envelope is not
+    /// valid: an unknown or missing `op`, or a create, update or read without `after`.
+    pub fn into_event(self, key: &mut Option<Row>) -> Option<ChangeEvent> {
+        let op = Op::from_debezium(self.op.as_deref()?)?;
+        if matches!(op, Op::Create | Op::Update | Op::Read) && self.after.is_none() {
+            return None;
+        }
+        let source = self
+            .source
+            .map(|source| source_position(|name| source.get(name)))
+            .unwrap_or_default();
+        Some(ChangeEvent {
+            op,
+            before: self.before,
+            after: self.after,
+            key: key.take(),
+            source,
+            ts_ms: self.ts_ms,
+        })
+    }
 }
 
 fn row_field(map: &mut Row, name: &str) -> Result<Option<Row>, CodecError> {
@@ -70,16 +138,17 @@ fn row_field(map: &mut Row, name: &str) -> Result<Option<Row>, CodecError> {
     }
 }
 
-fn source_position(source: &Json) -> SourcePosition {
-    let u64_of = |name| source.get(name).and_then(as_u64_lenient);
+/// Reads the `source` block through `field`, which looks one of its fields up.
+fn source_position<'a>(field: impl Fn(&str) -> Option<&'a Json>) -> SourcePosition {
+    let u64_of = |name| field(name).and_then(as_u64_lenient);
     SourcePosition {
         lsn: u64_of("lsn"),
-        sequence: source.get("sequence").and_then(parse_sequence),
-        binlog_file: source.get("file").and_then(Json::as_str).map(str::to_owned),
+        sequence: field("sequence").and_then(parse_sequence),
+        binlog_file: field("file").and_then(Json::as_str).map(str::to_owned),
         binlog_pos: u64_of("pos"),
         binlog_row: u64_of("row"),
-        ts_ms: source.get("ts_ms").and_then(Json::as_i64),
-        snapshot: match source.get("snapshot") {
+        ts_ms: field("ts_ms").and_then(Json::as_i64),
+        snapshot: match field("snapshot") {
             Some(Json::Bool(b)) => *b,
             // "true", "first", "last", "first_in_data_collection", "incremental", …
             Some(Json::String(s)) => s != "false",

@@ -33,9 +33,9 @@ mod wire;
 
 pub use autoglm_core::ChangeEvent;
 pub use avro_json::WriterSchema;
-pub use decoder::{Decoded, Decoder, Encoding, Envelope};
+pub use decoder::{Decoded, Decoder, Encoding, Envelope, SchemaMissing};
 pub use encoder::{AvroTarget, json_to_avro};
-pub use envelope::parse_envelope;
+pub use envelope::{DebeziumEnvelope, parse_envelope};
 pub use error::CodecError;
 pub use registry::{Compatibility, RegistryClient};
 pub use wire::{WIRE_HEADER_LEN, schema_id};

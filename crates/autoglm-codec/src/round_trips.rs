@@ -117,6 +117,65 @@ prop_compose! {
     }
 }
 
+/// A Debezium envelope around [`TARGET_SCHEMA`] rows, with a `source` block that carries both
+/// MySQL and PostgreSQL position fields and some the decoder does not read.
+fn envelope_schema() -> String {
+    format!(
+        r#"{{
+  "type": "record", "name": "Envelope", "namespace": "test",
+  "fields": [
+    {{"name": "before", "type": ["null", {TARGET_SCHEMA}], "default": null}},
+    {{"name": "after", "type": ["null", "test.Row"], "default": null}},
+    {{"name": "source", "type": {{"type": "record", "name": "Source", "fields": [
+      {{"name": "version", "type": "string"}},
+      {{"name": "connector", "type": "string"}},
+      {{"name": "ts_ms", "type": "long"}},
+      {{"name": "snapshot", "type": ["null", "string"], "default": null}},
+      {{"name": "db", "type": "string"}},
+      {{"name": "sequence", "type": ["null", "string"], "default": null}},
+      {{"name": "lsn", "type": ["null", "long"], "default": null}},
+      {{"name": "file", "type": ["null", "string"], "default": null}},
+      {{"name": "pos", "type": ["null", "long"], "default": null}},
+      {{"name": "row", "type": ["null", "int"], "default": null}}
+    ]}}}},
+    {{"name": "op", "type": "string"}},
+    {{"name": "ts_ms", "type": ["null", "long"], "default": null}},
+    {{"name": "transaction", "type": ["null", {{"type": "record", "name": "Block", "fields": [
+      {{"name": "id", "type": "string"}}, {{"name": "total_order", "type": "long"}}
+    ]}}], "default": null}}
+  ]
+}}"#
+    )
+}
+
+prop_compose! {
+    fn debezium_envelope()(
+        before in proptest::option::of(target_row()),
+        after in proptest::option::of(target_row()),
+        op in prop_oneof![Just("c"), Just("u"), Just("d"), Just("r"), Just("t"), Just("x")],
+        ts_ms in proptest::option::of(any::<i64>()),
+        source_ts_ms in any::<i64>(),
+        snapshot in proptest::option::of(prop_oneof![Just("true"), Just("false"), Just("last")]),
+        sequence in proptest::option::of((any::<u32>(), any::<u32>())),
+        lsn in proptest::option::of(0..i64::MAX),
+        file in proptest::option::of("mysql-bin\\.[0-9]{6}"),
+        pos in proptest::option::of(0..i64::MAX),
+        row in proptest::option::of(0..i32::MAX),
+        transaction in any::<bool>(),
+    ) -> Json {
+        json!({
+            "before": before, "after": after, "op": op, "ts_ms": ts_ms,
+            "source": {
+                "version": "3.1.0.Final", "connector": "mysql", "ts_ms": source_ts_ms,
+                "snapshot": snapshot, "db": "crm",
+                "sequence": sequence.map(|(a, b)| format!("[\"{a}\",\"{b}\"]")),
+                "lsn": lsn, "file": file, "pos": pos, "row": row,
+            },
+            "transaction": transaction.then(|| json!({"id": "tx-1", "total_order": 3})),
+        })
+    }
+}
+
 /// A Kafka Connect field: its schema entry, its payload value, and what decoding must give.
 #[derive(Debug, Clone)]
 struct ConnectField {
@@ -229,6 +288,29 @@ proptest! {
         let datum = &framed[WIRE_HEADER_LEN..];
         prop_assert_eq!(writer.decode_with_apache_avro(datum).expect("decodes"), Json::Object(row.clone()));
         prop_assert_eq!(writer.decode_fast(datum), Some(Json::Object(row)), "the fast path takes every type here");
+    }
+
+    #[test]
+    fn debezium_avro_envelopes_read_the_same_without_a_json_tree(envelope in debezium_envelope()) {
+        let schema = envelope_schema();
+        let Json::Object(value) = envelope else { unreachable!("json! of an object") };
+        let mut datum = Vec::new();
+        AvroTarget::new(SrSettings::new("http://registry.invalid".into()), "t", &schema)
+            .expect("schema")
+            .write_datum(&value, &mut datum)
+            .expect("the envelope encodes");
+        let writer = WriterSchema::parse(&schema).expect("schema");
+        let tree = crate::parse_envelope(
+            Envelope::Debezium,
+            None,
+            writer.decode(&datum).expect("decodes"),
+        );
+        let typed = writer
+            .decode_fast_as::<crate::DebeziumEnvelope>(&datum)
+            .and_then(|fields| fields.into_event(&mut None));
+        // Every valid envelope takes the typed path, and reads the same; an invalid one is left
+        // to the tree path, which says why.
+        prop_assert_eq!(typed, tree.ok());
     }
 
     #[test]

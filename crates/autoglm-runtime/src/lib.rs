@@ -12,6 +12,13 @@
 //!  guard.commit ─► one RocksDB WriteBatch (state follows commits)
 //! ```
 //!
+//! The per-record CPU work runs on all cores (rayon's pool: `RAYON_NUM_THREADS` sizes it,
+//! default one thread per core): decode, key, version and map for the whole batch at once, and
+//! later the encode of every accepted row. Everything that orders — dead letters, guard
+//! decisions, produce calls — then runs in input order on the loop's task. A record whose
+//! writer schema, or a target whose schema id, is not known yet waits for the registry on that
+//! task instead, once per schema.
+//!
 //! Scale-out (the `group` module): the consumer is a static member of the group with
 //! cooperative-sticky assignment. Rebalances happen inside `recv`, between transactions; an
 //! assigned partition first restores its changelog tail ([`restore`]) from the store's

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use autoglm_codec::{CodecError, Compatibility, Decoded, Decoder, RegistryClient};
+use autoglm_codec::{CodecError, Compatibility, Decoded, Decoder, RegistryClient, SchemaMissing};
 use autoglm_config::{Config, DeleteMode};
 use autoglm_core::{ChangeEvent, Classify, ErrorClass, Row};
 use autoglm_kafka::{ClientSettings, classify};
@@ -14,6 +14,7 @@ use autoglm_state::{
     WriteRequest,
 };
 use foldhash::HashMapExt as _;
+use rayon::prelude::*;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -172,6 +173,47 @@ struct Work {
     change: Change,
     /// The mapped row (`after`, or `before` for deletes written as records).
     mapped: Option<Row>,
+}
+
+/// Below this many records per thread, splitting a batch's decode and encode across threads
+/// costs more than it saves.
+const PARALLEL_MIN_RECORDS: usize = 64;
+
+/// What the parallel pass of a batch made of one input record.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "work is the common case; boxing it costs an allocation per record"
+)]
+enum Prepared {
+    /// No route reads the record's topic.
+    Unrouted,
+    /// Benchmark baseline: copy the record to the route's first target.
+    PassThrough(usize),
+    /// A Debezium tombstone of this route.
+    Tombstone(usize),
+    /// A truncate event of this route: not propagated.
+    Truncate(usize),
+    /// The record's writer schema is not fetched yet: decode it on the async path.
+    SchemaMissing(usize),
+    /// The registry could not answer: retry the batch.
+    Transient(String),
+    /// The registry refused to serve the processor.
+    Fatal(CodecError),
+    /// Poison: to this route's dead-letter topic.
+    DeadLetter(usize, Poison),
+    /// Decoded, keyed, versioned and mapped.
+    Work(Work),
+}
+
+/// One target's payload from the parallel encode; `None` while its schema id is unknown.
+type Encoded = Option<Result<Vec<u8>, CodecError>>;
+
+/// Why a record is dead-lettered (the DLQ headers).
+struct Poison {
+    class: ErrorClass,
+    message: String,
+    rule: String,
+    field: String,
 }
 
 /// What the registry says about one Avro target schema (see [`Pipeline::check_schemas`]).
@@ -671,6 +713,89 @@ impl Pipeline {
         }
     }
 
+    /// Decodes, keys, versions and maps one record without waiting (the parallel pass).
+    fn prepare(&self, at: usize, msg: &OwnedMessage) -> Prepared {
+        let Some(route_index) = self.routes.iter().position(|r| r.matches(msg.topic())) else {
+            return Prepared::Unrouted;
+        };
+        if self.pass_through {
+            return Prepared::PassThrough(route_index);
+        }
+        let route = &self.routes[route_index];
+        match self
+            .decoder
+            .decode_cached(route.envelope, route.encoding, msg.key(), msg.payload())
+        {
+            Ok(decoded) => self.prepare_decoded(at, route_index, decoded),
+            Err(SchemaMissing(_)) => Prepared::SchemaMissing(route_index),
+        }
+    }
+
+    /// Keys, versions and maps one decoded record.
+    fn prepare_decoded(
+        &self,
+        at: usize,
+        route_index: usize,
+        decoded: Result<Decoded, CodecError>,
+    ) -> Prepared {
+        let route = &self.routes[route_index];
+        let poison = |class, message: String, rule: &str, field: &str| {
+            Prepared::DeadLetter(
+                route_index,
+                Poison {
+                    class,
+                    message,
+                    rule: rule.to_owned(),
+                    field: field.to_owned(),
+                },
+            )
+        };
+        let event = match decoded {
+            Ok(Decoded::Event(event)) => event,
+            Ok(Decoded::Tombstone { .. }) => return Prepared::Tombstone(route_index),
+            Err(e) if e.class() == ErrorClass::Transient => {
+                return Prepared::Transient(format!("decode: {e}"));
+            }
+            Err(e) if e.class() == ErrorClass::Fatal => return Prepared::Fatal(e),
+            Err(e) => return poison(e.class(), e.to_string(), "decode", ""),
+        };
+        if event.op == autoglm_core::Op::Truncate {
+            return Prepared::Truncate(route_index);
+        }
+        let keyed = route
+            .entity_key(&event)
+            .and_then(|key| Ok((key, route.change(&event)?)));
+        let (entity_key, change) = match keyed {
+            Ok(kv) => kv,
+            Err(e) => return poison(ErrorClass::Poison, e.to_string(), e.rule, ""),
+        };
+        let source_row = if event.op.is_delete() {
+            (route.delete == DeleteMode::Record)
+                .then_some(event.before.as_ref())
+                .flatten()
+        } else {
+            event.after.as_ref()
+        };
+        let mapped = match source_row.map(|row| route.mapping.apply(row)).transpose() {
+            Ok(mapped) => mapped,
+            Err(e) => return poison(e.class(), e.to_string(), e.rule(), e.field()),
+        };
+        // Mapped: the batch keeps only what its output needs, not the decoded rows.
+        let mut event = event;
+        event.before = None;
+        event.after = None;
+        event.key = None;
+        Prepared::Work(Work {
+            at,
+            route: route_index,
+            state_key: autoglm_state::state_key(&route.name, &entity_key),
+            entity_key,
+            change,
+            mapped,
+            event,
+        })
+    }
+
     /// Processes one batch in one transaction (or one offset commit, at least once).
     async fn process(
         &self,
@@ -692,90 +817,73 @@ impl Pipeline {
             ..RunSummary::default()
         };
 
-        // Decode, key, version and map every record; poison goes to the DLQ right away.
+        // Decode, key, version and map every record, on all cores (the records are
+        // independent); then, in input order, forward, dead-letter or keep each one. Poison
+        // goes to the DLQ right away.
+        let prepared: Vec<Prepared> = batch
+            .par_iter()
+            .with_min_len(PARALLEL_MIN_RECORDS)
+            .enumerate()
+            .map(|(at, msg)| self.prepare(at, msg))
+            .collect();
         let mut work = Vec::with_capacity(batch.len());
-        for (at, msg) in batch.iter().enumerate() {
-            let Some(route_index) = self.routes.iter().position(|r| r.matches(msg.topic())) else {
-                continue;
+        for (at, prepared) in prepared.into_iter().enumerate() {
+            let msg = &batch[at];
+            let prepared = match prepared {
+                // A writer schema this process has not fetched yet: decode here, waiting for
+                // the registry (once per schema id).
+                Prepared::SchemaMissing(route_index) => {
+                    let route = &self.routes[route_index];
+                    let decoded = self
+                        .decoder
+                        .decode(route.envelope, route.encoding, msg.key(), msg.payload())
+                        .await;
+                    self.prepare_decoded(at, route_index, decoded)
+                }
+                other => other,
             };
-            let route = &self.routes[route_index];
-            tally.input(route_index);
-            if self.pass_through {
-                out.forward(route.targets[0].topic(), msg, OwnedHeaders::new())?;
-                summary.emitted += 1;
-                tally.emitted(route_index, 0);
-                continue;
-            }
-            let decoded = self
-                .decoder
-                .decode(route.envelope, route.encoding, msg.key(), msg.payload())
-                .await;
-            let event = match decoded {
-                Ok(Decoded::Event(event)) => event,
-                Ok(Decoded::Tombstone { .. }) => {
+            match prepared {
+                Prepared::Unrouted | Prepared::SchemaMissing(_) => {}
+                Prepared::PassThrough(route_index) => {
+                    tally.input(route_index);
+                    let route = &self.routes[route_index];
+                    out.forward(route.targets[0].topic(), msg, OwnedHeaders::new())?;
+                    summary.emitted += 1;
+                    tally.emitted(route_index, 0);
+                }
+                Prepared::Tombstone(route_index) => {
+                    tally.input(route_index);
                     summary.tombstones += 1;
                     tally.tombstone(route_index);
-                    continue;
                 }
-                Err(e) if e.class() == ErrorClass::Transient => {
-                    return Err(BatchError::Transient(Transient(format!("decode: {e}"))));
+                Prepared::Truncate(route_index) => {
+                    tally.input(route_index);
+                    let route = &self.routes[route_index];
+                    tracing::warn!(route = %route.name, "truncate events are not propagated");
                 }
-                Err(e) if e.class() == ErrorClass::Fatal => {
-                    return Err(BatchError::Fatal(RunError::Registry(e)));
+                Prepared::Transient(reason) => {
+                    return Err(BatchError::Transient(Transient(reason)));
                 }
-                Err(e) => {
-                    out.dead_letter(route, msg, &e.class(), &e.to_string(), "decode", "")?;
+                Prepared::Fatal(e) => return Err(BatchError::Fatal(RunError::Registry(e))),
+                Prepared::DeadLetter(route_index, poison) => {
+                    tally.input(route_index);
+                    let route = &self.routes[route_index];
+                    out.dead_letter(
+                        route,
+                        msg,
+                        &poison.class,
+                        &poison.message,
+                        &poison.rule,
+                        &poison.field,
+                    )?;
                     summary.dead_lettered += 1;
-                    tally.dead_letter(route_index, e.class());
-                    continue;
+                    tally.dead_letter(route_index, poison.class);
                 }
-            };
-            if event.op == autoglm_core::Op::Truncate {
-                tracing::warn!(route = %route.name, "truncate events are not propagated");
-                continue;
+                Prepared::Work(w) => {
+                    tally.input(w.route);
+                    work.push(w);
+                }
             }
-            let keyed = route
-                .entity_key(&event)
-                .and_then(|key| Ok((key, route.change(&event)?)));
-            let (entity_key, change) = match keyed {
-                Ok(kv) => kv,
-                Err(e) => {
-                    out.dead_letter(route, msg, &ErrorClass::Poison, &e.to_string(), e.rule, "")?;
-                    summary.dead_lettered += 1;
-                    tally.dead_letter(route_index, ErrorClass::Poison);
-                    continue;
-                }
-            };
-            let source_row = if event.op.is_delete() {
-                (route.delete == DeleteMode::Record)
-                    .then_some(event.before.as_ref())
-                    .flatten()
-            } else {
-                event.after.as_ref()
-            };
-            let mapped = match source_row.map(|row| route.mapping.apply(row)).transpose() {
-                Ok(mapped) => mapped,
-                Err(e) => {
-                    out.dead_letter(route, msg, &e.class(), &e.to_string(), e.rule(), e.field())?;
-                    summary.dead_lettered += 1;
-                    tally.dead_letter(route_index, e.class());
-                    continue;
-                }
-            };
-            // Mapped: the batch keeps only what its output needs, not the decoded rows.
-            let mut event = event;
-            event.before = None;
-            event.after = None;
-            event.key = None;
-            work.push(Work {
-                at,
-                route: route_index,
-                state_key: autoglm_state::state_key(&route.name, &entity_key),
-                entity_key,
-                change,
-                mapped,
-                event,
-            });
         }
 
         // One multi_get for the whole batch; later records of a key see earlier ones.
@@ -790,9 +898,30 @@ impl Pipeline {
         let outcome = guard.process(&inputs, now_ms()).await?;
         drop(inputs);
 
+        // Encode the accepted rows for every target, on all cores; `None` where a target's
+        // schema id is not known yet (encoded below, registering it).
+        let encoded: Vec<Vec<Encoded>> = work
+            .par_iter()
+            .zip(&outcome.decisions)
+            .with_min_len(PARALLEL_MIN_RECORDS)
+            .map(|(w, decision)| match &w.mapped {
+                Some(row) if *decision == Decision::Accept => self.routes[w.route]
+                    .targets
+                    .iter()
+                    .map(|target| target.encode_cached(row))
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+
         let mut changelog_partition: foldhash::HashMap<&[u8], (usize, i32)> =
             foldhash::HashMap::with_capacity(work.len());
-        for ((w, decision), version) in work.iter().zip(&outcome.decisions).zip(&outcome.versions) {
+        for (((w, decision), version), encoded) in work
+            .iter()
+            .zip(&outcome.decisions)
+            .zip(&outcome.versions)
+            .zip(encoded)
+        {
             let msg = &batch[w.at];
             let route = &self.routes[w.route];
             // An unversioned delete takes the version of the row it deletes.
@@ -807,27 +936,34 @@ impl Pipeline {
             }
             changelog_partition.insert(&w.state_key, (w.route, msg.partition()));
             let key = route.output_key(&w.entity_key);
+            let mut encoded = encoded.into_iter();
             for (t, target) in route.targets.iter().enumerate() {
-                let payload = match &w.mapped {
-                    Some(row) => match target.encode(row).await {
-                        Ok(bytes) => Some(bytes),
-                        Err(e) if e.class() == ErrorClass::Transient => {
-                            return Err(BatchError::Transient(Transient(format!("encode: {e}"))));
-                        }
-                        Err(e) => {
-                            out.dead_letter(
-                                route,
-                                msg,
-                                &e.class(),
-                                &e.to_string(),
-                                "encode",
-                                target.topic(),
-                            )?;
-                            summary.dead_lettered += 1;
-                            tally.dead_letter(w.route, e.class());
-                            continue;
-                        }
+                let encoded = match &w.mapped {
+                    Some(row) => match encoded.next().flatten() {
+                        Some(result) => Some(result),
+                        None => Some(target.encode(row).await),
                     },
+                    None => None,
+                };
+                let payload = match encoded {
+                    Some(Ok(bytes)) => Some(bytes),
+                    Some(Err(e)) if e.class() == ErrorClass::Transient => {
+                        return Err(BatchError::Transient(Transient(format!("encode: {e}"))));
+                    }
+                    Some(Err(e)) => {
+                        out.dead_letter(
+                            route,
+                            msg,
+                            &e.class(),
+                            &e.to_string(),
+                            "encode",
+                            target.topic(),
+                        )?;
+                        summary.dead_lettered += 1;
+                        tally.dead_letter(w.route, e.class());
+                        continue;
+                    }
+                    // A delete written as a tombstone.
                     None => None,
                 };
                 out.emit(

@@ -44,6 +44,15 @@ impl TargetRuntime {
             TargetRuntime::Json { .. } => serde_json::to_vec(row).map_err(CodecError::Json),
         }
     }
+
+    /// [`encode`](Self::encode) without waiting; `None` while an Avro target's schema id is
+    /// not known yet (its first `encode` registers it).
+    pub(crate) fn encode_cached(&self, row: &Row) -> Option<Result<Vec<u8>, CodecError>> {
+        match self {
+            TargetRuntime::Avro { avro, .. } => avro.encode_cached(row),
+            TargetRuntime::Json { .. } => Some(serde_json::to_vec(row).map_err(CodecError::Json)),
+        }
+    }
 }
 
 /// One route, compiled.

@@ -74,7 +74,11 @@ fn bench_batch<B: KvBackend>(c: &mut Criterion, name: &str, backend: B) {
     let mut guard = VersionGuard::new(backend, i64::MAX);
     let started = std::time::Instant::now();
     preload(&rt, &mut guard, &keys);
-    eprintln!("{name}: preloaded {} keys in {:.1?}", keys.len(), started.elapsed());
+    eprintln!(
+        "{name}: preloaded {} keys in {:.1?}",
+        keys.len(),
+        started.elapsed()
+    );
 
     let mut group = c.benchmark_group("guard_batch");
     group.throughput(Throughput::Elements(BATCH as u64));

@@ -94,7 +94,10 @@ enum SchemasCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     #[cfg(feature = "failpoints")]
-    arm_crash_point();
+    {
+        arm_crash_point();
+        arm_pause_point();
+    }
     let config = match &cli.command {
         Command::Validate { file } => Some(file.as_path()),
         Command::PrintConfig { config } | Command::Run { config, .. } => Some(config.as_path()),
@@ -333,4 +336,19 @@ fn arm_crash_point() {
         }
     })
     .expect("crash point");
+}
+
+/// Test builds only: `AUTOGLM_PAUSE_AT=<point>:<ms>` sleeps `ms` milliseconds every time the
+/// commit path passes `point`, so that a test's `kill -9` can land inside that stretch (at
+/// `after_produce`: a transaction with delivered, uncommitted records).
+#[cfg(feature = "failpoints")]
+fn arm_pause_point() {
+    let Ok(spec) = std::env::var("AUTOGLM_PAUSE_AT") else {
+        return;
+    };
+    let (point, ms) = spec
+        .split_once(':')
+        .and_then(|(point, ms)| Some((point, ms.parse::<u64>().ok()?)))
+        .expect("AUTOGLM_PAUSE_AT is <point>:<milliseconds>");
+    fail::cfg(point, &format!("sleep({ms})")).expect("pause point");
 }

@@ -26,7 +26,9 @@ async fn sigkill_mid_stream_then_restart_emits_each_accepted_version_once() {
             .into_iter()
             .enumerate()
         {
-            let mut child = job.start(run, &[]);
+            // Each transaction stays open, its records delivered, for 40 ms before it commits,
+            // so that some kills land inside one (the check at the end).
+            let mut child = job.start(run, &[("AUTOGLM_PAUSE_AT", "after_produce:40")]);
             tokio::time::sleep(Duration::from_millis(after_ms)).await;
             assert!(
                 child.try_wait().expect("status").is_none(),

@@ -25,8 +25,8 @@ use std::sync::Arc;
 use rocksdb::compaction_filter::{CompactionFilter, Decision as FilterDecision};
 use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilterFactory};
 use rocksdb::{
-    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
-    FlushOptions, Options, WriteBatch, WriteOptions,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB,
+    DBCompressionType, FlushOptions, Options, WriteBatch, WriteOptions,
 };
 use tokio::sync::{mpsc, oneshot};
 
