@@ -102,7 +102,7 @@ pub struct EventQueue {
     pub flush_interval_ms: u64,
     /// Attempts for a transient failure before the processor waits (it never skips).
     pub max_retry_attempts: u32,
-    /// Producer (zstd) and RocksDB (lz4/zstd) compression.
+    /// Producer (zstd) and RocksDB (lz4) compression.
     pub enable_compression: bool,
 }
 

@@ -46,7 +46,9 @@ pub struct RocksOptions {
     pub block_cache_bytes: usize,
     /// Bloom filter bits per key for the state column family; `0` disables the filter.
     pub bloom_filter_bits_per_key: u32,
-    /// Compress SST files: LZ4 on the upper levels, ZSTD on the bottommost level.
+    /// Compress SST files with LZ4, on every level. (ZSTD on the bottommost level, where most
+    /// keys live, made a point read that misses the block cache about a third slower: with 10
+    /// million keys the guard bench took 18.1 µs per record, against 13.4 with LZ4.)
     pub compression: bool,
     /// Size of one memtable, in bytes.
     pub write_buffer_bytes: usize,
@@ -121,10 +123,8 @@ impl RocksOptions {
         cf.set_write_buffer_size(self.write_buffer_bytes);
         if self.compression {
             cf.set_compression_type(DBCompressionType::Lz4);
-            cf.set_bottommost_compression_type(DBCompressionType::Zstd);
         } else {
             cf.set_compression_type(DBCompressionType::None);
-            cf.set_bottommost_compression_type(DBCompressionType::None);
         }
         if let Some(retention_ms) = self.tombstone_retention_ms {
             cf.set_compaction_filter_factory(ExpiredTombstoneFilterFactory { retention_ms });
