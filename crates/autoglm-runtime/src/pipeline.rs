@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use autoglm_codec::{CodecError, Compatibility, Decoded, Decoder, RegistryClient, SchemaMissing};
 use autoglm_config::{Config, DeleteMode};
-use autoglm_core::{ChangeEvent, Classify, ErrorClass, Op, Row, Version};
+use autoglm_core::{ChangeEvent, Classify, ErrorClass, Row};
 use autoglm_kafka::{ClientSettings, classify};
 use autoglm_state::{
     Change, Decision, GuardInput, KvBackend, RocksBackend, RocksOptions, StateError, VersionGuard,
@@ -205,16 +205,8 @@ enum Prepared {
     Work(Work),
 }
 
-/// What an accepted record's outputs need, made in the parallel pass.
-struct Outgoing {
-    /// The output record key.
-    key: Vec<u8>,
-    /// Lineage headers, the same on every target.
-    headers: OwnedHeaders,
-    /// One per target (none for a delete written as a tombstone); `None` where the target's
-    /// schema id is not known yet, so the row is encoded on the loop, registering the schema.
-    payloads: Vec<Option<Result<Vec<u8>, CodecError>>>,
-}
+/// One target's payload from the parallel encode; `None` while its schema id is unknown.
+type Encoded = Option<Result<Vec<u8>, CodecError>>;
 
 /// Why a record is dead-lettered (the DLQ headers).
 struct Poison {
@@ -767,7 +759,7 @@ impl Pipeline {
             Err(e) if e.class() == ErrorClass::Fatal => return Prepared::Fatal(e),
             Err(e) => return poison(e.class(), e.to_string(), "decode", ""),
         };
-        if event.op == Op::Truncate {
+        if event.op == autoglm_core::Op::Truncate {
             return Prepared::Truncate(route_index);
         }
         let keyed = route
@@ -802,26 +794,6 @@ impl Pipeline {
             mapped,
             event,
         })
-    }
-
-    /// The output key, headers and encoded rows of an accepted record (the parallel pass).
-    fn outgoing(&self, msg: &OwnedMessage, w: &Work, version: Option<Version>) -> Outgoing {
-        let route = &self.routes[w.route];
-        // An unversioned delete takes the version of the row it deletes.
-        let version = version.map_or_else(String::new, |v| route.version_label(v));
-        let payloads = match &w.mapped {
-            Some(row) => route
-                .targets
-                .iter()
-                .map(|target| target.encode_cached(row))
-                .collect(),
-            None => Vec::new(),
-        };
-        Outgoing {
-            key: route.output_key(&w.entity_key),
-            headers: output_headers(msg, w.event.op, &version),
-            payloads,
-        }
     }
 
     /// Processes one batch in one transaction (or one offset commit, at least once).
@@ -926,50 +898,48 @@ impl Pipeline {
         let outcome = guard.process(&inputs, now_ms()).await?;
         drop(inputs);
 
-        // Everything an accepted record's outputs need, on all cores: its key, its headers and
-        // its encoded rows (see `Outgoing`).
-        let outgoing: Vec<Option<Outgoing>> = work
+        // Encode the accepted rows for every target, on all cores; `None` where a target's
+        // schema id is not known yet (encoded below, registering it).
+        let encoded: Vec<Vec<Encoded>> = work
             .par_iter()
             .zip(&outcome.decisions)
-            .zip(&outcome.versions)
             .with_min_len(PARALLEL_MIN_RECORDS)
-            .map(|((w, decision), version)| {
-                (*decision == Decision::Accept).then(|| self.outgoing(&batch[w.at], w, *version))
+            .map(|(w, decision)| match &w.mapped {
+                Some(row) if *decision == Decision::Accept => self.routes[w.route]
+                    .targets
+                    .iter()
+                    .map(|target| target.encode_cached(row))
+                    .collect(),
+                _ => Vec::new(),
             })
             .collect();
 
         let mut changelog_partition: foldhash::HashMap<&[u8], (usize, i32)> =
             foldhash::HashMap::with_capacity(work.len());
-        for (((w, decision), version), outgoing) in work
+        for (((w, decision), version), encoded) in work
             .iter()
             .zip(&outcome.decisions)
             .zip(&outcome.versions)
-            .zip(outgoing)
+            .zip(encoded)
         {
             let msg = &batch[w.at];
             let route = &self.routes[w.route];
+            // An unversioned delete takes the version of the row it deletes.
+            let version = version.map_or_else(String::new, |v| route.version_label(v));
             tally.decision(w.route, *decision);
-            let Some(outgoing) = outgoing else {
+            if *decision != Decision::Accept {
                 summary.dropped += 1;
                 if let Some(audit) = &route.audit_topic {
-                    let version = version.map_or_else(String::new, |v| route.version_label(v));
                     out.audit(audit, msg, decision.as_str(), &version)?;
                 }
                 continue;
-            };
+            }
             changelog_partition.insert(&w.state_key, (w.route, msg.partition()));
-            let mut payloads = outgoing.payloads.into_iter();
-            let mut headers = Some(outgoing.headers);
+            let key = route.output_key(&w.entity_key);
+            let mut encoded = encoded.into_iter();
             for (t, target) in route.targets.iter().enumerate() {
-                // The last target takes the headers, the others copies.
-                let headers = if t + 1 < route.targets.len() {
-                    headers.clone()
-                } else {
-                    headers.take()
-                }
-                .unwrap_or_default();
                 let encoded = match &w.mapped {
-                    Some(row) => match payloads.next().flatten() {
+                    Some(row) => match encoded.next().flatten() {
                         Some(result) => Some(result),
                         None => Some(target.encode(row).await),
                     },
@@ -998,10 +968,11 @@ impl Pipeline {
                 };
                 out.emit(
                     target.topic(),
-                    &outgoing.key,
+                    &key,
                     payload.as_deref(),
                     msg,
-                    headers,
+                    &w.event,
+                    &version,
                 )?;
                 summary.emitted += 1;
                 tally.emitted(w.route, t);
@@ -1109,8 +1080,20 @@ impl<'p> Output<'p> {
         key: &[u8],
         payload: Option<&[u8]>,
         source: &OwnedMessage,
-        headers: OwnedHeaders,
+        event: &ChangeEvent,
+        version: &str,
     ) -> Result<(), BatchError> {
+        let partition = source.partition().to_string();
+        let offset = source.offset().to_string();
+        let mut headers = OwnedHeaders::new()
+            .insert(header("autoglm.source.topic", source.topic()))
+            .insert(header("autoglm.source.partition", &partition))
+            .insert(header("autoglm.source.offset", &offset))
+            .insert(header("autoglm.version", version))
+            .insert(header("autoglm.op", event.op.as_str()));
+        if let Some(trace) = traceparent(source) {
+            headers = headers.insert(header("traceparent", &trace));
+        }
         let mut record = FutureRecord::to(topic).key(key).headers(headers);
         // The source record's time travels with the change, as in Kafka Streams: a consumer
         // can tell how old a change is, and retention treats it like its source.
@@ -1211,22 +1194,6 @@ async fn drain_delivery_reports(producer: &FutureProducer) {
     let deadline = Instant::now() + Duration::from_secs(1);
     while producer.in_flight_count() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-/// The headers of an output record: where it came from, its version and its operation.
-fn output_headers(source: &OwnedMessage, op: Op, version: &str) -> OwnedHeaders {
-    let partition = source.partition().to_string();
-    let offset = source.offset().to_string();
-    let headers = OwnedHeaders::new_with_capacity(6)
-        .insert(header("autoglm.source.topic", source.topic()))
-        .insert(header("autoglm.source.partition", &partition))
-        .insert(header("autoglm.source.offset", &offset))
-        .insert(header("autoglm.version", version))
-        .insert(header("autoglm.op", op.as_str()));
-    match traceparent(source) {
-        Some(trace) => headers.insert(header("traceparent", &trace)),
-        None => headers,
     }
 }
 

@@ -83,9 +83,10 @@ impl Default for RocksOptions {
             block_cache_bytes: 128 << 20,
             bloom_filter_bits_per_key: 10,
             compression: true,
-            // Two memtables may be live at once: 2 × 32 MiB keeps 1 million keys under the
-            // 256 MiB budget (64 MiB memtables peaked at 266 MiB in `make bench`).
-            write_buffer_bytes: 32 << 20,
+            // Two memtables may be live at once: 2 × 24 MiB keeps 1 million keys under the
+            // 256 MiB budget (`make bench`: 64 MiB memtables peaked at 266 MiB; 32 MiB at
+            // 259–264 MiB once the batch was processed on all cores; 24 MiB at 246–248 MiB).
+            write_buffer_bytes: 24 << 20,
             disable_wal: false,
             command_queue_len: 64,
             tombstone_retention_ms: None,
