@@ -89,5 +89,5 @@ bench: up ## Throughput vs the broker, latency, key/instance scaling, restore; J
 	  --instances $(BENCH_INSTANCES) --restore-keys $(BENCH_RESTORE_KEYS) \
 	  --latency-secs $(BENCH_LATENCY_SECS) --phases $(BENCH_PHASES) --out $(BENCH_OUT) $(BENCH_ARGS)
 
-microbench: ## criterion, per record on the bench's records: decode (3 ways), version guard, mapping, encode
+microbench: ## criterion, per record on the bench's records: decode (3 ways, then to the event), version guard, mapping, encode
 	cargo bench -p autoglm-codec -p autoglm-state -p autoglm-mapping --bench codec --bench guard --bench mapping
