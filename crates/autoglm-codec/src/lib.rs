@@ -1,9 +1,16 @@
 //! Codecs: bytes from a CDC topic in, [`ChangeEvent`]s out; aligned rows in, bytes out.
 //!
 //! ```text
-//!  key/value bytes ─► wire header? ──yes─► registry lookup (cached by id) ─► Avro Value ─┐
-//!                       │                                                               ├─► JSON tree ─► envelope ─► ChangeEvent
-//!                       └──no──► JSON (with or without the Connect schema/payload) ─────┘
+//!  key/value bytes ─► wire header? ──yes─► registry lookup (cached by id) ─► Avro ─────────┐
+//!                       │                                                                 ├─► JSON tree ─► envelope ─► ChangeEvent
+//!                       └──no──► JSON (with or without the Connect schema/payload) ───────┘
+//!
+//!  Debezium Avro: serde reads the envelope's fields straight from the datum (no tree for the
+//!  envelope or its `source`); an envelope that path cannot take goes the tree path above.
+//!
+//! [`Decoder::decode_cached`] and [`AvroTarget::encode_cached`] never wait: once a schema is
+//! cached they run on any thread. [`Decoder::decode`] and [`AvroTarget::encode`] first fetch or
+//! register what is missing.
 //!
 //!  Row (JSON map) ─► Avro Value under the target schema ─► Confluent wire format   (or JSON bytes)
 //! ```
