@@ -50,17 +50,25 @@ impl Changes {
 }
 
 /// The consumer context of the processor's group member.
+///
+/// The callbacks ask librdkafka nothing that needs its main thread: they also run while the
+/// consumer closes (inside its `Drop`), when the group's queue is served by the very thread
+/// that waits for the answer. `consumer.assignment()` there never returned.
 #[derive(Debug)]
-pub(crate) struct GroupContext {
+pub struct GroupContext {
     changes: Mutex<Changes>,
-    /// Kept at the size of the consumer's assignment after every rebalance.
+    /// The partitions this member owns, as the rebalance events tell it.
+    owned: Mutex<HashSet<Partition>>,
+    /// Kept at the size of `owned` after every rebalance.
     assigned_partitions: IntGauge,
 }
 
 impl GroupContext {
-    pub(crate) fn new(assigned_partitions: IntGauge) -> GroupContext {
+    /// A context that keeps `assigned_partitions` at the member's partition count.
+    pub fn new(assigned_partitions: IntGauge) -> GroupContext {
         GroupContext {
             changes: Mutex::default(),
+            owned: Mutex::default(),
             assigned_partitions,
         }
     }
@@ -73,6 +81,15 @@ impl GroupContext {
     fn record(&self, f: impl FnOnce(&mut Changes)) {
         f(&mut self.changes.lock().unwrap_or_else(PoisonError::into_inner));
     }
+
+    /// Applies an assignment change to the owned partitions and the gauge. Both protocols fit:
+    /// eager revokes everything and assigns everything, cooperative only the difference.
+    fn own(&self, f: impl FnOnce(&mut HashSet<Partition>)) {
+        let mut owned = self.owned.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut owned);
+        self.assigned_partitions
+            .set(i64::try_from(owned.len()).unwrap_or(i64::MAX));
+    }
 }
 
 impl ClientContext for GroupContext {}
@@ -81,8 +98,14 @@ impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             let partitions = elements(list);
+            // A flag read, not a request to librdkafka's main thread.
             let lost = consumer.assignment_lost();
             tracing::info!(?partitions, lost, "partitions revoked");
+            self.own(|owned| {
+                for p in &partitions {
+                    owned.remove(p);
+                }
+            });
             self.record(|c| {
                 // A partition revoked and assigned again is restored again.
                 c.assigned.retain(|p| !partitions.contains(p));
@@ -94,11 +117,12 @@ impl ConsumerContext for GroupContext {
         }
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
                 let partitions = elements(list);
                 tracing::info!(?partitions, "partitions assigned");
+                self.own(|owned| owned.extend(partitions.iter().cloned()));
                 self.record(|c| {
                     c.assigned.extend(partitions);
                     c.rebalanced = true;
@@ -106,11 +130,6 @@ impl ConsumerContext for GroupContext {
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
-        }
-        // The (incremental) assign or unassign has been applied by now.
-        if let Ok(assignment) = consumer.assignment() {
-            self.assigned_partitions
-                .set(i64::try_from(assignment.count()).unwrap_or(i64::MAX));
         }
     }
 }

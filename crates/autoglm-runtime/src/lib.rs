@@ -44,6 +44,7 @@ mod pipeline;
 mod restore;
 mod route;
 
+pub use group::GroupContext;
 pub use metrics::Metrics;
 pub use pipeline::{Pipeline, RunError, RunOptions, RunSummary, SchemaCheck};
 pub use restore::{RestoreStats, restore};

@@ -479,6 +479,46 @@ impl Pipeline {
             "pipeline started"
         );
 
+        let result = self
+            .consume(backend, &consumer, &producer, &mut guard, &options)
+            .await;
+        // Leave the group cleanly, after a fatal error too (a transaction it left open is
+        // aborted by the broker when it times out). Closing the clients blocks (the consumer
+        // serves its last rebalance, the producer flushes): on a thread of its own, not the
+        // runtime's blocking pool, and bounded, so that a stuck close can hold neither the
+        // process past its deadline nor the runtime's shutdown.
+        consumer.unsubscribe();
+        let (closed, close) = tokio::sync::oneshot::channel();
+        let closing = move || {
+            drop((consumer, producer));
+            let _ = closed.send(());
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("autoglm-close".into())
+            .spawn(closing)
+        {
+            tracing::warn!(error = %e, "no thread to close the Kafka clients on; they closed on the runtime");
+        }
+        if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
+            tracing::warn!(
+                timeout_secs = CLOSE_TIMEOUT.as_secs(),
+                "the Kafka clients did not close in time; going on (the broker expires the session)"
+            );
+        }
+        result
+    }
+
+    /// The poll loop: batch after batch until cancelled, idle for `exit_when_idle`, or a
+    /// fatal error.
+    async fn consume(
+        &self,
+        backend: &RocksBackend,
+        consumer: &Arc<Member>,
+        producer: &FutureProducer,
+        guard: &mut VersionGuard<RocksBackend>,
+        options: &RunOptions,
+    ) -> Result<RunSummary, RunError> {
+        let exactly_once = self.config.exactly_once();
         let flush = Duration::from_millis(self.config.event_queue.flush_interval_ms);
         let max_records = self.config.commit.max_records;
         let mut summary = RunSummary::default();
@@ -496,7 +536,7 @@ impl Pipeline {
                 tracing::info!(idle_secs = idle.as_secs(), "no input for a while; stopping");
                 break;
             }
-            let polled = poll_batch(&consumer, flush, max_records, &options.shutdown).await?;
+            let polled = poll_batch(consumer, flush, max_records, &options.shutdown).await?;
             summary.restored += self.follow_group(backend, polled.changes).await?;
             let batch = polled.batch;
             if batch.is_empty() {
@@ -504,14 +544,7 @@ impl Pipeline {
             }
             last_record = Instant::now();
             match self
-                .process(
-                    &batch,
-                    &consumer,
-                    &producer,
-                    &mut guard,
-                    exactly_once,
-                    &mut tally,
-                )
+                .process(&batch, consumer, producer, guard, exactly_once, &mut tally)
                 .await
             {
                 Ok(batch_summary) => {
@@ -533,9 +566,9 @@ impl Pipeline {
                     // come back for the partitions this instance still owns.
                     guard.abort();
                     if exactly_once {
-                        abort(&producer).await?;
+                        abort(producer).await?;
                     }
-                    rewind(&consumer, &batch)?;
+                    rewind(consumer, &batch)?;
                     summary.retries += 1;
                     self.metrics.aborted(&mut tally);
                     let wait = failures.next(self, &reason);
@@ -546,18 +579,7 @@ impl Pipeline {
                 }
             }
         }
-        // No transaction is open between batches: leave the group cleanly. Closing the clients
-        // blocks (the consumer serves its last rebalance, the producer flushes): off the
-        // executor, and bounded, so that a stuck close cannot hold the process past its deadline.
-        consumer.unsubscribe();
         tracing::info!(?summary, "pipeline stopped");
-        let close = tokio::task::spawn_blocking(move || drop((consumer, producer)));
-        if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
-            tracing::warn!(
-                timeout_secs = CLOSE_TIMEOUT.as_secs(),
-                "the Kafka clients did not close in time; going on (the broker expires the session)"
-            );
-        }
         Ok(summary)
     }
 

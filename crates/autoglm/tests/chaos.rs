@@ -295,14 +295,14 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
     for id in ids {
         fleet.stop(id);
     }
-    let drains: Vec<Child> = (0..3)
-        .map(|instance| job.start_instance(fleet.runs + instance, instance, 25))
+    let drains: Vec<(usize, Child)> = (0..3)
+        .map(|instance| {
+            let run = fleet.runs + instance;
+            (run, job.start_instance(run, instance, 25))
+        })
         .collect();
-    for mut child in drains {
-        let status = tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .expect("join")
-            .expect("wait");
+    for (run, child) in drains {
+        let status = job.exit_of(child, run).await;
         assert!(status.success(), "a draining instance failed: {status}");
     }
 
@@ -404,8 +404,8 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
     // 6. A store lost for good: a fresh instance alone rebuilds every partition from the
     // changelog (the whole changelog, not a tail).
     let fresh = fleet.runs + 3;
-    let mut rebuild = job.start_instance(fresh, 9, 20);
-    let _ = tokio::task::spawn_blocking(move || rebuild.wait()).await;
+    let rebuild = job.start_instance(fresh, 9, 20);
+    let _ = job.exit_of(rebuild, fresh).await;
     let rebuild_log = std::fs::read_to_string(job.log(fresh)).unwrap_or_default();
     let rebuilt = rebuild_log
         .lines()

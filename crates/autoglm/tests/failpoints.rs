@@ -18,11 +18,8 @@ async fn crash_then_restart(point: &str) {
     let first = updates(11, 2_000, 100);
     job.produce(&first).await;
 
-    let mut child = job.start(0, &[("AUTOGLM_CRASH_AT", point)]);
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+    let child = job.start(0, &[("AUTOGLM_CRASH_AT", point)]);
+    let status = job.exit_of(child, 0).await;
     assert!(
         !status.success(),
         "the process should have crashed at {point}; see {}",

@@ -46,21 +46,15 @@ async fn instances_join_leave_and_crash_without_duplicates_or_losses() {
         let _ = terminate(&mut d);
         a
     };
-    let ((), mut a) = tokio::join!(feed, churn);
-    let status = tokio::task::spawn_blocking(move || a.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+    let ((), a) = tokio::join!(feed, churn);
+    let status = job.exit_of(a, 3).await;
     assert!(
         status.success(),
         "the last instance drains everything and exits: {status}"
     );
     // Anything still held by a crashed member's session is taken by one more run.
-    let mut last = job.start_instance(5, 2, 15);
-    let status = tokio::task::spawn_blocking(move || last.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+    let last = job.start_instance(5, 2, 15);
+    let status = job.exit_of(last, 5).await;
     assert!(status.success(), "{status}; see {}", job.log(5).display());
 
     let (got, count) = job.output().await;
@@ -94,7 +88,7 @@ async fn a_paused_instance_is_fenced_and_commits_nothing_twice() {
         async move { job.produce(&records).await }
     };
     let pause = async {
-        let mut a = job.start_instance(0, 0, 40);
+        let a = job.start_instance(0, 0, 40);
         let b = job.start_instance(1, 1, 40);
         tokio::time::sleep(Duration::from_secs(4)).await;
         // Beyond the session (10 s) and the transaction timeout (15 s): b takes a's partitions,
@@ -102,23 +96,17 @@ async fn a_paused_instance_is_fenced_and_commits_nothing_twice() {
         signal(&a, "-STOP");
         tokio::time::sleep(Duration::from_secs(22)).await;
         signal(&a, "-CONT");
-        let a_status = tokio::task::spawn_blocking(move || a.wait())
-            .await
-            .expect("join")
-            .expect("wait");
+        let a_status = job.exit_of(a, 0).await;
         (a_status, b)
     };
-    let ((), (a_status, mut b)) = tokio::join!(feed, pause);
+    let ((), (a_status, b)) = tokio::join!(feed, pause);
     let log = std::fs::read_to_string(job.log(0)).expect("log");
     // Resumed, a either rejoined and went on, or was fenced and stopped with one clear line.
     assert!(
         a_status.success() || log.contains("fenced") || log.contains("Fenced"),
         "a: {a_status}\n{log}"
     );
-    let b_status = tokio::task::spawn_blocking(move || b.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+    let b_status = job.exit_of(b, 1).await;
     assert!(
         b_status.success(),
         "b: {b_status}; see {}",

@@ -14,6 +14,9 @@ use autoglm_tests::{Stack, unique};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
+/// Far beyond any run of the suite: a process that has not exited by then hangs.
+pub const EXIT_LIMIT: Duration = Duration::from_secs(600);
+
 /// One input record: a key and its row's version, or `None` for a key-only delete (a null
 /// value, which carries no version).
 pub type Record = (u64, Option<i64>);
@@ -233,16 +236,39 @@ routes:
 
     /// Runs the binary until it exits by itself (idle); panics unless it succeeds.
     pub async fn run_to_idle(&self, run: usize) {
-        let mut child = self.start(run, &[]);
-        let status = tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .expect("join")
-            .expect("wait");
+        let child = self.start(run, &[]);
+        let status = self.exit_of(child, run).await;
         assert!(
             status.success(),
             "run {run} failed ({status}); see {}",
             self.log(run).display()
         );
+    }
+
+    /// Waits for run `run` to exit by itself. A process still running after [`EXIT_LIMIT`] is
+    /// killed and the test fails with its log's tail: a hung processor fails the suite instead
+    /// of stalling it.
+    pub async fn exit_of(&self, mut child: Child, run: usize) -> std::process::ExitStatus {
+        let deadline = Instant::now() + EXIT_LIMIT;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(self.log(run)).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "run {run} (pid {}) did not exit within {} s; see {}; its last lines:\n{}",
+                    child.id(),
+                    EXIT_LIMIT.as_secs(),
+                    self.log(run).display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Target records per key (versions in offset order, `v†` for a tombstone) and the total
