@@ -54,6 +54,26 @@ pub enum Decoded {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchemaMissing(pub u32);
 
+/// An Avro datum (the bytes after the wire header) with its writer schema.
+struct AvroDatum<'b> {
+    id: u32,
+    datum: &'b [u8],
+    schema: Arc<WriterSchema>,
+}
+
+impl AvroDatum<'_> {
+    /// The datum as JSON, read by `decode`; its errors name the schema id.
+    fn to_json(
+        &self,
+        decode: impl FnOnce(&WriterSchema, &[u8]) -> Result<Json, apache_avro::Error>,
+    ) -> Result<Json, CodecError> {
+        decode(&self.schema, self.datum).map_err(|source| CodecError::Avro {
+            id: self.id,
+            source,
+        })
+    }
+}
+
 /// Decodes records; one per process, shared by every route. Schemas are fetched from the
 /// registry once per id, parsed once and cached here.
 pub struct Decoder {
@@ -108,7 +128,7 @@ impl Decoder {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
     ) -> Result<Result<Decoded, CodecError>, SchemaMissing> {
-        let key = match key
+        let mut key = match key
             .map(|bytes| self.decode_key(encoding, bytes))
             .transpose()?
         {
@@ -129,35 +149,33 @@ impl Decoder {
                 }),
             }));
         };
-        let mut key = key;
-        if (envelope, encoding) == (Envelope::Debezium, Encoding::Avro)
-            && let Some(event) = self.debezium_fast(value, &mut key)?
-        {
-            return Ok(Ok(Decoded::Event(event)));
-        }
-        Ok(self
-            .to_json(encoding, value)?
+        let tree = match encoding {
+            Encoding::Json => serde_json::from_slice(value)
+                .map(connect::unwrap)
+                .map_err(CodecError::Json),
+            Encoding::Avro => match self.avro_datum(value)? {
+                Err(e) => Err(e),
+                Ok(avro) if envelope == Envelope::Debezium => {
+                    // Straight into the envelope's fields, with no JSON tree for the envelope
+                    // or its `source`. Otherwise the tree says why: from apache-avro, since the
+                    // fast path either cannot read this datum or it reads an invalid envelope
+                    // (poison), and retrying it would only cost the common fallback a third
+                    // decode.
+                    if let Some(event) = avro
+                        .schema
+                        .decode_fast_as::<envelope::DebeziumEnvelope>(avro.datum)
+                        .and_then(|fields| fields.into_event(&mut key))
+                    {
+                        return Ok(Ok(Decoded::Event(event)));
+                    }
+                    avro.to_json(WriterSchema::decode_with_apache_avro)
+                }
+                Ok(avro) => avro.to_json(WriterSchema::decode),
+            },
+        };
+        Ok(tree
             .and_then(|tree| envelope::parse_envelope(envelope, key, tree))
             .map(Decoded::Event))
-    }
-
-    /// A Debezium Avro envelope read straight into its fields, with no JSON tree for the
-    /// envelope or its `source` block. `None` where that path does not apply (see
-    /// [`WriterSchema::decode_fast_as`]) or the envelope is invalid: the tree path then decodes
-    /// it again and says why.
-    fn debezium_fast(
-        &self,
-        bytes: &[u8],
-        key: &mut Option<Row>,
-    ) -> Result<Option<ChangeEvent>, SchemaMissing> {
-        let (Ok(id), Some(datum)) = (wire::schema_id(bytes), bytes.get(wire::WIRE_HEADER_LEN..))
-        else {
-            return Ok(None);
-        };
-        let schema = self.cached_schema(id).ok_or(SchemaMissing(id))?;
-        Ok(schema
-            .decode_fast_as::<envelope::DebeziumEnvelope>(datum)
-            .and_then(|fields| fields.into_event(key)))
     }
 
     fn decode_key(
@@ -166,10 +184,15 @@ impl Decoder {
         bytes: &[u8],
     ) -> Result<Result<Row, CodecError>, SchemaMissing> {
         let tree = match encoding {
-            Encoding::Avro if bytes.first() == Some(&0) => match self.avro_to_json(bytes)? {
-                Ok(tree) => tree,
-                Err(e) => return Ok(Err(e)),
-            },
+            Encoding::Avro if bytes.first() == Some(&0) => {
+                match self
+                    .avro_datum(bytes)?
+                    .and_then(|avro| avro.to_json(WriterSchema::decode))
+                {
+                    Ok(tree) => tree,
+                    Err(e) => return Ok(Err(e)),
+                }
+            }
             _ => match serde_json::from_slice::<Json>(bytes) {
                 Ok(tree) => connect::unwrap(tree),
                 // A plain string key, such as Kafka Connect's StringConverter writes.
@@ -182,20 +205,11 @@ impl Decoder {
         }))
     }
 
-    fn to_json(
+    /// The datum of a Confluent-framed Avro record and its cached writer schema.
+    fn avro_datum<'b>(
         &self,
-        encoding: Encoding,
-        bytes: &[u8],
-    ) -> Result<Result<Json, CodecError>, SchemaMissing> {
-        match encoding {
-            Encoding::Avro => self.avro_to_json(bytes),
-            Encoding::Json => Ok(serde_json::from_slice(bytes)
-                .map(connect::unwrap)
-                .map_err(CodecError::Json)),
-        }
-    }
-
-    fn avro_to_json(&self, bytes: &[u8]) -> Result<Result<Json, CodecError>, SchemaMissing> {
+        bytes: &'b [u8],
+    ) -> Result<Result<AvroDatum<'b>, CodecError>, SchemaMissing> {
         let id = match wire::schema_id(bytes) {
             Ok(id) => id,
             Err(e) => return Ok(Err(e)),
@@ -206,9 +220,7 @@ impl Decoder {
             )));
         };
         let schema = self.cached_schema(id).ok_or(SchemaMissing(id))?;
-        Ok(schema
-            .decode(datum)
-            .map_err(|source| CodecError::Avro { id, source }))
+        Ok(Ok(AvroDatum { id, datum, schema }))
     }
 
     fn cached_schema(&self, id: u32) -> Option<Arc<WriterSchema>> {
