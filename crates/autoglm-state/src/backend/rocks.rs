@@ -100,6 +100,8 @@ impl RocksOptions {
         db.create_if_missing(true);
         db.create_missing_column_families(true);
         db.set_atomic_flush(true);
+        // One writer thread; and in-place memtable updates (below) need this off.
+        db.set_allow_concurrent_memtable_write(false);
         db
     }
 
@@ -122,6 +124,9 @@ impl RocksOptions {
         let mut cf = Options::default();
         cf.set_block_based_table_factory(&table);
         cf.set_write_buffer_size(self.write_buffer_bytes);
+        // A key's entry has a fixed size, so a newer version overwrites the memtable's copy
+        // instead of inserting another skiplist node: the memtable holds one node per key.
+        cf.set_inplace_update_support(true);
         if self.compression {
             cf.set_compression_type(DBCompressionType::Lz4);
         } else {
