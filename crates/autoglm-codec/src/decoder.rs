@@ -79,6 +79,8 @@ impl AvroDatum<'_> {
 pub struct Decoder {
     avro: Option<AvroDecoder>,
     schemas: Mutex<HashMap<u32, Arc<WriterSchema>>>,
+    /// Events with an `after` row keep their `before` row too (see [`Decoder::after_only`]).
+    before_with_after: bool,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -95,7 +97,17 @@ impl Decoder {
         Decoder {
             avro: registry.map(AvroDecoder::new),
             schemas: Mutex::new(HashMap::new()),
+            before_with_after: true,
         }
+    }
+
+    /// A decoder whose events that have an `after` row (creates, updates, snapshot reads) come
+    /// without `before`; deletes keep theirs. For callers that read only
+    /// [`ChangeEvent::row`]: a Debezium Avro `before` is then skipped unread, which saves a
+    /// row's decode for most records.
+    pub fn after_only(mut self) -> Decoder {
+        self.before_with_after = false;
+        self
     }
 
     /// Decodes one record, fetching the writer schemas it names from the registry first when
@@ -161,11 +173,7 @@ impl Decoder {
                     // fast path either cannot read this datum or it reads an invalid envelope
                     // (poison), and retrying it would only cost the common fallback a third
                     // decode.
-                    if let Some(event) = avro
-                        .schema
-                        .decode_fast_as::<envelope::DebeziumEnvelope>(avro.datum)
-                        .and_then(|fields| fields.into_event(&mut key))
-                    {
+                    if let Some(event) = self.debezium_fast(&avro, &mut key) {
                         return Ok(Ok(Decoded::Event(event)));
                     }
                     avro.to_json(WriterSchema::decode_with_apache_avro)
@@ -175,7 +183,30 @@ impl Decoder {
         };
         Ok(tree
             .and_then(|tree| envelope::parse_envelope(envelope, key, tree))
-            .map(Decoded::Event))
+            .map(|mut event| {
+                if !self.before_with_after && event.after.is_some() {
+                    event.before = None;
+                }
+                Decoded::Event(event)
+            }))
+    }
+
+    /// A Debezium Avro envelope read by serde straight into its fields; `None` where that path
+    /// cannot read the datum or the envelope is invalid.
+    fn debezium_fast(&self, avro: &AvroDatum<'_>, key: &mut Option<Row>) -> Option<ChangeEvent> {
+        use envelope::{DebeziumEnvelope, Unread};
+        if !self.before_with_after {
+            // `before` skipped; a delete (no `after`) is read again, whole.
+            let lean = avro
+                .schema
+                .decode_fast_as::<DebeziumEnvelope<Unread>>(avro.datum)?;
+            if lean.has_after() {
+                return lean.into_event(key);
+            }
+        }
+        avro.schema
+            .decode_fast_as::<DebeziumEnvelope>(avro.datum)?
+            .into_event(key)
     }
 
     fn decode_key(
@@ -221,6 +252,16 @@ impl Decoder {
         };
         let schema = self.cached_schema(id).ok_or(SchemaMissing(id))?;
         Ok(Ok(AvroDatum { id, datum, schema }))
+    }
+
+    /// The decoder with `schema` cached as `id`, as if fetched from the registry.
+    #[cfg(test)]
+    pub(crate) fn with_schema(self, id: u32, schema: WriterSchema) -> Decoder {
+        self.schemas
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, Arc::new(schema));
+        self
     }
 
     fn cached_schema(&self, id: u32) -> Option<Arc<WriterSchema>> {

@@ -66,10 +66,13 @@ fn debezium(key: Option<Row>, value: Json) -> Result<ChangeEvent, CodecError> {
 /// tree for the envelope or its `source` block, and only the `source` fields a version needs.
 /// Every other field is skipped unread. [`DebeziumEnvelope::into_event`] takes only a valid
 /// envelope; anything else goes the tree path ([`parse_envelope`]), which says what is wrong.
+///
+/// `B` is how `before` is read: a row, or [`Unread`] for callers that need `before` only when
+/// there is no `after` (a delete), which then read the datum again.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(default)]
-pub struct DebeziumEnvelope {
-    before: Option<Row>,
+pub struct DebeziumEnvelope<B = Option<Row>> {
+    before: B,
     after: Option<Row>,
     source: Option<SourceFields>,
     op: Option<String>,
@@ -104,7 +107,40 @@ impl SourceFields {
     }
 }
 
-impl DebeziumEnvelope {
+/// A field skipped by the decoder, not read into anything.
+#[derive(Debug, Default)]
+pub struct Unread;
+
+impl<'de> serde::Deserialize<'de> for Unread {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Unread, D::Error> {
+        serde::de::IgnoredAny::deserialize(deserializer).map(|_| Unread)
+    }
+}
+
+/// What a [`DebeziumEnvelope`]'s `before` becomes in its event.
+pub trait BeforeRow: Default {
+    /// The row, if it was read.
+    fn into_row(self) -> Option<Row>;
+}
+
+impl BeforeRow for Option<Row> {
+    fn into_row(self) -> Option<Row> {
+        self
+    }
+}
+
+impl BeforeRow for Unread {
+    fn into_row(self) -> Option<Row> {
+        None
+    }
+}
+
+impl<B: BeforeRow> DebeziumEnvelope<B> {
+    /// Whether the envelope has an `after` row.
+    pub fn has_after(&self) -> bool {
+        self.after.is_some()
+    }
+
     /// The change event, taking `key`; `None` (and `key` left alone) if the envelope is not
     /// valid: an unknown or missing `op`, or a create, update or read without `after`.
     pub fn into_event(self, key: &mut Option<Row>) -> Option<ChangeEvent> {
@@ -118,7 +154,7 @@ impl DebeziumEnvelope {
             .unwrap_or_default();
         Some(ChangeEvent {
             op,
-            before: self.before,
+            before: self.before.into_row(),
             after: self.after,
             key: key.take(),
             source,

@@ -7,6 +7,8 @@
 //!
 //!  Debezium Avro: serde reads the envelope's fields straight from the datum (no tree for the
 //!  envelope or its `source`); an envelope that path cannot take goes the tree path above.
+//!  With [`Decoder::after_only`] (the pipeline's), `before` is skipped unread beside an `after`
+//!  row; a delete is read again, whole.
 //!
 //! [`Decoder::decode_cached`] and [`AvroTarget::encode_cached`] never wait: once a schema is
 //! cached they run on any thread. [`Decoder::decode`] and [`AvroTarget::encode`] first fetch or
@@ -42,7 +44,7 @@ pub use autoglm_core::ChangeEvent;
 pub use avro_json::WriterSchema;
 pub use decoder::{Decoded, Decoder, Encoding, Envelope, SchemaMissing};
 pub use encoder::{AvroTarget, json_to_avro};
-pub use envelope::{DebeziumEnvelope, parse_envelope};
+pub use envelope::{BeforeRow, DebeziumEnvelope, Unread, parse_envelope};
 pub use error::CodecError;
 pub use registry::{Compatibility, RegistryClient};
 pub use wire::{WIRE_HEADER_LEN, schema_id};

@@ -314,6 +314,40 @@ proptest! {
     }
 
     #[test]
+    fn after_only_decodes_the_same_events_without_before_beside_after(envelope in debezium_envelope()) {
+        let schema = envelope_schema();
+        let Json::Object(value) = envelope else { unreachable!("json! of an object") };
+        let mut bytes = vec![0, 0, 0, 0, 7];
+        AvroTarget::new(SrSettings::new("http://registry.invalid".into()), "t", &schema)
+            .expect("schema")
+            .write_datum(&value, &mut bytes)
+            .expect("the envelope encodes");
+        let writer = WriterSchema::parse(&schema).expect("schema");
+        let want = crate::parse_envelope(
+            Envelope::Debezium,
+            None,
+            writer.decode(&bytes[5..]).expect("decodes"),
+        )
+        .ok()
+        .map(|mut event| {
+            if event.after.is_some() {
+                event.before = None;
+            }
+            event
+        });
+        let decoder = Decoder::new(None).after_only().with_schema(7, writer);
+        let got = decoder
+            .decode_cached(Envelope::Debezium, Encoding::Avro, None, Some(&bytes))
+            .expect("the schema is cached");
+        // A delete keeps its `before` (read again whole); an invalid envelope is still poison.
+        match got {
+            Ok(Decoded::Event(event)) => prop_assert_eq!(Some(event), want),
+            Ok(Decoded::Tombstone { .. }) => prop_assert!(false, "a value is not a tombstone"),
+            Err(e) => prop_assert!(want.is_none(), "{e}"),
+        }
+    }
+
+    #[test]
     fn rfc3339_timestamps_encode_to_their_epoch_millis(
         millis in -2_208_988_800_000i64..7_258_118_400_000, // 1900 … 2200
         offset_minutes in -14 * 60..=14 * 60i32,

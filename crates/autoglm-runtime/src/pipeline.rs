@@ -312,7 +312,7 @@ impl Pipeline {
         .map_err(|e| RunError::Config(format!("metrics: {e}")))?;
         Ok(Pipeline {
             metrics,
-            decoder: Decoder::new(sr_settings),
+            decoder: Decoder::new(sr_settings).after_only(),
             config,
             settings,
             routes,
@@ -1237,7 +1237,8 @@ fn traceparent(msg: &OwnedMessage) -> Option<String> {
 
 /// Offsets to commit: the last record of each partition + 1.
 fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, BatchError> {
-    let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+    // foldhash, not SipHash: one lookup per record.
+    let mut next: foldhash::HashMap<(&str, i32), i64> = foldhash::HashMap::new();
     for msg in batch {
         let slot = next.entry((msg.topic(), msg.partition())).or_insert(0);
         *slot = (*slot).max(msg.offset() + 1);
