@@ -167,6 +167,10 @@ impl ClientSettings {
             // stall after a scale-in or a crash without restart; a restart within it takes the
             // partitions back without any rebalance.
             ("session.timeout.ms", "10000"),
+            // A member hears of a rebalance on its next heartbeat, and a cooperative rebalance
+            // takes two rounds: with librdkafka's 3 s interval a scale-out took 6.6 s to settle
+            // (`make bench`, 2 and 3 instances). One second is still a tenth of the session.
+            ("heartbeat.interval.ms", "1000"),
             // librdkafka prefetches up to 64 MiB by default, a quarter of the memory budget.
             // 16 MiB still holds a few hundred milliseconds of input at full speed, if the
             // fetcher resumes soon after the queue drains: librdkafka's 1 s
