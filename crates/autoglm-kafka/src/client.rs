@@ -158,6 +158,11 @@ impl ClientSettings {
         member_id: &str,
         context: C,
     ) -> Result<StreamConsumer<C>, KafkaError> {
+        self.member_config(group_id, member_id)
+            .create_with_context(context)
+    }
+
+    fn member_config(&self, group_id: &str, member_id: &str) -> ClientConfig {
         let mut config = self.consumer_config(group_id, "read_committed");
         config.set("group.instance.id", member_id);
         // Defaults a pass-through value replaces.
@@ -183,7 +188,7 @@ impl ClientSettings {
                 config.set(key, value);
             }
         }
-        config.create_with_context(context)
+        config
     }
 
     /// Like [`read_committed_consumer`](Self::read_committed_consumer), but also sees records of
@@ -196,14 +201,22 @@ impl ClientSettings {
     /// committed records and never commits. Compare its position with the high watermark to
     /// know when a partition is read: transaction markers are never delivered.
     pub fn restore_consumer(&self) -> Result<StreamConsumer, KafkaError> {
-        self.client_config()
+        self.restore_config().create()
+    }
+
+    fn restore_config(&self) -> ClientConfig {
+        let mut config = self.client_config();
+        config
             .set("group.id", format!("{}-restore", self.client_id))
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            // Resume fetching 10 ms after the store caught up, not librdkafka's 1 s.
-            .set("fetch.queue.backoff.ms", "10")
-            .create()
+            .set("auto.offset.reset", "earliest");
+        // Resume fetching 10 ms after the store caught up, not librdkafka's 1 s; a pass-through
+        // value wins, as for the member.
+        if config.get("fetch.queue.backoff.ms").is_none() {
+            config.set("fetch.queue.backoff.ms", "10");
+        }
+        config
     }
 
     fn consumer(&self, group_id: &str, isolation: &str) -> Result<StreamConsumer, KafkaError> {
@@ -242,5 +255,31 @@ mod tests {
             .client_config();
         assert_eq!(config.get("linger.ms"), Some("5"));
         assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:9"));
+    }
+
+    #[test]
+    fn consumer_defaults_yield_to_pass_through_values() {
+        let plain = ClientSettings::new("127.0.0.1:9");
+        let member = plain.member_config("g", "g-0");
+        assert_eq!(member.get("heartbeat.interval.ms"), Some("1000"));
+        assert_eq!(member.get("session.timeout.ms"), Some("10000"));
+        assert_eq!(member.get("fetch.queue.backoff.ms"), Some("10"));
+        assert_eq!(member.get("group.instance.id"), Some("g-0"));
+        assert_eq!(
+            plain.restore_config().get("fetch.queue.backoff.ms"),
+            Some("10")
+        );
+
+        let tuned = ClientSettings::new("127.0.0.1:9")
+            .with_property("fetch.queue.backoff.ms", "200")
+            .and_then(|s| s.with_property("heartbeat.interval.ms", "3000"))
+            .expect("free properties");
+        let member = tuned.member_config("g", "g-0");
+        assert_eq!(member.get("heartbeat.interval.ms"), Some("3000"));
+        assert_eq!(member.get("fetch.queue.backoff.ms"), Some("200"));
+        assert_eq!(
+            tuned.restore_config().get("fetch.queue.backoff.ms"),
+            Some("200")
+        );
     }
 }
