@@ -119,6 +119,37 @@ prop_compose! {
 
 /// A Debezium envelope around [`TARGET_SCHEMA`] rows, with a `source` block that carries both
 /// MySQL and PostgreSQL position fields and some the decoder does not read.
+/// `envelope` as an Avro datum of [`envelope_schema`], that schema, and the event the tree path
+/// reads from the datum (an error for an invalid envelope).
+fn encoded_envelope(
+    envelope: Json,
+) -> (
+    Vec<u8>,
+    WriterSchema,
+    Result<crate::ChangeEvent, crate::CodecError>,
+) {
+    let schema = envelope_schema();
+    let Json::Object(value) = envelope else {
+        unreachable!("json! of an object")
+    };
+    let mut datum = Vec::new();
+    AvroTarget::new(
+        SrSettings::new("http://registry.invalid".into()),
+        "t",
+        &schema,
+    )
+    .expect("schema")
+    .write_datum(&value, &mut datum)
+    .expect("the envelope encodes");
+    let writer = WriterSchema::parse(&schema).expect("schema");
+    let tree = crate::parse_envelope(
+        Envelope::Debezium,
+        None,
+        writer.decode(&datum).expect("decodes"),
+    );
+    (datum, writer, tree)
+}
+
 fn envelope_schema() -> String {
     format!(
         r#"{{
@@ -292,19 +323,7 @@ proptest! {
 
     #[test]
     fn debezium_avro_envelopes_read_the_same_without_a_json_tree(envelope in debezium_envelope()) {
-        let schema = envelope_schema();
-        let Json::Object(value) = envelope else { unreachable!("json! of an object") };
-        let mut datum = Vec::new();
-        AvroTarget::new(SrSettings::new("http://registry.invalid".into()), "t", &schema)
-            .expect("schema")
-            .write_datum(&value, &mut datum)
-            .expect("the envelope encodes");
-        let writer = WriterSchema::parse(&schema).expect("schema");
-        let tree = crate::parse_envelope(
-            Envelope::Debezium,
-            None,
-            writer.decode(&datum).expect("decodes"),
-        );
+        let (datum, writer, tree) = encoded_envelope(envelope);
         let typed = writer
             .decode_fast_as::<crate::DebeziumEnvelope>(&datum)
             .and_then(|fields| fields.into_event(&mut None));
@@ -315,21 +334,9 @@ proptest! {
 
     #[test]
     fn after_only_decodes_the_same_events_without_before_beside_after(envelope in debezium_envelope()) {
-        let schema = envelope_schema();
-        let Json::Object(value) = envelope else { unreachable!("json! of an object") };
-        let mut bytes = vec![0, 0, 0, 0, 7];
-        AvroTarget::new(SrSettings::new("http://registry.invalid".into()), "t", &schema)
-            .expect("schema")
-            .write_datum(&value, &mut bytes)
-            .expect("the envelope encodes");
-        let writer = WriterSchema::parse(&schema).expect("schema");
-        let want = crate::parse_envelope(
-            Envelope::Debezium,
-            None,
-            writer.decode(&bytes[5..]).expect("decodes"),
-        )
-        .ok()
-        .map(|mut event| {
+        let (datum, writer, tree) = encoded_envelope(envelope);
+        let bytes = [&[0, 0, 0, 0, 7], &datum[..]].concat();
+        let want = tree.ok().map(|mut event| {
             if event.after.is_some() {
                 event.before = None;
             }
