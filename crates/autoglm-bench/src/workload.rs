@@ -242,16 +242,14 @@ mod tests {
 
     #[test]
     fn records_encode_under_the_source_schema_in_300_to_600_bytes() {
-        let schema = apache_avro::Schema::parse_str(SOURCE_SCHEMA).expect("schema");
-        let resolved = apache_avro::schema::ResolvedSchema::try_from(&schema).expect("resolve");
-        let names: apache_avro::schema::Names = resolved
-            .get_names()
-            .iter()
-            .map(|(name, s)| (name.clone(), (*s).clone()))
-            .collect();
-        let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
-            .build()
-            .expect("writer");
+        let avro = AvroTarget::new(
+            schema_registry_converter::async_impl::schema_registry::SrSettings::new(
+                "http://registry.invalid".into(),
+            ),
+            "bench",
+            SOURCE_SCHEMA,
+        )
+        .expect("schema");
         let mut workload = Workload::new(10, 10).expect("workload");
         let mut sizes = Vec::new();
         while let Some(change) = workload.next() {
@@ -260,9 +258,8 @@ mod tests {
                 event["after"].as_object().map(|r| r.len()),
                 Some(ROW_FIELDS)
             );
-            let value = autoglm_codec::json_to_avro(&Json::Object(event), &schema, &names, "")
-                .expect("encodes");
-            let datum = writer.write_value_to_vec(value).expect("datum");
+            let mut datum = Vec::new();
+            avro.write_datum(&event, &mut datum).expect("encodes");
             // + the Confluent wire header: magic byte and schema id.
             sizes.push(datum.len() + 5);
         }

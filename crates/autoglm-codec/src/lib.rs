@@ -14,7 +14,8 @@
 //! cached they run on any thread. [`Decoder::decode`] and [`AvroTarget::encode`] first fetch or
 //! register what is missing.
 //!
-//!  Row (JSON map) ─► Avro Value under the target schema ─► Confluent wire format   (or JSON bytes)
+//!  Row (JSON map) ─► Avro datum, written field by field under the target schema
+//!                   (no intermediate Value) ─► Confluent wire format               (or JSON bytes)
 //! ```
 //!
 //! [`RegistryClient`] asks the registry, registering nothing, whether a target schema is
