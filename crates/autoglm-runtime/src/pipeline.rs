@@ -169,7 +169,8 @@ struct Work {
     route: usize,
     event: ChangeEvent,
     state_key: Vec<u8>,
-    entity_key: Vec<u8>,
+    /// The output records' key.
+    output_key: Vec<u8>,
     change: Change,
     /// The mapped row (`after`, or `before` for deletes written as records).
     mapped: Option<Row>,
@@ -207,6 +208,9 @@ enum Prepared {
 
 /// One target's payload from the parallel encode; `None` while its schema id is unknown.
 type Encoded = Option<Result<Vec<u8>, CodecError>>;
+
+/// Changelog checkpoints: `(topic, partition, next offset)`.
+type Checkpoints = Vec<(String, i32, i64)>;
 
 /// Why a record is dead-lettered (the DLQ headers).
 struct Poison {
@@ -525,6 +529,13 @@ impl Pipeline {
         let mut last_record = Instant::now();
         let mut failures = Failures::default();
         let mut tally = self.metrics.tally();
+        let poll_and_prepare = async || {
+            let polled = poll_batch(consumer, flush, max_records, &options.shutdown).await?;
+            let prepared = self.prepare_batch(&polled.batch);
+            Ok::<_, RunError>((polled, prepared))
+        };
+        // The next batch, polled and prepared while the state of the one before was written.
+        let mut ahead = None;
         loop {
             self.metrics.beat();
             if options.shutdown.is_cancelled() {
@@ -536,7 +547,10 @@ impl Pipeline {
                 tracing::info!(idle_secs = idle.as_secs(), "no input for a while; stopping");
                 break;
             }
-            let polled = poll_batch(consumer, flush, max_records, &options.shutdown).await?;
+            let (polled, prepared) = match ahead.take() {
+                Some(ready) => ready,
+                None => poll_and_prepare().await?,
+            };
             summary.restored += self.follow_group(backend, polled.changes).await?;
             let batch = polled.batch;
             if batch.is_empty() {
@@ -544,10 +558,18 @@ impl Pipeline {
             }
             last_record = Instant::now();
             match self
-                .process(&batch, consumer, producer, guard, exactly_once, &mut tally)
+                .process(
+                    &batch,
+                    prepared,
+                    consumer,
+                    producer,
+                    guard,
+                    exactly_once,
+                    &mut tally,
+                )
                 .await
             {
-                Ok(batch_summary) => {
+                Ok((batch_summary, checkpoints)) => {
                     summary.records += batch_summary.records;
                     summary.emitted += batch_summary.emitted;
                     summary.dropped += batch_summary.dropped;
@@ -556,6 +578,18 @@ impl Pipeline {
                     summary.commits += 1;
                     self.metrics.committed(&mut tally, polled.started);
                     failures = Failures::default();
+                    // Kafka has committed: now, and only now, the state follows. The next batch
+                    // is polled and prepared meanwhile; as before, the poll (where rebalances
+                    // are served) runs with no transaction open. `join!` polls the write first,
+                    // so it is on its way before the prepare takes the cores.
+                    let (written, next) =
+                        tokio::join!(guard.commit(checkpoints), poll_and_prepare());
+                    if let Err(e) = written {
+                        guard.abort();
+                        return Err(e.into());
+                    }
+                    fail::fail_point!("after_state_write");
+                    ahead = Some(next?);
                 }
                 Err(BatchError::Fatal(e)) => {
                     guard.abort();
@@ -811,23 +845,41 @@ impl Pipeline {
             at,
             route: route_index,
             state_key: autoglm_state::state_key(&route.name, &entity_key),
-            entity_key,
+            output_key: route.output_key(&entity_key),
             change,
             mapped,
             event,
         })
     }
 
-    /// Processes one batch in one transaction (or one offset commit, at least once).
+    /// Decodes, keys, versions and maps every record of `batch`, on all cores (the records are
+    /// independent).
+    fn prepare_batch(&self, batch: &[OwnedMessage]) -> Vec<Prepared> {
+        batch
+            .par_iter()
+            .with_min_len(PARALLEL_MIN_RECORDS)
+            .enumerate()
+            .map(|(at, msg)| self.prepare(at, msg))
+            .collect()
+    }
+
+    /// Processes one prepared batch in one transaction (or one offset commit, at least once).
+    /// Returns, once Kafka committed, the changelog checkpoints for the state write that
+    /// follows ([`VersionGuard::commit`]).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the clients and the state of one consume loop"
+    )]
     async fn process(
         &self,
         batch: &[OwnedMessage],
+        prepared: Vec<Prepared>,
         consumer: &Arc<Member>,
         producer: &FutureProducer,
         guard: &mut VersionGuard<RocksBackend>,
         exactly_once: bool,
         tally: &mut Tally,
-    ) -> Result<RunSummary, BatchError> {
+    ) -> Result<(RunSummary, Checkpoints), BatchError> {
         let started = Instant::now();
         if exactly_once {
             producer.begin_transaction()?;
@@ -839,15 +891,8 @@ impl Pipeline {
             ..RunSummary::default()
         };
 
-        // Decode, key, version and map every record, on all cores (the records are
-        // independent); then, in input order, forward, dead-letter or keep each one. Poison
-        // goes to the DLQ right away.
-        let prepared: Vec<Prepared> = batch
-            .par_iter()
-            .with_min_len(PARALLEL_MIN_RECORDS)
-            .enumerate()
-            .map(|(at, msg)| self.prepare(at, msg))
-            .collect();
+        // In input order, forward, dead-letter or keep each prepared record. Poison goes to the
+        // DLQ right away.
         let mut work = Vec::with_capacity(batch.len());
         for (at, prepared) in prepared.into_iter().enumerate() {
             let msg = &batch[at];
@@ -908,7 +953,10 @@ impl Pipeline {
             }
         }
 
-        // One multi_get for the whole batch; later records of a key see earlier ones.
+        // One multi_get for the whole batch; later records of a key see earlier ones. While
+        // the state store reads, every mapped row is encoded for every target, on all cores:
+        // most are accepted, and the few that are not cost less than the wait. `None` where a
+        // target's schema id is not known yet (encoded below, registering it).
         let inputs: Vec<GuardInput<'_>> = work
             .iter()
             .map(|w| GuardInput {
@@ -917,24 +965,24 @@ impl Pipeline {
                 is_snapshot: w.event.is_snapshot(),
             })
             .collect();
-        let outcome = guard.process(&inputs, now_ms()).await?;
+        let guarded_at = Instant::now();
+        // `join!` polls the guard first, so its read is on its way before the encode starts.
+        let (outcome, encoded) = tokio::join!(guard.process(&inputs, now_ms()), async {
+            work.par_iter()
+                .with_min_len(PARALLEL_MIN_RECORDS)
+                .map(|w| match &w.mapped {
+                    Some(row) => self.routes[w.route]
+                        .targets
+                        .iter()
+                        .map(|target| target.encode_cached(row))
+                        .collect(),
+                    None => Vec::new(),
+                })
+                .collect::<Vec<Vec<Encoded>>>()
+        });
+        let outcome = outcome?;
         drop(inputs);
-
-        // Encode the accepted rows for every target, on all cores; `None` where a target's
-        // schema id is not known yet (encoded below, registering it).
-        let encoded: Vec<Vec<Encoded>> = work
-            .par_iter()
-            .zip(&outcome.decisions)
-            .with_min_len(PARALLEL_MIN_RECORDS)
-            .map(|(w, decision)| match &w.mapped {
-                Some(row) if *decision == Decision::Accept => self.routes[w.route]
-                    .targets
-                    .iter()
-                    .map(|target| target.encode_cached(row))
-                    .collect(),
-                _ => Vec::new(),
-            })
-            .collect();
+        let decided_at = Instant::now();
 
         let mut changelog_partition: foldhash::HashMap<&[u8], (usize, i32)> =
             foldhash::HashMap::with_capacity(work.len());
@@ -957,7 +1005,6 @@ impl Pipeline {
                 continue;
             }
             changelog_partition.insert(&w.state_key, (w.route, msg.partition()));
-            let key = route.output_key(&w.entity_key);
             let mut encoded = encoded.into_iter();
             for (t, target) in route.targets.iter().enumerate() {
                 let encoded = match &w.mapped {
@@ -990,7 +1037,7 @@ impl Pipeline {
                 };
                 out.emit(
                     target.topic(),
-                    &key,
+                    &w.output_key,
                     payload.as_deref(),
                     msg,
                     &w.event,
@@ -1007,23 +1054,24 @@ impl Pipeline {
             let Some(&(route, partition)) = changelog_partition.get(key) else {
                 continue;
             };
-            let topic = &self.routes[route].changelog_topic;
-            let record = FutureRecord::to(topic)
+            let record = FutureRecord::to(&self.routes[route].changelog_topic)
                 .key(key)
                 .payload(&entry[..])
                 .partition(partition);
-            changelog.push((topic.clone(), out.send(record)?));
+            changelog.push((route, out.send(record)?));
         }
 
         // Every record acknowledged before the commit, and the changelog's offsets known. The
         // wait matters for speed too: rust-rdkafka's commit_transaction flushes first, and its
         // flush polls in 100 ms steps while anything is in flight, which made every transaction
         // last at least 100 ms. With nothing in flight the commit starts at once.
+        let sent_at = Instant::now();
         out.wait_all().await?;
-        let mut checkpoints: HashMap<(String, i32), i64> = HashMap::new();
-        for (topic, delivery) in changelog {
+        // Per route and partition.
+        let mut checkpoints: HashMap<(usize, i32), i64> = HashMap::new();
+        for (route, delivery) in changelog {
             let (partition, offset) = delivered(delivery).await?;
-            let slot = checkpoints.entry((topic, partition)).or_insert(offset + 1);
+            let slot = checkpoints.entry((route, partition)).or_insert(offset + 1);
             *slot = (*slot).max(offset + 1);
         }
         if exactly_once {
@@ -1052,27 +1100,21 @@ impl Pipeline {
             .await?;
         }
         fail::fail_point!("after_commit");
-        let committed = Instant::now();
-
-        // Kafka has committed: now, and only now, the state follows.
-        guard
-            .commit(
-                checkpoints
-                    .into_iter()
-                    .map(|((t, p), o)| (t, p, o))
-                    .collect(),
-            )
-            .await
-            .map_err(|e| BatchError::Fatal(e.into()))?;
-        fail::fail_point!("after_state_write");
         tracing::debug!(
             records = summary.records,
             process_ms = (produced - started).as_secs_f64() * 1e3,
-            commit_ms = (committed - produced).as_secs_f64() * 1e3,
-            state_ms = committed.elapsed().as_secs_f64() * 1e3,
+            route_ms = (guarded_at - started).as_secs_f64() * 1e3,
+            guard_and_encode_ms = (decided_at - guarded_at).as_secs_f64() * 1e3,
+            send_ms = (sent_at - decided_at).as_secs_f64() * 1e3,
+            acks_ms = (produced - sent_at).as_secs_f64() * 1e3,
+            commit_ms = produced.elapsed().as_secs_f64() * 1e3,
             "batch committed"
         );
-        Ok(summary)
+        let checkpoints = checkpoints
+            .into_iter()
+            .map(|((route, p), o)| (self.routes[route].changelog_topic.clone(), p, o))
+            .collect();
+        Ok((summary, checkpoints))
     }
 }
 
