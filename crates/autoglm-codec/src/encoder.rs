@@ -117,7 +117,8 @@ impl AvroTarget {
     }
 
     fn encode_as(&self, id: u32, row: &Row) -> Result<Vec<u8>, CodecError> {
-        let mut bytes = Vec::with_capacity(256);
+        // Room for the usual row without a reallocation.
+        let mut bytes = Vec::with_capacity(512);
         bytes.push(0);
         bytes.extend_from_slice(&id.to_be_bytes());
         self.write_datum(row, &mut bytes)?;

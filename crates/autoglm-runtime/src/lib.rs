@@ -10,14 +10,17 @@
 //!  changelog records (state entries) ─► send_offsets_to_transaction ─► commit
 //!     ▼
 //!  guard.commit ─► one RocksDB WriteBatch (state follows commits)
+//!     ‖ meanwhile: poll and prepare (decode, key, version, map) the next batch
 //! ```
 //!
 //! The per-record CPU work runs on all cores (rayon's pool: `RAYON_NUM_THREADS` sizes it,
-//! default one thread per core): decode, key, version and map for the whole batch at once, and
-//! later the encode of every accepted row. Everything that orders — dead letters, guard
-//! decisions, produce calls — then runs in input order on the loop's task. A record whose
-//! writer schema, or a target whose schema id, is not known yet waits for the registry on that
-//! task instead, once per schema.
+//! default one thread per core): decode, key, version and map for the whole batch at once; the
+//! encode of every mapped row while the guard reads the store; and the produce calls, each
+//! key's records from one thread in input order (a key's records share a partition). Everything
+//! else that orders — dead letters, guard decisions — runs in input order on the loop's task. A
+//! record whose writer schema, or a target whose schema id, is not known yet waits for the
+//! registry on that task instead, once per schema. The next batch is polled only once Kafka
+//! committed, so a rebalance never meets an open transaction.
 //!
 //! Scale-out (the `group` module): the consumer is a static member of the group with
 //! cooperative-sticky assignment. Rebalances happen inside `recv`, between transactions; an

@@ -44,7 +44,7 @@ pub enum RunError {
     #[error("configuration: {0}")]
     Config(String),
     /// A Kafka error that retrying cannot fix (fenced, authorization, …).
-    #[error("kafka ({class})")]
+    #[error("kafka ({class}){}", fenced_reason(.source))]
     Kafka {
         /// The error's class.
         class: ErrorClass,
@@ -81,6 +81,22 @@ impl RunError {
             RunError::State(e) => e.class(),
             RunError::Schema { source, .. } | RunError::Registry(source) => source.class(),
         }
+    }
+}
+
+/// What being fenced means, for the errors that say so in librdkafka's words: the broker took
+/// this instance's transactional id away, or ended its open transaction (a stall past
+/// `transaction.timeout.ms`, such as a paused process, ends as either).
+fn fenced_reason(error: &KafkaError) -> &'static str {
+    use RDKafkaErrorCode as C;
+    match error.rdkafka_error_code() {
+        Some(
+            C::Fenced | C::ProducerFenced | C::InvalidProducerEpoch | C::InvalidTransactionalState,
+        ) => {
+            ": fenced: another instance took over this transactional id, or the broker ended \
+             this instance's open transaction (it stalled past transaction.timeout.ms)"
+        }
+        _ => "",
     }
 }
 
@@ -986,6 +1002,7 @@ impl Pipeline {
 
         let mut changelog_partition: foldhash::HashMap<&[u8], (usize, i32)> =
             foldhash::HashMap::with_capacity(work.len());
+        let mut outgoing = Vec::with_capacity(work.len());
         for (((w, decision), version), encoded) in work
             .iter()
             .zip(&outcome.decisions)
@@ -1035,30 +1052,62 @@ impl Pipeline {
                     // A delete written as a tombstone.
                     None => None,
                 };
-                out.emit(
-                    target.topic(),
-                    &w.output_key,
-                    payload.as_deref(),
-                    msg,
-                    &w.event,
-                    &version,
-                )?;
+                outgoing.push(Outgoing {
+                    topic: target.topic(),
+                    key: &w.output_key,
+                    payload,
+                    source: msg,
+                    op: w.event.op.as_str(),
+                    version: version.clone(),
+                });
                 summary.emitted += 1;
                 tally.emitted(w.route, t);
             }
         }
 
-        // The state entries this batch accepted, to the changelog, in the same transaction.
-        let mut changelog = Vec::new();
-        for (key, entry) in guard.pending_writes() {
-            let Some(&(route, partition)) = changelog_partition.get(key) else {
-                continue;
-            };
-            let record = FutureRecord::to(&self.routes[route].changelog_topic)
-                .key(key)
-                .payload(&entry[..])
-                .partition(partition);
-            changelog.push((route, out.send(record)?));
+        // The output records, and the state entries this batch accepted to the changelog (in
+        // the same transaction), sent on all cores. Each key's records go out from one thread,
+        // in input order: a key's records share a partition, and only their order matters
+        // there.
+        let pending = guard.pending_writes();
+        let entries: Vec<ChangelogEntry<'_>> = pending
+            .iter()
+            .filter_map(|(key, entry)| {
+                let &(route, partition) = changelog_partition.get(key)?;
+                Some(ChangelogEntry {
+                    route,
+                    key,
+                    entry,
+                    partition,
+                })
+            })
+            .collect();
+        let shards = rayon::current_num_threads().max(1);
+        let shard_of = |key: &[u8]| {
+            let hash =
+                std::hash::BuildHasher::hash_one(&foldhash::fast::FixedState::with_seed(0), key);
+            (hash % shards as u64) as usize
+        };
+        let sent = (0..shards)
+            .into_par_iter()
+            .map(|shard| {
+                let outputs = outgoing
+                    .iter()
+                    .filter(|o| shard_of(o.key) == shard)
+                    .map(|o| o.send(producer))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let changes = entries
+                    .iter()
+                    .filter(|c| shard_of(c.key) == shard)
+                    .map(|c| Ok((c.route, c.send(producer, &self.routes[c.route])?)))
+                    .collect::<Result<Vec<_>, BatchError>>()?;
+                Ok((outputs, changes))
+            })
+            .collect::<Result<Vec<_>, BatchError>>()?;
+        let mut changelog = Vec::with_capacity(entries.len());
+        for (outputs, changes) in sent {
+            out.deliveries.extend(outputs);
+            changelog.extend(changes);
         }
 
         // Every record acknowledged before the commit, and the changelog's offsets known. The
@@ -1118,6 +1167,78 @@ impl Pipeline {
     }
 }
 
+/// An output record, decided and encoded, to be sent.
+struct Outgoing<'b> {
+    topic: &'b str,
+    key: &'b [u8],
+    /// `None`: a tombstone.
+    payload: Option<Vec<u8>>,
+    /// The input record it came from.
+    source: &'b OwnedMessage,
+    op: &'static str,
+    version: String,
+}
+
+impl Outgoing<'_> {
+    fn send(&self, producer: &FutureProducer) -> Result<DeliveryFuture, BatchError> {
+        let source = self.source;
+        let partition = source.partition().to_string();
+        let offset = source.offset().to_string();
+        let mut headers = OwnedHeaders::new()
+            .insert(header("autoglm.source.topic", source.topic()))
+            .insert(header("autoglm.source.partition", &partition))
+            .insert(header("autoglm.source.offset", &offset))
+            .insert(header("autoglm.version", &self.version))
+            .insert(header("autoglm.op", self.op));
+        if let Some(trace) = traceparent(source) {
+            headers = headers.insert(header("traceparent", &trace));
+        }
+        let mut record = FutureRecord::to(self.topic).key(self.key).headers(headers);
+        // The source record's time travels with the change, as in Kafka Streams: a consumer
+        // can tell how old a change is, and retention treats it like its source.
+        if let Some(ms) = source.timestamp().to_millis() {
+            record = record.timestamp(ms);
+        }
+        if let Some(payload) = &self.payload {
+            record = record.payload(&payload[..]);
+        }
+        send(producer, record)
+    }
+}
+
+/// A state entry a batch accepted, to its route's changelog, on its input record's partition.
+struct ChangelogEntry<'b> {
+    route: usize,
+    key: &'b [u8],
+    entry: &'b [u8],
+    partition: i32,
+}
+
+impl ChangelogEntry<'_> {
+    fn send(
+        &self,
+        producer: &FutureProducer,
+        route: &RouteRuntime,
+    ) -> Result<DeliveryFuture, BatchError> {
+        let record = FutureRecord::to(&route.changelog_topic)
+            .key(self.key)
+            .payload(self.entry)
+            .partition(self.partition);
+        send(producer, record)
+    }
+}
+
+/// Enqueues `record`. A record that cannot be enqueued fails the batch (it is retried), so
+/// nothing is dropped silently.
+fn send(
+    producer: &FutureProducer,
+    record: FutureRecord<'_, [u8], [u8]>,
+) -> Result<DeliveryFuture, BatchError> {
+    producer
+        .send_result(record)
+        .map_err(|(e, _)| BatchError::from(e))
+}
+
 /// Produces the batch's records and remembers their delivery futures.
 struct Output<'p> {
     producer: &'p FutureProducer,
@@ -1130,46 +1251,6 @@ impl<'p> Output<'p> {
             producer,
             deliveries: Vec::new(),
         }
-    }
-
-    fn send(&mut self, record: FutureRecord<'_, [u8], [u8]>) -> Result<DeliveryFuture, BatchError> {
-        self.producer
-            .send_result(record)
-            .map_err(|(e, _)| BatchError::from(e))
-    }
-
-    fn emit(
-        &mut self,
-        topic: &str,
-        key: &[u8],
-        payload: Option<&[u8]>,
-        source: &OwnedMessage,
-        event: &ChangeEvent,
-        version: &str,
-    ) -> Result<(), BatchError> {
-        let partition = source.partition().to_string();
-        let offset = source.offset().to_string();
-        let mut headers = OwnedHeaders::new()
-            .insert(header("autoglm.source.topic", source.topic()))
-            .insert(header("autoglm.source.partition", &partition))
-            .insert(header("autoglm.source.offset", &offset))
-            .insert(header("autoglm.version", version))
-            .insert(header("autoglm.op", event.op.as_str()));
-        if let Some(trace) = traceparent(source) {
-            headers = headers.insert(header("traceparent", &trace));
-        }
-        let mut record = FutureRecord::to(topic).key(key).headers(headers);
-        // The source record's time travels with the change, as in Kafka Streams: a consumer
-        // can tell how old a change is, and retention treats it like its source.
-        if let Some(ms) = source.timestamp().to_millis() {
-            record = record.timestamp(ms);
-        }
-        if let Some(payload) = payload {
-            record = record.payload(payload);
-        }
-        let delivery = self.send(record)?;
-        self.deliveries.push(delivery);
-        Ok(())
     }
 
     fn dead_letter(
@@ -1213,8 +1294,7 @@ impl<'p> Output<'p> {
         self.forward(topic, msg, headers)
     }
 
-    /// Copies the input record's key and original bytes to `topic` with `headers`. A record that
-    /// cannot be enqueued fails the batch (it is retried), so nothing is dropped silently.
+    /// Copies the input record's key and original bytes to `topic` with `headers`.
     fn forward(
         &mut self,
         topic: &str,
@@ -1228,7 +1308,7 @@ impl<'p> Output<'p> {
         if let Some(payload) = msg.payload() {
             record = record.payload(payload);
         }
-        let delivery = self.send(record)?;
+        let delivery = send(self.producer, record)?;
         self.deliveries.push(delivery);
         Ok(())
     }
@@ -1460,4 +1540,24 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fencing_errors_say_what_happened() {
+        let stalled = RunError::from(KafkaError::MessageProduction(
+            RDKafkaErrorCode::InvalidTransactionalState,
+        ));
+        assert!(
+            stalled.to_string().starts_with("kafka (fatal): fenced: "),
+            "{stalled}"
+        );
+        let outage = RunError::from(KafkaError::MessageProduction(
+            RDKafkaErrorCode::AllBrokersDown,
+        ));
+        assert_eq!(outage.to_string(), "kafka (transient)");
+    }
 }
