@@ -177,11 +177,12 @@ impl ClientSettings {
             // (`make bench`, 2 and 3 instances). One second is still a tenth of the session.
             ("heartbeat.interval.ms", "1000"),
             // librdkafka prefetches up to 64 MiB by default, a quarter of the memory budget.
-            // 16 MiB still holds a few hundred milliseconds of input at full speed, if the
+            // 8 MiB still holds three batches, over 150 ms of input at full speed, if the
             // fetcher resumes soon after the queue drains: librdkafka's 1 s
             // fetch.queue.backoff.ms would starve it (pass-through throughput fell to a third
-            // in `make bench`).
-            ("queued.max.messages.kbytes", "16384"),
+            // in `make bench`). 16 MiB took the peak RSS with 1 million keys to 252–281 MiB
+            // once the state write overlapped the next batch's prepare; 8 MiB, 240–250.
+            ("queued.max.messages.kbytes", "8192"),
             ("fetch.queue.backoff.ms", "10"),
         ] {
             if config.get(key).is_none() {

@@ -597,7 +597,9 @@ impl Pipeline {
                     // Kafka has committed: now, and only now, the state follows. The next batch
                     // is polled and prepared meanwhile; as before, the poll (where rebalances
                     // are served) runs with no transaction open. `join!` polls the write first,
-                    // so it is on its way before the prepare takes the cores.
+                    // so it is on its way before the prepare takes the cores. This batch's
+                    // records go first: two batches at once would raise the peak memory.
+                    drop(batch);
                     let (written, next) =
                         tokio::join!(guard.commit(checkpoints), poll_and_prepare());
                     if let Err(e) = written {
