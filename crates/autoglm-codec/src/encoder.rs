@@ -125,7 +125,8 @@ impl AvroTarget {
         Ok(bytes)
     }
 
-    /// Appends `row`'s Avro datum (no wire header) to `out`.
+    /// Appends `row`'s Avro datum (no wire header) to `out`. After an error `out` may hold part
+    /// of the datum.
     pub fn write_datum(&self, row: &Row, out: &mut Vec<u8>) -> Result<(), CodecError> {
         let Schema::Record(record) = self.resolved.root() else {
             return Err(CodecError::Shape {

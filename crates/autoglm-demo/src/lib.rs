@@ -260,11 +260,30 @@ pub async fn recreate_topics(
     anyhow::bail!("topics {topics:?} could not be recreated")
 }
 
-/// Deletes a consumer group (its committed offsets), ignoring "not found".
+/// Deletes a consumer group (its committed offsets); a group that does not exist is already
+/// gone, and a coordinator still loading is waited for (up to 30 s).
 pub async fn delete_group(settings: &ClientSettings, group: &str) -> anyhow::Result<()> {
+    use rdkafka::types::RDKafkaErrorCode as Code;
     let admin: AdminClient<DefaultClientContext> = settings.client_config().create()?;
-    let _ = admin.delete_groups(&[group], &AdminOptions::new()).await?;
-    Ok(())
+    // A broker that has just started loads its group coordinator for a few seconds. Its
+    // refusal used to pass unnoticed: the group kept the last run's offsets, which point at
+    // the end of the recreated topics, and the demo's processor then read nothing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let results = admin.delete_groups(&[group], &AdminOptions::new()).await?;
+        match results.into_iter().next() {
+            None | Some(Ok(_) | Err((_, Code::GroupIdNotFound))) => return Ok(()),
+            Some(Err((
+                _,
+                Code::CoordinatorLoadInProgress
+                | Code::CoordinatorNotAvailable
+                | Code::NotCoordinator,
+            ))) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Some(Err((_, code))) => anyhow::bail!("cannot delete consumer group {group}: {code}"),
+        }
+    }
 }
 
 /// Produces `records` to `topic`, Avro-encoding envelopes with the CRM schema (registered under
