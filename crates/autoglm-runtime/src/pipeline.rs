@@ -557,7 +557,12 @@ impl Pipeline {
             if options.shutdown.is_cancelled() {
                 break;
             }
+            // Records polled ahead are input: never idle with them in hand.
+            let nothing_ahead = ahead
+                .as_ref()
+                .is_none_or(|(polled, _): &(Polled, _)| polled.batch.is_empty());
             if let Some(idle) = options.exit_when_idle
+                && nothing_ahead
                 && last_record.elapsed() >= idle
             {
                 tracing::info!(idle_secs = idle.as_secs(), "no input for a while; stopping");
