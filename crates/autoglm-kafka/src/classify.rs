@@ -22,17 +22,25 @@ pub fn classify(error: &KafkaError) -> ErrorClass {
     }
 }
 
+/// Whether `code` says this producer was fenced: another instance took over its transactional
+/// id, or the broker ended its open transaction (a stall past `transaction.timeout.ms`, such as
+/// a paused process, ends as either).
+pub fn is_fencing(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::Fenced | C::ProducerFenced | C::InvalidProducerEpoch | C::InvalidTransactionalState
+    )
+}
+
 fn class_of_code(code: RDKafkaErrorCode) -> ErrorClass {
     use RDKafkaErrorCode as C;
     match code {
         // This record can never be written as it is.
         C::MessageSizeTooLarge | C::InvalidRecord | C::InvalidMessage => ErrorClass::Poison,
         // Another instance took over, or the credentials are wrong: stop, do not retry.
-        C::Fenced
-        | C::ProducerFenced
-        | C::InvalidProducerEpoch
-        | C::InvalidTransactionalState
-        | C::TransactionalIdAuthorizationFailed
+        code if is_fencing(code) => ErrorClass::Fatal,
+        C::TransactionalIdAuthorizationFailed
         | C::TopicAuthorizationFailed
         | C::GroupAuthorizationFailed
         | C::ClusterAuthorizationFailed

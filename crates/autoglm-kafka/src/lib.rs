@@ -14,6 +14,6 @@ mod classify;
 mod client;
 mod probe;
 
-pub use classify::classify;
+pub use classify::{classify, is_fencing};
 pub use client::{ClientSettings, SettingsError};
 pub use probe::{ClusterInfo, probe};

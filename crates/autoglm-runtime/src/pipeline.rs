@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use autoglm_codec::{CodecError, Compatibility, Decoded, Decoder, RegistryClient, SchemaMissing};
 use autoglm_config::{Config, DeleteMode};
 use autoglm_core::{ChangeEvent, Classify, ErrorClass, Row};
-use autoglm_kafka::{ClientSettings, classify};
+use autoglm_kafka::{ClientSettings, classify, is_fencing};
 use autoglm_state::{
     Change, Decision, GuardInput, KvBackend, RocksBackend, RocksOptions, StateError, VersionGuard,
     WriteRequest,
@@ -84,19 +84,14 @@ impl RunError {
     }
 }
 
-/// What being fenced means, for the errors that say so in librdkafka's words: the broker took
-/// this instance's transactional id away, or ended its open transaction (a stall past
-/// `transaction.timeout.ms`, such as a paused process, ends as either).
+/// What being fenced means ([`is_fencing`]), for the errors that say so only in librdkafka's
+/// words.
 fn fenced_reason(error: &KafkaError) -> &'static str {
-    use RDKafkaErrorCode as C;
-    match error.rdkafka_error_code() {
-        Some(
-            C::Fenced | C::ProducerFenced | C::InvalidProducerEpoch | C::InvalidTransactionalState,
-        ) => {
-            ": fenced: another instance took over this transactional id, or the broker ended \
-             this instance's open transaction (it stalled past transaction.timeout.ms)"
-        }
-        _ => "",
+    if error.rdkafka_error_code().is_some_and(is_fencing) {
+        ": fenced: another instance took over this transactional id, or the broker ended this \
+         instance's open transaction (it stalled past transaction.timeout.ms)"
+    } else {
+        ""
     }
 }
 
