@@ -185,9 +185,7 @@ impl ClientSettings {
             ("queued.max.messages.kbytes", "8192"),
             ("fetch.queue.backoff.ms", "10"),
         ] {
-            if config.get(key).is_none() {
-                config.set(key, value);
-            }
+            set_default(&mut config, key, value);
         }
         config
     }
@@ -214,9 +212,7 @@ impl ClientSettings {
             .set("auto.offset.reset", "earliest");
         // Resume fetching 10 ms after the store caught up, not librdkafka's 1 s; a pass-through
         // value wins, as for the member.
-        if config.get("fetch.queue.backoff.ms").is_none() {
-            config.set("fetch.queue.backoff.ms", "10");
-        }
+        set_default(&mut config, "fetch.queue.backoff.ms", "10");
         config
     }
 
@@ -233,6 +229,13 @@ impl ClientSettings {
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky");
         config
+    }
+}
+
+/// Sets `key` to `value` unless a pass-through property already set it.
+fn set_default(config: &mut ClientConfig, key: &str, value: &str) {
+    if config.get(key).is_none() {
+        config.set(key, value);
     }
 }
 
