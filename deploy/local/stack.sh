@@ -41,9 +41,11 @@ die() { log "error: $*"; exit 1; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Whether the pid file names a running java process: after a restart of the machine its number
+# may belong to another program, or to a thread (kill -0 accepts a thread id).
 pid_alive() {
   local pidfile=$1
-  [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+  [[ -f $pidfile ]] && [[ $(ps -p "$(cat "$pidfile")" -o comm= 2>/dev/null) == java ]]
 }
 
 registry_java() {
