@@ -1,6 +1,6 @@
 //! The poll → process → commit loop.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,7 +19,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
@@ -175,7 +175,8 @@ impl From<StateError> for BatchError {
 
 /// One record on its way through a batch.
 struct Work {
-    /// Index into the batch.
+    /// Index into the batch, set when the batch is processed (the batch may have lost records
+    /// of revoked partitions since it was prepared).
     at: usize,
     route: usize,
     event: ChangeEvent,
@@ -183,8 +184,18 @@ struct Work {
     /// The output records' key.
     output_key: Vec<u8>,
     change: Change,
-    /// The mapped row (`after`, or `before` for deletes written as records).
-    mapped: Option<Row>,
+    /// The mapped row (`after`, or `before` for deletes written as records); `None` for a
+    /// delete written as a tombstone.
+    mapped: Option<Mapped>,
+}
+
+/// A mapped row, as the parallel pass left it.
+enum Mapped {
+    /// Encoded for each of the route's targets, in order. The row itself is gone: the batch
+    /// holds only the bytes.
+    Encoded(Vec<Result<Vec<u8>, CodecError>>),
+    /// A target's schema id was not known yet: the batch encodes the row, which registers it.
+    Row(Row),
 }
 
 /// Below this many records per thread, splitting a batch's decode and encode across threads
@@ -216,9 +227,6 @@ enum Prepared {
     /// Decoded, keyed, versioned and mapped.
     Work(Work),
 }
-
-/// One target's payload from the parallel encode; `None` while its schema id is unknown.
-type Encoded = Option<Result<Vec<u8>, CodecError>>;
 
 /// Changelog checkpoints: `(topic, partition, next offset)`.
 type Checkpoints = Vec<(String, i32, i64)>;
@@ -540,43 +548,57 @@ impl Pipeline {
         let mut last_record = Instant::now();
         let mut failures = Failures::default();
         let mut tally = self.metrics.tally();
-        let poll_and_prepare = async || {
-            let polled = poll_batch(consumer, flush, max_records, &options.shutdown).await?;
-            let prepared = self.prepare_batch(&polled.batch);
-            Ok::<_, RunError>((polled, prepared))
+        let poll = async |into: &mut Polled, wait| {
+            poll_batch(consumer, into, wait, flush, max_records, &options.shutdown).await
         };
-        // The next batch, polled and prepared while the state of the one before was written.
-        let mut ahead = None;
+        // The next batch: records polled, the first of them maybe prepared already.
+        let mut next = Polled::default();
+        // The group changes of the poll that filled `next` beside the last state write.
+        let mut filled = None;
         loop {
             self.metrics.beat();
             if options.shutdown.is_cancelled() {
                 break;
             }
             // Records polled ahead are input: never idle with them in hand.
-            let nothing_ahead = ahead
-                .as_ref()
-                .is_none_or(|(polled, _): &(Polled, _)| polled.batch.is_empty());
             if let Some(idle) = options.exit_when_idle
-                && nothing_ahead
+                && next.batch.is_empty()
                 && last_record.elapsed() >= idle
             {
                 tracing::info!(idle_secs = idle.as_secs(), "no input for a while; stopping");
                 break;
             }
-            let (polled, prepared) = match ahead.take() {
-                Some(ready) => ready,
-                None => poll_and_prepare().await?,
+            // Polls run only here and beside the state write, with no transaction open: a
+            // revocation never meets one (see `group`).
+            let changes = match filled.take() {
+                Some(changes) => changes,
+                None => poll(&mut next, Wait::Cadence).await?,
             };
-            summary.restored += self.follow_group(backend, polled.changes).await?;
-            let batch = polled.batch;
-            if batch.is_empty() {
+            summary.restored += self.follow_group(backend, changes).await?;
+            let mut current = std::mem::take(&mut next);
+            if current.batch.is_empty() {
+                continue;
+            }
+            self.prepare_rest(&mut current);
+            // What the consumer holds already is the batch after this one. It is prepared
+            // while this one's records are acknowledged, when the cores would idle.
+            let changes = poll(&mut next, Wait::Never).await?;
+            current.retain_owned(&changes.revoked);
+            summary.restored += self.follow_group(backend, changes).await?;
+            if current.batch.is_empty() {
                 continue;
             }
             last_record = Instant::now();
+            let Polled {
+                batch,
+                prepared,
+                started,
+            } = current;
             match self
                 .process(
                     &batch,
                     prepared,
+                    &mut next,
                     consumer,
                     producer,
                     guard,
@@ -592,22 +614,24 @@ impl Pipeline {
                     summary.dead_lettered += batch_summary.dead_lettered;
                     summary.tombstones += batch_summary.tombstones;
                     summary.commits += 1;
-                    self.metrics.committed(&mut tally, polled.started);
+                    self.metrics.committed(&mut tally, started);
                     failures = Failures::default();
                     // Kafka has committed: now, and only now, the state follows. The next batch
-                    // is polled and prepared meanwhile; as before, the poll (where rebalances
-                    // are served) runs with no transaction open. `join!` polls the write first,
-                    // so it is on its way before the prepare takes the cores. This batch's
-                    // records go first: two batches at once would raise the peak memory.
+                    // is filled and prepared meanwhile. `join!` polls the write first, so it is
+                    // on its way before the prepare takes the cores. This batch's records go
+                    // first: three batches at once would raise the peak memory.
                     drop(batch);
-                    let (written, next) =
-                        tokio::join!(guard.commit(checkpoints), poll_and_prepare());
+                    let (written, polled) = tokio::join!(guard.commit(checkpoints), async {
+                        let changes = poll(&mut next, Wait::Cadence).await?;
+                        self.prepare_rest(&mut next);
+                        Ok::<_, RunError>(changes)
+                    });
                     if let Err(e) = written {
                         guard.abort();
                         return Err(e.into());
                     }
                     fail::fail_point!("after_state_write");
-                    ahead = Some(next?);
+                    filled = Some(polled?);
                 }
                 Err(BatchError::Fatal(e)) => {
                     guard.abort();
@@ -620,7 +644,9 @@ impl Pipeline {
                     if exactly_once {
                         abort(producer).await?;
                     }
-                    rewind(consumer, &batch)?;
+                    // The next batch's records too: its partitions may not be in this one.
+                    rewind(consumer, batch.iter().chain(&next.batch))?;
+                    next = Polled::default();
                     summary.retries += 1;
                     self.metrics.aborted(&mut tally);
                     let wait = failures.next(self, &reason);
@@ -788,7 +814,7 @@ impl Pipeline {
     }
 
     /// Decodes, keys, versions and maps one record without waiting (the parallel pass).
-    fn prepare(&self, at: usize, msg: &OwnedMessage) -> Prepared {
+    fn prepare(&self, msg: &OwnedMessage) -> Prepared {
         let Some(route_index) = self.routes.iter().position(|r| r.matches(msg.topic())) else {
             return Prepared::Unrouted;
         };
@@ -800,7 +826,7 @@ impl Pipeline {
             .decoder
             .decode_cached(route.envelope, route.encoding, msg.key(), msg.payload())
         {
-            Ok(decoded) => self.prepare_decoded(at, route_index, decoded),
+            Ok(decoded) => self.prepare_decoded(route_index, decoded),
             Err(SchemaMissing(_)) => Prepared::SchemaMissing(route_index),
         }
     }
@@ -808,7 +834,6 @@ impl Pipeline {
     /// Keys, versions and maps one decoded record.
     fn prepare_decoded(
         &self,
-        at: usize,
         route_index: usize,
         decoded: Result<Decoded, CodecError>,
     ) -> Prepared {
@@ -850,17 +875,27 @@ impl Pipeline {
         } else {
             event.after.as_ref()
         };
-        let mapped = match source_row.map(|row| route.mapping.apply(row)).transpose() {
-            Ok(mapped) => mapped,
+        let row = match source_row.map(|row| route.mapping.apply(row)).transpose() {
+            Ok(row) => row,
             Err(e) => return poison(e.class(), e.to_string(), e.rule(), e.field()),
         };
+        // Encoded here, on all cores, for every target: most records are accepted, and the few
+        // the guard drops cost less than encoding on the batch's critical path would.
+        let mapped = row.map(|row| {
+            let encoded: Option<Vec<_>> = route
+                .targets
+                .iter()
+                .map(|target| target.encode_cached(&row))
+                .collect();
+            encoded.map_or(Mapped::Row(row), Mapped::Encoded)
+        });
         // Mapped: the batch keeps only what its output needs, not the decoded rows.
         let mut event = event;
         event.before = None;
         event.after = None;
         event.key = None;
         Prepared::Work(Work {
-            at,
+            at: 0,
             route: route_index,
             state_key: autoglm_state::state_key(&route.name, &entity_key),
             output_key: route.output_key(&entity_key),
@@ -876,12 +911,18 @@ impl Pipeline {
         batch
             .par_iter()
             .with_min_len(PARALLEL_MIN_RECORDS)
-            .enumerate()
-            .map(|(at, msg)| self.prepare(at, msg))
+            .map(|msg| self.prepare(msg))
             .collect()
     }
 
-    /// Processes one prepared batch in one transaction (or one offset commit, at least once).
+    /// Prepares the records of `polled` not prepared yet.
+    fn prepare_rest(&self, polled: &mut Polled) {
+        let rest = self.prepare_batch(&polled.batch[polled.prepared.len()..]);
+        polled.prepared.extend(rest);
+    }
+
+    /// Processes one prepared batch in one transaction (or one offset commit, at least once),
+    /// and prepares the rest of `next` while the broker acknowledges the batch's records.
     /// Returns, once Kafka committed, the changelog checkpoints for the state write that
     /// follows ([`VersionGuard::commit`]).
     #[allow(
@@ -892,6 +933,7 @@ impl Pipeline {
         &self,
         batch: &[OwnedMessage],
         prepared: Vec<Prepared>,
+        next: &mut Polled,
         consumer: &Arc<Member>,
         producer: &FutureProducer,
         guard: &mut VersionGuard<RocksBackend>,
@@ -923,7 +965,7 @@ impl Pipeline {
                         .decoder
                         .decode(route.envelope, route.encoding, msg.key(), msg.payload())
                         .await;
-                    self.prepare_decoded(at, route_index, decoded)
+                    self.prepare_decoded(route_index, decoded)
                 }
                 other => other,
             };
@@ -964,17 +1006,15 @@ impl Pipeline {
                     summary.dead_lettered += 1;
                     tally.dead_letter(route_index, poison.class);
                 }
-                Prepared::Work(w) => {
+                Prepared::Work(mut w) => {
+                    w.at = at;
                     tally.input(w.route);
                     work.push(w);
                 }
             }
         }
 
-        // One multi_get for the whole batch; later records of a key see earlier ones. While
-        // the state store reads, every mapped row is encoded for every target, on all cores:
-        // most are accepted, and the few that are not cost less than the wait. `None` where a
-        // target's schema id is not known yet (encoded below, registering it).
+        // One multi_get for the whole batch; later records of a key see earlier ones.
         let inputs: Vec<GuardInput<'_>> = work
             .iter()
             .map(|w| GuardInput {
@@ -984,32 +1024,19 @@ impl Pipeline {
             })
             .collect();
         let guarded_at = Instant::now();
-        // `join!` polls the guard first, so its read is on its way before the encode starts.
-        let (outcome, encoded) = tokio::join!(guard.process(&inputs, now_ms()), async {
-            work.par_iter()
-                .with_min_len(PARALLEL_MIN_RECORDS)
-                .map(|w| match &w.mapped {
-                    Some(row) => self.routes[w.route]
-                        .targets
-                        .iter()
-                        .map(|target| target.encode_cached(row))
-                        .collect(),
-                    None => Vec::new(),
-                })
-                .collect::<Vec<Vec<Encoded>>>()
-        });
-        let outcome = outcome?;
+        let outcome = guard.process(&inputs, now_ms()).await?;
         drop(inputs);
         let decided_at = Instant::now();
 
         let mut changelog_partition: foldhash::HashMap<&[u8], (usize, i32)> =
             foldhash::HashMap::with_capacity(work.len());
         let mut outgoing = Vec::with_capacity(work.len());
-        for (((w, decision), version), encoded) in work
+        let mapped: Vec<Option<Mapped>> = work.iter_mut().map(|w| w.mapped.take()).collect();
+        for (((w, decision), version), mapped) in work
             .iter()
             .zip(&outcome.decisions)
             .zip(&outcome.versions)
-            .zip(encoded)
+            .zip(mapped)
         {
             let msg = &batch[w.at];
             let route = &self.routes[w.route];
@@ -1024,16 +1051,21 @@ impl Pipeline {
                 continue;
             }
             changelog_partition.insert(&w.state_key, (w.route, msg.partition()));
+            let encoded: Vec<Option<Result<Vec<u8>, CodecError>>> = match mapped {
+                Some(Mapped::Encoded(encoded)) => encoded.into_iter().map(Some).collect(),
+                Some(Mapped::Row(row)) => {
+                    let mut encoded = Vec::with_capacity(route.targets.len());
+                    for target in &route.targets {
+                        encoded.push(Some(target.encode(&row).await));
+                    }
+                    encoded
+                }
+                // A delete written as a tombstone.
+                None => route.targets.iter().map(|_| None).collect(),
+            };
             let mut encoded = encoded.into_iter();
             for (t, target) in route.targets.iter().enumerate() {
-                let encoded = match &w.mapped {
-                    Some(row) => match encoded.next().flatten() {
-                        Some(result) => Some(result),
-                        None => Some(target.encode(row).await),
-                    },
-                    None => None,
-                };
-                let payload = match encoded {
+                let payload = match encoded.next().flatten() {
                     Some(Ok(bytes)) => Some(bytes),
                     Some(Err(e)) if e.class() == ErrorClass::Transient => {
                         return Err(BatchError::Transient(Transient(format!("encode: {e}"))));
@@ -1051,7 +1083,6 @@ impl Pipeline {
                         tally.dead_letter(w.route, e.class());
                         continue;
                     }
-                    // A delete written as a tombstone.
                     None => None,
                 };
                 outgoing.push(Outgoing {
@@ -1117,7 +1148,8 @@ impl Pipeline {
         // flush polls in 100 ms steps while anything is in flight, which made every transaction
         // last at least 100 ms. With nothing in flight the commit starts at once.
         let sent_at = Instant::now();
-        out.wait_all().await?;
+        let (acked, ()) = tokio::join!(out.wait_all(), async { self.prepare_rest(next) });
+        acked?;
         // Per route and partition.
         let mut checkpoints: HashMap<(usize, i32), i64> = HashMap::new();
         for (route, delivery) in changelog {
@@ -1155,7 +1187,7 @@ impl Pipeline {
             records = summary.records,
             process_ms = (produced - started).as_secs_f64() * 1e3,
             route_ms = (guarded_at - started).as_secs_f64() * 1e3,
-            guard_and_encode_ms = (decided_at - guarded_at).as_secs_f64() * 1e3,
+            guard_ms = (decided_at - guarded_at).as_secs_f64() * 1e3,
             send_ms = (sent_at - decided_at).as_secs_f64() * 1e3,
             acks_ms = (produced - sent_at).as_secs_f64() * 1e3,
             commit_ms = produced.elapsed().as_secs_f64() * 1e3,
@@ -1377,66 +1409,102 @@ fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, BatchError
 /// The processor's consumer: a static group member that reports rebalances.
 type Member = StreamConsumer<GroupContext>;
 
-/// One poll: the records of partitions this instance still owns, and what the group changed.
+/// The records of one batch, polled from partitions this instance owns.
+#[derive(Default)]
 struct Polled {
     batch: Vec<OwnedMessage>,
+    /// What the parallel pass made of the batch's first `prepared.len()` records.
+    prepared: Vec<Prepared>,
     /// When the batch's first record arrived.
     started: Option<Instant>,
-    /// Assigned and lost partitions since the last poll (revocations are applied to `batch`).
-    changes: Changes,
+}
+
+impl Polled {
+    /// Drops the records of `revoked` partitions, prepared or not.
+    fn retain_owned(&mut self, revoked: &HashSet<Partition>) {
+        if revoked.is_empty() {
+            return;
+        }
+        let owned: Vec<bool> = self
+            .batch
+            .iter()
+            .map(|m| !revoked.contains(&(m.topic().to_owned(), m.partition())))
+            .collect();
+        let mut keep = owned.iter().copied();
+        self.batch.retain(|_| keep.next().unwrap_or(false));
+        let mut keep = owned.iter().copied();
+        self.prepared.retain(|_| keep.next().unwrap_or(false));
+    }
+}
+
+/// How long a poll waits for records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Until the batch's first record is the flush interval old, or up to a second for a first
+    /// record.
+    Cadence,
+    /// Not at all: only records already in the local queue are taken.
+    Never,
 }
 
 /// How long ago `msg` was written, by its timestamp; zero if it has none or it is in the future.
-fn age(msg: &BorrowedMessage<'_>) -> Duration {
+fn age(msg: &impl Message) -> Duration {
     msg.timestamp()
         .to_millis()
         .and_then(|ts| u64::try_from(now_ms() - ts).ok())
         .map_or(Duration::ZERO, Duration::from_millis)
 }
 
-/// Polls until the first record is `flush` old (by its timestamp: a record that already waited
-/// while the previous batch was processed does not wait a whole interval again, which kept
-/// end-to-end latency at two intervals and more), `max` records arrived, or shutdown. Records
-/// already in the local queue are always taken, deadline or not.
+/// Polls records into `into` until its first record is `flush` old (by its timestamp: a record
+/// that already waited while the previous batch was processed does not wait a whole interval
+/// again, which kept end-to-end latency at two intervals and more), it holds `max` records, or
+/// shutdown; with [`Wait::Never`], until the local queue is empty. Records already in the local
+/// queue are always taken, deadline or not.
 /// Rebalances happen inside `recv`; after each one the records of revoked partitions are
-/// dropped unprocessed (their new owner reads them from the committed offsets).
+/// dropped unprocessed (their new owner reads them from the committed offsets). Returns what
+/// the group changed.
 async fn poll_batch(
     consumer: &Member,
+    into: &mut Polled,
+    wait: Wait,
     flush: Duration,
     max: usize,
     shutdown: &CancellationToken,
-) -> Result<Polled, RunError> {
-    let mut batch: Vec<OwnedMessage> = Vec::new();
+) -> Result<Changes, RunError> {
     let mut changes = Changes::default();
-    let mut started = None;
-    // Wait up to a second for the first record, then fill the batch until the cadence ends.
-    let mut deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-    while batch.len() < max {
+    let now = tokio::time::Instant::now();
+    let cadence = |first: &OwnedMessage| now + flush.saturating_sub(age(first));
+    let mut deadline = match (wait, into.batch.first()) {
+        (Wait::Never, _) => now,
+        (Wait::Cadence, Some(first)) => cadence(first),
+        // Wait up to a second for the first record.
+        (Wait::Cadence, None) => now + Duration::from_secs(1),
+    };
+    while into.batch.len() < max {
         let received = tokio::select! {
             _ = shutdown.cancelled() => None,
             r = tokio::time::timeout_at(deadline, consumer.recv()) => r.ok(),
         };
         let group = consumer.context().take();
         if !group.is_empty() {
-            let owned = |m: &OwnedMessage| {
-                !group
-                    .revoked
-                    .contains(&(m.topic().to_owned(), m.partition()))
-            };
-            batch.retain(owned);
+            into.retain_owned(&group.revoked);
             changes.assigned.retain(|p| !group.revoked.contains(p));
             changes.assigned.extend(group.assigned);
             changes.lost.extend(group.lost);
+            changes.revoked.extend(group.revoked);
             changes.rebalanced |= group.rebalanced;
         }
         match received {
             None => break,
             Some(Ok(msg)) => {
-                if batch.is_empty() {
-                    deadline = tokio::time::Instant::now() + flush.saturating_sub(age(&msg));
-                    started.get_or_insert_with(Instant::now);
+                let msg = msg.detach();
+                if into.batch.is_empty() {
+                    if wait == Wait::Cadence {
+                        deadline = cadence(&msg);
+                    }
+                    into.started.get_or_insert_with(Instant::now);
                 }
-                batch.push(msg.detach());
+                into.batch.push(msg);
             }
             Some(Err(e)) if classify(&e) == ErrorClass::Fatal => return Err(e.into()),
             Some(Err(e)) => {
@@ -1444,16 +1512,15 @@ async fn poll_batch(
             }
         }
     }
-    Ok(Polled {
-        batch,
-        started,
-        changes,
-    })
+    Ok(changes)
 }
 
 /// Seeks every partition of `batch` back to its first record, so the next poll reads the batch
 /// again (an aborted transaction's input).
-fn rewind(consumer: &Member, batch: &[OwnedMessage]) -> Result<(), RunError> {
+fn rewind<'m>(
+    consumer: &Member,
+    batch: impl IntoIterator<Item = &'m OwnedMessage>,
+) -> Result<(), RunError> {
     let mut first: HashMap<(&str, i32), i64> = HashMap::new();
     for msg in batch {
         let slot = first
