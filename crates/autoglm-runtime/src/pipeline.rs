@@ -548,12 +548,15 @@ impl Pipeline {
         let mut last_record = Instant::now();
         let mut failures = Failures::default();
         let mut tally = self.metrics.tally();
-        let poll = async |into: &mut Polled, wait| {
-            poll_batch(consumer, into, wait, flush, max_records, &options.shutdown).await
+        let poll = async |into: &mut Polled, wait, changes: &mut Changes| {
+            let shutdown = &options.shutdown;
+            poll_batch(consumer, into, wait, flush, max_records, shutdown, changes).await
         };
-        // The next batch: records polled, the first of them maybe prepared already.
+        // The next batch: records polled, the first of them maybe prepared already. And the
+        // records polled beyond it, if any.
         let mut next = Polled::default();
-        // The group changes of the poll that filled `next` beside the last state write.
+        let mut later = Polled::default();
+        // The group changes of the polls beside the last state write.
         let mut filled = None;
         loop {
             self.metrics.beat();
@@ -563,6 +566,7 @@ impl Pipeline {
             // Records polled ahead are input: never idle with them in hand.
             if let Some(idle) = options.exit_when_idle
                 && next.batch.is_empty()
+                && later.batch.is_empty()
                 && last_record.elapsed() >= idle
             {
                 tracing::info!(idle_secs = idle.as_secs(), "no input for a while; stopping");
@@ -572,17 +576,23 @@ impl Pipeline {
             // revocation never meets one (see `group`).
             let changes = match filled.take() {
                 Some(changes) => changes,
-                None => poll(&mut next, Wait::Cadence).await?,
+                None => {
+                    let mut changes = Changes::default();
+                    poll(&mut next, Wait::Cadence, &mut changes).await?;
+                    changes
+                }
             };
             summary.restored += self.follow_group(backend, changes).await?;
             let mut current = std::mem::take(&mut next);
+            next = std::mem::take(&mut later);
             if current.batch.is_empty() {
                 continue;
             }
             self.prepare_rest(&mut current);
             // What the consumer holds already is the batch after this one. It is prepared
             // while this one's records are acknowledged, when the cores would idle.
-            let changes = poll(&mut next, Wait::Never).await?;
+            let mut changes = Changes::default();
+            poll(&mut next, Wait::Never, &mut changes).await?;
             current.retain_owned(&changes.revoked);
             summary.restored += self.follow_group(backend, changes).await?;
             if current.batch.is_empty() {
@@ -622,8 +632,12 @@ impl Pipeline {
                     // first: three batches at once would raise the peak memory.
                     drop(batch);
                     let (written, polled) = tokio::join!(guard.commit(checkpoints), async {
-                        let changes = poll(&mut next, Wait::Cadence).await?;
+                        let mut changes = Changes::default();
+                        poll(&mut next, Wait::Cadence, &mut changes).await?;
                         self.prepare_rest(&mut next);
+                        // The batch after it, taken now rather than when the next one starts.
+                        poll(&mut later, Wait::Never, &mut changes).await?;
+                        next.retain_owned(&changes.revoked);
                         Ok::<_, RunError>(changes)
                     });
                     if let Err(e) = written {
@@ -644,9 +658,10 @@ impl Pipeline {
                     if exactly_once {
                         abort(producer).await?;
                     }
-                    // The next batch's records too: its partitions may not be in this one.
-                    rewind(consumer, batch.iter().chain(&next.batch))?;
+                    // The records polled ahead too: their partitions may not be in this batch.
+                    rewind(consumer, batch.iter().chain(&next.batch).chain(&later.batch))?;
                     next = Polled::default();
+                    later = Polled::default();
                     summary.retries += 1;
                     self.metrics.aborted(&mut tally);
                     let wait = failures.next(self, &reason);
@@ -1461,8 +1476,8 @@ fn age(msg: &impl Message) -> Duration {
 /// shutdown; with [`Wait::Never`], until the local queue is empty. Records already in the local
 /// queue are always taken, deadline or not.
 /// Rebalances happen inside `recv`; after each one the records of revoked partitions are
-/// dropped unprocessed (their new owner reads them from the committed offsets). Returns what
-/// the group changed.
+/// dropped unprocessed (their new owner reads them from the committed offsets). What the group
+/// changed is added to `changes`.
 async fn poll_batch(
     consumer: &Member,
     into: &mut Polled,
@@ -1470,8 +1485,8 @@ async fn poll_batch(
     flush: Duration,
     max: usize,
     shutdown: &CancellationToken,
-) -> Result<Changes, RunError> {
-    let mut changes = Changes::default();
+    changes: &mut Changes,
+) -> Result<(), RunError> {
     let now = tokio::time::Instant::now();
     let cadence = |first: &OwnedMessage| now + flush.saturating_sub(age(first));
     let mut deadline = match (wait, into.batch.first()) {
@@ -1512,7 +1527,7 @@ async fn poll_batch(
             }
         }
     }
-    Ok(changes)
+    Ok(())
 }
 
 /// Seeks every partition of `batch` back to its first record, so the next poll reads the batch
