@@ -2,25 +2,29 @@
 //!
 //! ```text
 //!  poll batch (≤ max_records or flush_interval_ms)
-//!     │ decode ─► route ─► key + version ─► guard.process (one multi_get)
-//!     │                                        │ accepted: map ─► encode ─► target topics
-//!     │                                        │ stale/duplicate: counted (─► audit topic)
+//!     │ decode ─► route ─► key + version ─► map ─► encode (the parallel pass, done ahead)
+//!     │ guard.process (one multi_get)
+//!     │    accepted: encoded rows ─► target topics
+//!     │    stale/duplicate: counted (─► audit topic)
 //!     │ poison at any step ─► DLQ topic (original bytes + reason headers)
 //!     ▼
-//!  changelog records (state entries) ─► send_offsets_to_transaction ─► commit
+//!  changelog records (state entries) ─► wait for the acks ─► send_offsets_to_transaction ─► commit
+//!     ‖ meanwhile: the parallel pass of the next batch
 //!     ▼
 //!  guard.commit ─► one RocksDB WriteBatch (state follows commits)
-//!     ‖ meanwhile: poll and prepare (decode, key, version, map) the next batch
+//!     ‖ meanwhile: poll the rest of the next batch and the one after it
 //! ```
 //!
 //! The per-record CPU work runs on all cores (rayon's pool: `RAYON_NUM_THREADS` sizes it,
-//! default one thread per core): decode, key, version and map for the whole batch at once; the
-//! encode of every mapped row while the guard reads the store; and the produce calls, each
-//! key's records from one thread in input order (a key's records share a partition). Everything
-//! else that orders — dead letters, guard decisions — runs in input order on the loop's task. A
-//! record whose writer schema, or a target whose schema id, is not known yet waits for the
-//! registry on that task instead, once per schema. The next batch is polled only once Kafka
-//! committed, so a rebalance never meets an open transaction.
+//! default one thread per core): decode, key, version, map and encode for a whole batch at once,
+//! while the batch before it waits for the broker's acknowledgements; and the produce calls,
+//! each key's records from one thread in input order (a key's records share a partition).
+//! Everything else that orders — dead letters, guard decisions — runs in input order on the
+//! loop's task. A record whose writer schema, or a target whose schema id, is not known yet
+//! waits for the registry on that task instead, once per schema. Records are polled only
+//! between transactions (after a commit, beside the state write, and right before the next
+//! transaction begins), so a rebalance never meets an open transaction; records polled ahead
+//! of partitions it revokes are dropped, prepared or not.
 //!
 //! Scale-out (the `group` module): the consumer is a static member of the group with
 //! cooperative-sticky assignment. Rebalances happen inside `recv`, between transactions; an
