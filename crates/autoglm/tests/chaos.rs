@@ -167,6 +167,17 @@ struct Fleet<'j> {
     unexpected_exits: usize,
 }
 
+/// A failed assertion must not leave instances running: they stay in the group, poll the broker
+/// and take CPU from whatever runs next (a later `make bench` measured four of them).
+impl Drop for Fleet<'_> {
+    fn drop(&mut self) {
+        for child in self.running.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl<'j> Fleet<'j> {
     fn start(&mut self, instance: usize) {
         self.start_with(instance, &[]);
