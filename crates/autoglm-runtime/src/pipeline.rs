@@ -659,7 +659,10 @@ impl Pipeline {
                         abort(producer).await?;
                     }
                     // The records polled ahead too: their partitions may not be in this batch.
-                    rewind(consumer, batch.iter().chain(&next.batch).chain(&later.batch))?;
+                    rewind(
+                        consumer,
+                        batch.iter().chain(&next.batch).chain(&later.batch),
+                    )?;
                     next = Polled::default();
                     later = Polled::default();
                     summary.retries += 1;
