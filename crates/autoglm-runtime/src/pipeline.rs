@@ -1081,9 +1081,8 @@ impl Pipeline {
                 // A delete written as a tombstone.
                 None => route.targets.iter().map(|_| None).collect(),
             };
-            let mut encoded = encoded.into_iter();
-            for (t, target) in route.targets.iter().enumerate() {
-                let payload = match encoded.next().flatten() {
+            for ((t, target), encoded) in route.targets.iter().enumerate().zip(encoded) {
+                let payload = match encoded {
                     Some(Ok(bytes)) => Some(bytes),
                     Some(Err(e)) if e.class() == ErrorClass::Transient => {
                         return Err(BatchError::Transient(Transient(format!("encode: {e}"))));
