@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use arc_swap::ArcSwap;
 use regex::{Regex, RegexBuilder};
 use rustc_hash::FxHashMap;
 use serde_json::Value;
@@ -18,10 +19,11 @@ use crate::time::{TimeInput, TimeOutput, truncate};
 /// defaults and constants converted. Applying it is pure and never panics.
 ///
 /// Source names are resolved (drop → exact rename → first matching rule → unchanged, then
-/// `keep`) once per distinct name: the names the spec mentions are resolved at compile time,
-/// the source schema's names by [`Mapping::prime`]. A name seen in neither is resolved on each
-/// record (a hash miss plus the rename rules, no lock, no shared mutation), so call `prime` at
-/// start-up and again when the source schema changes.
+/// `keep`) once per distinct name: the names the spec mentions at compile time, the others on
+/// the first row that has them (or by [`Mapping::prime`]). The resolved names are shared by
+/// every clone and thread that applies the mapping: a row reads them without a lock, and a row
+/// with new names adds them copy-on-write. Past 4,096 names (input that invents field names), a
+/// new name is resolved on each row instead.
 ///
 /// Per record, [`apply`](Mapping::apply) does one hash lookup per source field, copies the
 /// fields that pass through, converts the `fields` entries from borrowed values, and builds the
@@ -39,9 +41,23 @@ pub struct Mapping {
     /// `fields` name → index.
     field_index: HashMap<String, usize>,
     fields: Vec<Field>,
-    /// Resolved source names. Fx hashing: the keys are schema field names, and `apply` only
-    /// reads the table, so hostile input cannot grow it.
-    names: FxHashMap<String, Decision>,
+    /// Resolved source names.
+    names: Decisions,
+}
+
+/// How many resolved source names a mapping keeps.
+pub(crate) const REMEMBERED_NAMES: usize = 4096;
+
+/// Resolved source names, read by every thread without a lock (one `ArcSwap` load per row) and
+/// replaced whole when a row brings new ones. Fx hashing: the keys are field names, and the
+/// table is bounded, so hostile input cannot grow it without end.
+#[derive(Debug, Default)]
+struct Decisions(ArcSwap<FxHashMap<String, Decision>>);
+
+impl Clone for Decisions {
+    fn clone(&self) -> Decisions {
+        Decisions(ArcSwap::new(self.0.load_full()))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -451,7 +467,7 @@ impl Mapping {
             keep,
             field_index,
             fields,
-            names: FxHashMap::default(),
+            names: Decisions::default(),
         };
         let mentioned: Vec<String> = spec
             .rename
@@ -476,16 +492,31 @@ impl Mapping {
         &self.spec
     }
 
-    /// Resolves these source field names once, so [`apply`](Mapping::apply) finds them with one
-    /// hash lookup. Call it with the source schema's top-level names at start-up (and after a
-    /// schema change); unknown names still work, only slower.
+    /// Resolves these source field names now rather than on the first row that has them.
     pub fn prime(&mut self, source_fields: &[String]) {
-        for name in source_fields {
-            if !self.names.contains_key(name) {
-                let decision = self.decide(name);
-                self.names.insert(name.clone(), decision);
+        self.remember(source_fields.iter().map(String::as_str));
+    }
+
+    /// How many source names are resolved and remembered.
+    #[cfg(test)]
+    pub(crate) fn remembered(&self) -> usize {
+        self.names.0.load().len()
+    }
+
+    /// Adds the decisions of `names` to the shared table, up to `REMEMBERED_NAMES`.
+    fn remember<'n>(&self, names: impl IntoIterator<Item = &'n str> + Clone) {
+        self.names.0.rcu(|known| {
+            let mut table = FxHashMap::clone(known);
+            for name in names.clone() {
+                if table.len() >= REMEMBERED_NAMES {
+                    break;
+                }
+                if !table.contains_key(name) {
+                    table.insert(name.to_owned(), self.decide(name));
+                }
             }
-        }
+            table
+        });
     }
 
     /// The target name of a source field after exact renames and rules, ignoring drop and keep.
@@ -537,19 +568,22 @@ impl Mapping {
         }
     }
 
-    /// Maps one row. Pure: the same row always gives the same result, and nothing is shared or
-    /// mutated. A failure names the route, the rule, the field and the value; it is
+    /// Maps one row. Pure: the same row always gives the same result. The one thing it may
+    /// change is the shared table of resolved names, which changes no result. A failure names the route, the rule, the field and the value; it is
     /// [`Poison`](autoglm_core::ErrorClass::Poison).
     pub fn apply(&self, row: &Row) -> Result<Row, MappingError> {
         let mut out: Vec<(String, Value)> = Vec::with_capacity(row.len() + self.fields.len());
         // The source field (name, value) each pass-through-reading `fields` entry takes.
         let mut slots: Vec<Option<(&str, &Value)>> = vec![None; self.fields.len()];
+        let names = self.names.0.load();
+        let mut unseen: Vec<&str> = Vec::new();
         for (name, value) in row {
             let fresh;
-            let decision = match self.names.get(name) {
+            let decision = match names.get(name) {
                 Some(d) => d,
                 None => {
                     fresh = self.decide(name);
+                    unseen.push(name);
                     &fresh
                 }
             };
@@ -566,6 +600,10 @@ impl Mapping {
                 }
             }
         }
+        if !unseen.is_empty() && names.len() < REMEMBERED_NAMES {
+            self.remember(unseen);
+        }
+        drop(names);
         for (field, slot) in self.fields.iter().zip(&slots) {
             if let Some(value) = self.apply_field(field, row, *slot)? {
                 out.push((field.name.clone(), value));

@@ -593,6 +593,33 @@ drop: [secret]
     );
 }
 
+#[test]
+fn names_are_resolved_once_and_the_table_is_bounded() {
+    use crate::mapping::REMEMBERED_NAMES;
+    let m = mapping(ORIGIN_RULES);
+    let known = m.remembered();
+    let input = row(json!({"usr_name": 1, "Email": 2, "other": 3}));
+    let expected = row(json!({"user_name": 1, "email_address": 2, "other": 3}));
+    assert_eq!(m.apply(&input).expect("maps"), expected);
+    assert_eq!(m.remembered(), known + 3);
+    // Now from the table, with the same result; a clone starts with what is known.
+    assert_eq!(m.apply(&input).expect("maps"), expected);
+    assert_eq!(m.clone().remembered(), known + 3);
+
+    // A row inventing more names than the bound fills the table to it, and maps the same.
+    let invented: Row = (0..REMEMBERED_NAMES + 10)
+        .map(|i| (format!("f{i}"), json!(i)))
+        .collect();
+    assert_eq!(m.apply(&invented).expect("maps"), invented);
+    assert_eq!(m.remembered(), REMEMBERED_NAMES);
+    let late = row(json!({"usr_name": 1, "late_name": 2}));
+    assert_eq!(
+        m.apply(&late).expect("maps"),
+        row(json!({"user_name": 1, "late_name": 2}))
+    );
+    assert_eq!(m.remembered(), REMEMBERED_NAMES);
+}
+
 /// Mostly the names the spec below mentions, so conversions really run.
 fn arb_key() -> impl Strategy<Value = String> {
     prop_oneof![
