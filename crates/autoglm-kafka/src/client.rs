@@ -93,15 +93,6 @@ impl ClientSettings {
         Ok(self)
     }
 
-    fn producer_config(&self) -> ClientConfig {
-        let mut config = self.client_config();
-        for (key, value) in &self.producer_extra {
-            config.set(key, value);
-        }
-        config.set("enable.idempotence", "true");
-        config
-    }
-
     /// The bootstrap servers.
     pub fn bootstrap_servers(&self) -> &str {
         &self.bootstrap_servers
@@ -125,20 +116,38 @@ impl ClientSettings {
         &self,
         transactional_id: &str,
     ) -> Result<FutureProducer, KafkaError> {
-        self.producer_config()
+        self.transactional_config(transactional_id).create()
+    }
+
+    /// The config of [`transactional_producer`](Self::transactional_producer), for a producer
+    /// with a context of its own (`create_with_context`).
+    pub fn transactional_config(&self, transactional_id: &str) -> ClientConfig {
+        let mut config = self.producer_config();
+        config
             .set("transactional.id", transactional_id)
             // A crashed or paused instance's open transaction holds back the committed end of
             // its partitions (the next owner's restore and reads wait for it) until the broker
             // aborts it: keep that short, as Kafka Streams does (10 s). Commits come every
             // flush_interval_ms, far below it. Delivery must time out before the transaction.
             .set("transaction.timeout.ms", "15000")
-            .set("message.timeout.ms", "10000")
-            .create()
+            .set("message.timeout.ms", "10000");
+        config
     }
 
     /// An idempotent producer without transactions, for at-least-once output.
     pub fn idempotent_producer(&self) -> Result<FutureProducer, KafkaError> {
         self.producer_config().create()
+    }
+
+    /// The config of [`idempotent_producer`](Self::idempotent_producer), for a producer with a
+    /// context of its own.
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut config = self.client_config();
+        for (key, value) in &self.producer_extra {
+            config.set(key, value);
+        }
+        config.set("enable.idempotence", "true");
+        config
     }
 
     /// A consumer in `group_id` that only sees committed records and never commits on its own:

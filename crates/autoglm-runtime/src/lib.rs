@@ -8,7 +8,7 @@
 //!     │    stale/duplicate: counted (─► audit topic)
 //!     │ poison at any step ─► DLQ topic (original bytes + reason headers)
 //!     ▼
-//!  changelog records (state entries) ─► wait for the acks ─► send_offsets_to_transaction ─► commit
+//!  changelog records (state entries) ─► wait for the acks (counted, `acks`) ─► send_offsets_to_transaction ─► commit
 //!     ‖ meanwhile: the parallel pass of the next batch
 //!     ▼
 //!  guard.commit ─► one RocksDB WriteBatch (state follows commits)
@@ -45,6 +45,7 @@
 //! attempts it keeps waiting and says so once a minute — it never skips. A fatal error (fenced,
 //! authorization, configuration) stops the pipeline with an error and a non-zero exit.
 
+mod acks;
 mod group;
 mod metrics;
 mod pipeline;

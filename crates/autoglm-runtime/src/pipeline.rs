@@ -20,11 +20,12 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use crate::acks::{AckingProducer, Acks, Kind, Ticket, Written};
 use crate::group::{Changes, GroupContext, Partition};
 use crate::metrics::{Endpoint, Metrics, Tally};
 use crate::restore::restore;
@@ -466,12 +467,14 @@ impl Pipeline {
         // The producer first: init_transactions aborts this instance's own open transaction
         // (after a kill), which would otherwise hold back the changelog's committed end that
         // the restore of an assigned partition reads up to.
-        let producer = if exactly_once {
-            let producer = self
-                .settings
-                .transactional_producer(&self.config.transactional_id())?;
+        let producer: Arc<AckingProducer> = if exactly_once {
+            let producer: Arc<AckingProducer> = Arc::new(
+                self.settings
+                    .transactional_config(&self.config.transactional_id())
+                    .create_with_context(Acks::default())?,
+            );
             self.retry_transient("init_transactions", &options.shutdown, || {
-                let p = producer.clone();
+                let p = Arc::clone(&producer);
                 async move {
                     tokio::task::spawn_blocking(move || p.init_transactions(TXN_TIMEOUT))
                         .await
@@ -482,7 +485,11 @@ impl Pipeline {
             .await?;
             producer
         } else {
-            self.settings.idempotent_producer()?
+            Arc::new(
+                self.settings
+                    .producer_config()
+                    .create_with_context(Acks::default())?,
+            )
         };
         self.metrics.producer_ready();
         let consumer: Arc<Member> = Arc::new(self.settings.member_consumer(
@@ -537,7 +544,7 @@ impl Pipeline {
         &self,
         backend: &RocksBackend,
         consumer: &Arc<Member>,
-        producer: &FutureProducer,
+        producer: &Arc<AckingProducer>,
         guard: &mut VersionGuard<RocksBackend>,
         options: &RunOptions,
     ) -> Result<RunSummary, RunError> {
@@ -953,7 +960,7 @@ impl Pipeline {
         prepared: Vec<Prepared>,
         next: &mut Polled,
         consumer: &Arc<Member>,
-        producer: &FutureProducer,
+        producer: &Arc<AckingProducer>,
         guard: &mut VersionGuard<RocksBackend>,
         exactly_once: bool,
         tally: &mut Tally,
@@ -964,6 +971,7 @@ impl Pipeline {
         }
         fail::fail_point!("before_produce");
         let mut out = Output::new(producer);
+        let ticket = out.ticket;
         let mut summary = RunSummary {
             records: batch.len() as u64,
             ..RunSummary::default()
@@ -1141,24 +1149,19 @@ impl Pipeline {
         let sent = (0..shards)
             .into_par_iter()
             .map(|shard| {
-                let outputs = outgoing
-                    .iter()
-                    .filter(|o| shard_of(o.key) == shard)
-                    .map(|o| o.send(producer))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let changes = entries
-                    .iter()
-                    .filter(|c| shard_of(c.key) == shard)
-                    .map(|c| Ok((c.route, c.send(producer, &self.routes[c.route])?)))
-                    .collect::<Result<Vec<_>, BatchError>>()?;
-                Ok((outputs, changes))
+                let mut sent = 0;
+                for o in outgoing.iter().filter(|o| shard_of(o.key) == shard) {
+                    o.send(producer, ticket)?;
+                    sent += 1;
+                }
+                for c in entries.iter().filter(|c| shard_of(c.key) == shard) {
+                    c.send(producer, &self.routes[c.route], ticket)?;
+                    sent += 1;
+                }
+                Ok::<usize, BatchError>(sent)
             })
-            .collect::<Result<Vec<_>, BatchError>>()?;
-        let mut changelog = Vec::with_capacity(entries.len());
-        for (outputs, changes) in sent {
-            out.deliveries.extend(outputs);
-            changelog.extend(changes);
-        }
+            .try_reduce(|| 0, |a, b| Ok(a + b))?;
+        out.sent += sent;
 
         // Every record acknowledged before the commit, and the changelog's offsets known. The
         // wait matters for speed too: rust-rdkafka's commit_transaction flushes first, and its
@@ -1166,14 +1169,8 @@ impl Pipeline {
         // last at least 100 ms. With nothing in flight the commit starts at once.
         let sent_at = Instant::now();
         let (acked, ()) = tokio::join!(out.wait_all(), async { self.prepare_rest(next) });
-        acked?;
         // Per route and partition.
-        let mut checkpoints: HashMap<(usize, i32), i64> = HashMap::new();
-        for (route, delivery) in changelog {
-            let (partition, offset) = delivered(delivery).await?;
-            let slot = checkpoints.entry((route, partition)).or_insert(offset + 1);
-            *slot = (*slot).max(offset + 1);
-        }
+        let checkpoints = acked?;
         if exactly_once {
             drain_delivery_reports(producer).await;
         }
@@ -1185,7 +1182,7 @@ impl Pipeline {
             let metadata = consumer
                 .group_metadata()
                 .ok_or_else(|| BatchError::Transient(Transient("no group metadata yet".into())))?;
-            let p = producer.clone();
+            let p = Arc::clone(producer);
             blocking(move || {
                 p.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT)?;
                 fail::fail_point!("after_send_offsets");
@@ -1231,7 +1228,7 @@ struct Outgoing<'b> {
 }
 
 impl Outgoing<'_> {
-    fn send(&self, producer: &FutureProducer) -> Result<DeliveryFuture, BatchError> {
+    fn send(&self, producer: &AckingProducer, ticket: Ticket) -> Result<(), BatchError> {
         let source = self.source;
         let partition = source.partition().to_string();
         let offset = source.offset().to_string();
@@ -1244,7 +1241,9 @@ impl Outgoing<'_> {
         if let Some(trace) = traceparent(source) {
             headers = headers.insert(header("traceparent", &trace));
         }
-        let mut record = FutureRecord::to(self.topic).key(self.key).headers(headers);
+        let mut record = BaseRecord::with_opaque_to(self.topic, ticket.opaque(Kind::Output))
+            .key(self.key)
+            .headers(headers);
         // The source record's time travels with the change, as in Kafka Streams: a consumer
         // can tell how old a change is, and retention treats it like its source.
         if let Some(ms) = source.timestamp().to_millis() {
@@ -1268,10 +1267,12 @@ struct ChangelogEntry<'b> {
 impl ChangelogEntry<'_> {
     fn send(
         &self,
-        producer: &FutureProducer,
+        producer: &AckingProducer,
         route: &RouteRuntime,
-    ) -> Result<DeliveryFuture, BatchError> {
-        let record = FutureRecord::to(&route.changelog_topic)
+        ticket: Ticket,
+    ) -> Result<(), BatchError> {
+        let opaque = ticket.opaque(Kind::Changelog(self.route));
+        let record = BaseRecord::with_opaque_to(&route.changelog_topic, opaque)
             .key(self.key)
             .payload(self.entry)
             .partition(self.partition);
@@ -1282,25 +1283,26 @@ impl ChangelogEntry<'_> {
 /// Enqueues `record`. A record that cannot be enqueued fails the batch (it is retried), so
 /// nothing is dropped silently.
 fn send(
-    producer: &FutureProducer,
-    record: FutureRecord<'_, [u8], [u8]>,
-) -> Result<DeliveryFuture, BatchError> {
-    producer
-        .send_result(record)
-        .map_err(|(e, _)| BatchError::from(e))
+    producer: &AckingProducer,
+    record: BaseRecord<'_, [u8], [u8], usize>,
+) -> Result<(), BatchError> {
+    producer.send(record).map_err(|(e, _)| BatchError::from(e))
 }
 
-/// Produces the batch's records and remembers their delivery futures.
+/// Produces the batch's records and counts them for [`Acks`].
 struct Output<'p> {
-    producer: &'p FutureProducer,
-    deliveries: Vec<DeliveryFuture>,
+    producer: &'p AckingProducer,
+    ticket: Ticket,
+    sent: usize,
 }
 
 impl<'p> Output<'p> {
-    fn new(producer: &'p FutureProducer) -> Output<'p> {
+    /// Starts a batch: delivery reports of earlier ones no longer count.
+    fn new(producer: &'p AckingProducer) -> Output<'p> {
         Output {
             producer,
-            deliveries: Vec::new(),
+            ticket: producer.context().begin(),
+            sent: 0,
         }
     }
 
@@ -1352,40 +1354,31 @@ impl<'p> Output<'p> {
         msg: &OwnedMessage,
         headers: OwnedHeaders,
     ) -> Result<(), BatchError> {
-        let mut record = FutureRecord::to(topic).headers(headers);
+        let mut record =
+            BaseRecord::with_opaque_to(topic, self.ticket.opaque(Kind::Output)).headers(headers);
         if let Some(key) = msg.key() {
             record = record.key(key);
         }
         if let Some(payload) = msg.payload() {
             record = record.payload(payload);
         }
-        let delivery = send(self.producer, record)?;
-        self.deliveries.push(delivery);
+        send(self.producer, record)?;
+        self.sent += 1;
         Ok(())
     }
 
-    /// Waits until every record is acknowledged; the first failure fails the batch.
-    async fn wait_all(&mut self) -> Result<(), BatchError> {
-        for delivery in self.deliveries.drain(..) {
-            delivered(delivery).await?;
-        }
-        Ok(())
+    /// Waits until every record sent is acknowledged and returns the changelog checkpoints;
+    /// the first failure fails the batch.
+    async fn wait_all(&self) -> Result<Written, BatchError> {
+        let acks = self.producer.context();
+        acks.wait(self.sent).await.map_err(BatchError::from)
     }
 }
 
-/// The partition and offset a record was written at.
-async fn delivered(delivery: DeliveryFuture) -> Result<(i32, i64), BatchError> {
-    match delivery.await {
-        Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
-        Ok(Err((e, _))) => Err(e.into()),
-        Err(_) => Err(BatchError::Transient(Transient("delivery canceled".into()))),
-    }
-}
-
-/// Waits (at most a second) until the producer has released every delivery report: a delivery
-/// future completes inside the report's callback, a moment before librdkafka stops counting
-/// the record as in flight.
-async fn drain_delivery_reports(producer: &FutureProducer) {
+/// Waits (at most a second) until the producer has released every delivery report: a report
+/// is counted inside its callback, a moment before librdkafka stops counting the record as in
+/// flight.
+async fn drain_delivery_reports(producer: &AckingProducer) {
     let deadline = Instant::now() + Duration::from_secs(1);
     while producer.in_flight_count() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -1597,8 +1590,8 @@ impl Failures {
     }
 }
 
-async fn abort(producer: &FutureProducer) -> Result<(), RunError> {
-    let p = producer.clone();
+async fn abort(producer: &Arc<AckingProducer>) -> Result<(), RunError> {
+    let p = Arc::clone(producer);
     match blocking(move || p.abort_transaction(TXN_TIMEOUT)).await {
         Ok(()) => Ok(()),
         Err(BatchError::Fatal(e)) => Err(e),
