@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use autoglm_codec::Compatibility;
 use autoglm_config::Overrides;
+use autoglm_core::chain;
 use autoglm_runtime::{Pipeline, RunError, SchemaCheck};
 use autoglm_tests::{Stack, repo_root, stack, unique};
 use serde_json::{Value, json};
@@ -279,14 +280,4 @@ async fn check_against_the_registry_root_fails_instead_of_reporting_a_new_subjec
         .expect_err("the root is not the Confluent API");
     let text = chain(&err);
     assert!(text.contains("HTTP 404"), "{text}");
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text = format!("{text}: {e}");
-        source = e.source();
-    }
-    text
 }

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use apache_avro::Schema;
 use apache_avro::schema_compatibility::SchemaCompatibility;
+use autoglm_core::chain;
 use reqwest::{Method, StatusCode};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use serde_json::{Value as Json, json};
@@ -446,18 +447,6 @@ fn registry_messages(body: &Json) -> Vec<String> {
     }
     messages.retain(|m| !m.trim().is_empty());
     messages
-}
-
-/// An error and its sources, `: `-separated (apache-avro nests field mismatches as sources).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 /// `url` with any `user:password@` removed.

@@ -45,6 +45,19 @@ pub trait Classify {
     fn class(&self) -> ErrorClass;
 }
 
+/// An error and its sources, `outer: inner: …`, for one log line or message (apache-avro, for
+/// one, nests field mismatches as sources).
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +76,23 @@ mod tests {
             .map(|c| c.to_string())
             .collect();
         assert_eq!(names, ["transient", "poison", "fatal"]);
+    }
+
+    #[test]
+    fn a_chain_names_every_source() {
+        #[derive(Debug)]
+        struct Outer(fmt::Error);
+        impl fmt::Display for Outer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("outer")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        assert_eq!(chain(&Outer(fmt::Error)), format!("outer: {}", fmt::Error));
+        assert_eq!(chain(&fmt::Error), fmt::Error.to_string());
     }
 }

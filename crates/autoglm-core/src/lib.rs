@@ -14,6 +14,6 @@ mod error_class;
 mod event;
 mod version;
 
-pub use error_class::{Classify, ErrorClass};
+pub use error_class::{Classify, ErrorClass, chain};
 pub use event::{ChangeEvent, Op, Row, SourcePosition};
 pub use version::Version;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use autoglm_codec::{CodecError, Compatibility, Decoded, Decoder, RegistryClient, SchemaMissing};
 use autoglm_config::{Config, DeleteMode};
-use autoglm_core::{ChangeEvent, Classify, ErrorClass, Row};
+use autoglm_core::{ChangeEvent, Classify, ErrorClass, Row, chain};
 use autoglm_kafka::{ClientSettings, classify, is_fencing};
 use autoglm_state::{
     Change, Decision, GuardInput, KvBackend, RocksBackend, RocksOptions, StateError, VersionGuard,
@@ -94,18 +94,6 @@ fn fenced_reason(error: &KafkaError) -> &'static str {
     } else {
         ""
     }
-}
-
-/// An error and its sources, `outer: inner: …`, for one log line.
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 impl From<KafkaError> for RunError {
