@@ -331,6 +331,74 @@ routes:
     let _ = std::fs::remove_dir_all(&state);
 }
 
+/// `commit.max_bytes` closes a batch by size: with 1 byte, every transaction (and every batch
+/// polled ahead) holds exactly one record, however many the consumer has at hand.
+#[tokio::test]
+async fn a_batch_is_bounded_by_bytes_as_well_as_records() {
+    let stack = stack().await;
+    let t = Topics {
+        source: unique("sized"),
+        target: unique("out"),
+        dlq: unique("dlq"),
+        group: unique("g"),
+    };
+    let kafka = stack.kafka();
+    recreate_topics(&kafka, &[&t.source, &t.target, &t.dlq], 2)
+        .await
+        .expect("topics");
+    let state = tempfile_dir();
+    let yaml = format!(
+        r#"
+kafka: {{ bootstrap_servers: "{bootstrap}", group_id: {group} }}
+event_queue: {{ storage_path: {state} }}
+commit: {{ max_records: 1000, max_bytes: 1 }}
+routes:
+  - name: sized
+    source: {{ topic: {source}, envelope: upsert, encoding: json }}
+    key_fields: [id]
+    version: {{ column: rev }}
+    targets: [ {{ topic: {target}, format: json }} ]
+    dlq_topic: {dlq}
+"#,
+        bootstrap = stack.bootstrap,
+        group = t.group,
+        state = state.display(),
+        source = t.source,
+        target = t.target,
+        dlq = t.dlq,
+    );
+    let config =
+        autoglm_config::parse(&yaml, "test", &repo_root(), Overrides::None).expect("valid");
+    let producer: rdkafka::producer::FutureProducer =
+        kafka.client_config().create().expect("producer");
+    const RECORDS: u64 = 12;
+    for id in 0..RECORDS {
+        let value = serde_json::json!({"id": id, "rev": 1, "note": "x".repeat(100)}).to_string();
+        let key = id.to_string();
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(&t.source)
+                    .key(&key)
+                    .payload(&value),
+                rdkafka::util::Timeout::After(Duration::from_secs(30)),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+    let summary = run(config).await;
+    assert_eq!(
+        (summary.records, summary.emitted, summary.commits),
+        (RECORDS, RECORDS, RECORDS),
+        "{summary:?}"
+    );
+    let out = read_committed(&kafka, None, &t.target, Duration::from_secs(3))
+        .await
+        .expect("read");
+    assert_eq!(out.len() as u64, RECORDS);
+    let _ = std::fs::remove_dir_all(&state);
+}
+
 #[tokio::test]
 async fn registry_outage_delays_the_stream_but_loses_and_duplicates_nothing() {
     let stack = stack().await;

@@ -222,6 +222,20 @@ routes:
     }
 
     #[test]
+    fn empty_batches_are_refused_by_key() {
+        let text = format!("{BASE}commit: {{ max_records: 0, max_bytes: 0 }}\n");
+        let found = problems(&text).join("\n");
+        assert!(
+            found.contains("commit.max_records: must be at least 1"),
+            "{found}"
+        );
+        assert!(
+            found.contains("commit.max_bytes: must be at least 1"),
+            "{found}"
+        );
+    }
+
+    #[test]
     fn mapping_onto_a_field_the_target_schema_lacks_is_an_error() {
         let text = BASE.replace(
             "    dlq_topic: crm.customers.dlq",

@@ -109,6 +109,9 @@ pub(crate) fn validate(config: &Config, base_dir: &Path) -> Vec<Problem> {
     if config.commit.max_records == 0 {
         problem("commit.max_records".into(), "must be at least 1".into());
     }
+    if config.commit.max_bytes == 0 {
+        problem("commit.max_bytes".into(), "must be at least 1".into());
+    }
     if config.backoff.multiplier < 1.0 {
         problem("backoff.multiplier".into(), "must be at least 1.0".into());
     }

@@ -1,7 +1,7 @@
 //! The runtime: wires consumer, codecs, version guard, mapping and the transactional producer.
 //!
 //! ```text
-//!  poll batch (≤ max_records or flush_interval_ms)
+//!  poll batch (≤ max_records, ≤ max_bytes, or flush_interval_ms)
 //!     │ decode ─► route ─► key + version ─► map ─► encode (the parallel pass, done ahead)
 //!     │ guard.process (one multi_get)
 //!     │    accepted: encoded rows ─► target topics

@@ -537,15 +537,18 @@ impl Pipeline {
         options: &RunOptions,
     ) -> Result<RunSummary, RunError> {
         let exactly_once = self.config.exactly_once();
-        let flush = Duration::from_millis(self.config.event_queue.flush_interval_ms);
-        let max_records = self.config.commit.max_records;
+        let limits = Limits {
+            flush: Duration::from_millis(self.config.event_queue.flush_interval_ms),
+            records: self.config.commit.max_records,
+            bytes: self.config.commit.max_bytes,
+        };
         let mut summary = RunSummary::default();
         let mut last_record = Instant::now();
         let mut failures = Failures::default();
         let mut tally = self.metrics.tally();
         let poll = async |into: &mut Polled, wait, changes: &mut Changes| {
             let shutdown = &options.shutdown;
-            poll_batch(consumer, into, wait, flush, max_records, shutdown, changes).await
+            poll_batch(consumer, into, wait, limits, shutdown, changes).await
         };
         // The next batch: records polled, the first of them maybe prepared already. And the
         // records polled beyond it, if any.
@@ -598,6 +601,7 @@ impl Pipeline {
                 batch,
                 prepared,
                 started,
+                ..
             } = current;
             match self
                 .process(
@@ -1415,6 +1419,8 @@ struct Polled {
     prepared: Vec<Prepared>,
     /// When the batch's first record arrived.
     started: Option<Instant>,
+    /// The batch's keys and values, in bytes.
+    bytes: usize,
 }
 
 impl Polled {
@@ -1432,7 +1438,34 @@ impl Polled {
         self.batch.retain(|_| keep.next().unwrap_or(false));
         let mut keep = owned.iter().copied();
         self.prepared.retain(|_| keep.next().unwrap_or(false));
+        self.bytes = self.batch.iter().map(size).sum();
     }
+
+    /// Adds a polled record.
+    fn push(&mut self, msg: OwnedMessage) {
+        self.started.get_or_insert_with(Instant::now);
+        self.bytes += size(&msg);
+        self.batch.push(msg);
+    }
+
+    /// Whether the batch is full by `limits`.
+    fn is_full(&self, limits: &Limits) -> bool {
+        self.batch.len() >= limits.records || self.bytes >= limits.bytes
+    }
+}
+
+/// A record's key and value, in bytes: what a batch's size counts.
+fn size(msg: &OwnedMessage) -> usize {
+    msg.key().map_or(0, <[u8]>::len) + msg.payload().map_or(0, <[u8]>::len)
+}
+
+/// When a batch closes: `commit.max_records`, `commit.max_bytes`, or its first record
+/// `event_queue.flush_interval_ms` old.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    flush: Duration,
+    records: usize,
+    bytes: usize,
 }
 
 /// How long a poll waits for records.
@@ -1453,11 +1486,11 @@ fn age(msg: &impl Message) -> Duration {
         .map_or(Duration::ZERO, Duration::from_millis)
 }
 
-/// Polls records into `into` until its first record is `flush` old (by its timestamp: a record
-/// that already waited while the previous batch was processed does not wait a whole interval
-/// again, which kept end-to-end latency at two intervals and more), it holds `max` records, or
-/// shutdown; with [`Wait::Never`], until the local queue is empty. Records already in the local
-/// queue are always taken, deadline or not.
+/// Polls records into `into` until its first record is `limits.flush` old (by its timestamp: a
+/// record that already waited while the previous batch was processed does not wait a whole
+/// interval again, which kept end-to-end latency at two intervals and more), it is full (by
+/// records or bytes), or shutdown; with [`Wait::Never`], until the local queue is empty or the
+/// batch is full. Records already in the local queue are always taken, deadline or not.
 /// Rebalances happen inside `recv`; after each one the records of revoked partitions are
 /// dropped unprocessed (their new owner reads them from the committed offsets). What the group
 /// changed is added to `changes`.
@@ -1465,20 +1498,19 @@ async fn poll_batch(
     consumer: &Member,
     into: &mut Polled,
     wait: Wait,
-    flush: Duration,
-    max: usize,
+    limits: Limits,
     shutdown: &CancellationToken,
     changes: &mut Changes,
 ) -> Result<(), RunError> {
     let now = tokio::time::Instant::now();
-    let cadence = |first: &OwnedMessage| now + flush.saturating_sub(age(first));
+    let cadence = |first: &OwnedMessage| now + limits.flush.saturating_sub(age(first));
     let mut deadline = match (wait, into.batch.first()) {
         (Wait::Never, _) => now,
         (Wait::Cadence, Some(first)) => cadence(first),
         // Wait up to a second for the first record.
         (Wait::Cadence, None) => now + Duration::from_secs(1),
     };
-    while into.batch.len() < max {
+    while !into.is_full(&limits) {
         let received = tokio::select! {
             _ = shutdown.cancelled() => None,
             r = tokio::time::timeout_at(deadline, consumer.recv()) => r.ok(),
@@ -1496,13 +1528,10 @@ async fn poll_batch(
             None => break,
             Some(Ok(msg)) => {
                 let msg = msg.detach();
-                if into.batch.is_empty() {
-                    if wait == Wait::Cadence {
-                        deadline = cadence(&msg);
-                    }
-                    into.started.get_or_insert_with(Instant::now);
+                if into.batch.is_empty() && wait == Wait::Cadence {
+                    deadline = cadence(&msg);
                 }
-                into.batch.push(msg);
+                into.push(msg);
             }
             Some(Err(e)) if classify(&e) == ErrorClass::Fatal => return Err(e.into()),
             Some(Err(e)) => {
