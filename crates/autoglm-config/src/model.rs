@@ -150,8 +150,9 @@ pub struct CommitConfig {
     /// `event_queue.flush_interval_ms`, whichever comes first.
     pub max_records: usize,
     /// A transaction also commits once its input keys and values reach this many bytes, so that
-    /// large records cannot make a batch huge: the processor holds up to three batches at once (one in its
-    /// transaction, two polled ahead). A batch takes at least one record, however large.
+    /// large records cannot make a batch huge: the processor holds up to three batches at once
+    /// (one in its transaction, two polled ahead). A batch takes at least one record, however
+    /// large.
     pub max_bytes: usize,
 }
 

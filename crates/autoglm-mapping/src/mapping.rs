@@ -21,9 +21,9 @@ use crate::time::{TimeInput, TimeOutput, truncate};
 /// Source names are resolved (drop → exact rename → first matching rule → unchanged, then
 /// `keep`) once per distinct name: the names the spec mentions at compile time, the others on
 /// the first row that has them (or by [`Mapping::prime`]). The resolved names are shared by
-/// every clone and thread that applies the mapping: a row reads them without a lock, and a row
-/// with new names adds them copy-on-write. Past 4,096 names (input that invents field names), a
-/// new name is resolved on each row instead.
+/// every thread that applies the mapping: a row reads them without a lock, and a row with new
+/// names adds them copy-on-write. A clone starts with the names known so far. Past 4,096 names
+/// (input that invents field names), a new name is resolved on each row instead.
 ///
 /// Per record, [`apply`](Mapping::apply) does one hash lookup per source field, copies the
 /// fields that pass through, converts the `fields` entries from borrowed values, and builds the
@@ -569,7 +569,8 @@ impl Mapping {
     }
 
     /// Maps one row. Pure: the same row always gives the same result. The one thing it may
-    /// change is the shared table of resolved names, which changes no result. A failure names the route, the rule, the field and the value; it is
+    /// change is the shared table of resolved names, which changes no result. A failure names
+    /// the route, the rule, the field and the value; it is
     /// [`Poison`](autoglm_core::ErrorClass::Poison).
     pub fn apply(&self, row: &Row) -> Result<Row, MappingError> {
         let mut out: Vec<(String, Value)> = Vec::with_capacity(row.len() + self.fields.len());

@@ -8,7 +8,7 @@
 //!     │    stale/duplicate: counted (─► audit topic)
 //!     │ poison at any step ─► DLQ topic (original bytes + reason headers)
 //!     ▼
-//!  changelog records (state entries) ─► wait for the acks (counted, `acks`) ─► send_offsets_to_transaction ─► commit
+//!  changelog records (state entries) ─► wait for the acks ─► send_offsets_to_transaction ─► commit
 //!     ‖ meanwhile: the parallel pass of the next batch
 //!     ▼
 //!  guard.commit ─► one RocksDB WriteBatch (state follows commits)
@@ -25,6 +25,9 @@
 //! between transactions (after a commit, beside the state write, and right before the next
 //! transaction begins), so a rebalance never meets an open transaction; records polled ahead
 //! of partitions it revokes are dropped, prepared or not.
+//!
+//! The acks are counted per batch by the producer's context (the `acks` module), not awaited
+//! one future per record.
 //!
 //! Scale-out (the `group` module): the consumer is a static member of the group with
 //! cooperative-sticky assignment. Rebalances happen inside `recv`, between transactions; an

@@ -1491,10 +1491,12 @@ fn size(msg: &OwnedMessage) -> usize {
     msg.key().map_or(0, <[u8]>::len) + msg.payload().map_or(0, <[u8]>::len)
 }
 
-/// When a batch closes: `commit.max_records`, `commit.max_bytes`, or its first record
-/// `event_queue.flush_interval_ms` old.
+/// When a batch closes: `commit.max_records`, `commit.max_bytes`, or its first record `flush`
+/// old.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
+    /// `event_queue.flush_interval_ms`; the loop's polls get the closing age instead (see
+    /// `closing_age`).
     flush: Duration,
     records: usize,
     bytes: usize,
