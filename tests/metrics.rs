@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use autoglm_config::Overrides;
 use autoglm_demo::recreate_topics;
 use autoglm_runtime::{Metrics, Pipeline, RunOptions, RunSummary};
-use autoglm_tests::{Stack, repo_root, stack, unique};
+use autoglm_tests::{Stack, produce_plain, repo_root, stack, unique};
 
 /// The sum of the samples of `name` whose labels include all of `labels`.
 fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -106,8 +106,6 @@ async fn metrics_and_probes_agree_with_the_run_summary() {
     recreate_topics(&kafka, &[&source, &target, &dlq], 2)
         .await
         .expect("topics");
-    let producer: rdkafka::producer::FutureProducer =
-        kafka.client_config().create().expect("producer");
     let row = |id: i64, rev: i64, balance: &str| {
         serde_json::json!({"id": id, "rev": rev, "balance": balance}).to_string()
     };
@@ -122,20 +120,7 @@ async fn metrics_and_probes_agree_with_the_run_summary() {
         ("1", None),                     // key-only delete: a tombstone to the target
         ("9", None),                     // delete of a key never seen: dropped
     ];
-    for (key, value) in &inputs {
-        let mut record = rdkafka::producer::FutureRecord::to(&source).key(*key);
-        if let Some(value) = value {
-            record = record.payload(value);
-        }
-        producer
-            .send(
-                record,
-                rdkafka::util::Timeout::After(Duration::from_secs(30)),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .expect("produce");
-    }
+    produce_plain(&kafka, &source, &inputs).await;
 
     // First run: a fresh group and store.
     let (first_config, first_state) = config(&stack, &group, &source, &target, &dlq);

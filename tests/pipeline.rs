@@ -6,13 +6,35 @@ use std::time::Duration;
 use autoglm_config::Overrides;
 use autoglm_demo::{DemoValue, Received, read_committed, recreate_topics, scenario};
 use autoglm_runtime::{Pipeline, RunOptions, RunSummary};
-use autoglm_tests::{Outage, authority, repo_root, stack, unique};
+use autoglm_tests::{Outage, authority, produce_plain, repo_root, stack, unique};
 
 struct Topics {
     source: String,
     target: String,
     dlq: String,
     group: String,
+}
+
+impl Topics {
+    /// Unique topic and group names (`source` and `target` prefix theirs), the topics created
+    /// with `partitions` partitions.
+    async fn fresh(
+        kafka: &autoglm_kafka::ClientSettings,
+        source: &str,
+        target: &str,
+        partitions: i32,
+    ) -> Topics {
+        let t = Topics {
+            source: unique(source),
+            target: unique(target),
+            dlq: unique("dlq"),
+            group: unique("g"),
+        };
+        recreate_topics(kafka, &[&t.source, &t.target, &t.dlq], partitions)
+            .await
+            .expect("topics");
+        t
+    }
 }
 
 fn config(
@@ -76,16 +98,8 @@ fn by_key(records: &[Received]) -> Vec<(String, String, bool)> {
 #[tokio::test]
 async fn crm_stream_is_aligned_deduplicated_and_dead_lettered_exactly_once() {
     let stack = stack().await;
-    let t = Topics {
-        source: unique("crm"),
-        target: unique("erp"),
-        dlq: unique("dlq"),
-        group: unique("g"),
-    };
     let kafka = stack.kafka();
-    recreate_topics(&kafka, &[&t.source, &t.target, &t.dlq], 3)
-        .await
-        .expect("topics");
+    let t = Topics::fresh(&kafka, "crm", "erp", 3).await;
     let state = tempfile_dir();
     let records = scenario();
     autoglm_demo::produce(&kafka, stack.registry(), &t.source, &records)
@@ -218,34 +232,27 @@ fn tempfile_dir() -> std::path::PathBuf {
     dir
 }
 
-#[tokio::test]
-async fn json_upsert_topic_with_connect_wrapper_flows_to_a_json_target() {
-    let stack = stack().await;
-    let t = Topics {
-        source: unique("upsert"),
-        target: unique("out"),
-        dlq: unique("dlq"),
-        group: unique("g"),
-    };
-    let kafka = stack.kafka();
-    recreate_topics(&kafka, &[&t.source, &t.target, &t.dlq], 2)
-        .await
-        .expect("topics");
-    let state = tempfile_dir();
+/// One route `accounts` from the JSON upsert topic `t.source` (key `id`, version `rev`) to the
+/// JSON topic `t.target`. `top` adds top-level config lines, `mapping` the route's `mapping:`
+/// block (indented under the route), both YAML.
+fn json_upsert_config(
+    stack: &autoglm_tests::Stack,
+    t: &Topics,
+    state: &std::path::Path,
+    top: &str,
+    mapping: &str,
+) -> autoglm_config::Config {
     let yaml = format!(
         r#"
 kafka: {{ bootstrap_servers: "{bootstrap}", group_id: {group} }}
 event_queue: {{ storage_path: {state} }}
+{top}
 routes:
   - name: accounts
     source: {{ topic: {source}, envelope: upsert, encoding: json }}
     key_fields: [id]
     version: {{ column: rev }}
-    mapping:
-      rename_rules: [ {{ pattern: "e.?mail", to: email_address, case_insensitive: true }} ]
-      fields:
-        balance: {{ type: {{ decimal: {{ scale: 2 }} }} }}
-        active: {{ type: bool }}
+{mapping}
     targets: [ {{ topic: {target}, format: json }} ]
     dlq_topic: {dlq}
 "#,
@@ -256,10 +263,26 @@ routes:
         target = t.target,
         dlq = t.dlq,
     );
-    let config =
-        autoglm_config::parse(&yaml, "test", &repo_root(), Overrides::None).expect("valid");
-    let producer: rdkafka::producer::FutureProducer =
-        kafka.client_config().create().expect("producer");
+    autoglm_config::parse(&yaml, "test", &repo_root(), Overrides::None).expect("valid")
+}
+
+#[tokio::test]
+async fn json_upsert_topic_with_connect_wrapper_flows_to_a_json_target() {
+    let stack = stack().await;
+    let kafka = stack.kafka();
+    let t = Topics::fresh(&kafka, "upsert", "out", 2).await;
+    let state = tempfile_dir();
+    let config = json_upsert_config(
+        &stack,
+        &t,
+        &state,
+        "",
+        r#"    mapping:
+      rename_rules: [ { pattern: "e.?mail", to: email_address, case_insensitive: true } ]
+      fields:
+        balance: { type: { decimal: { scale: 2 } } }
+        active: { type: bool }"#,
+    );
     let wrapped = |id: i64, rev: i64, balance: &str| {
         serde_json::json!({
             "schema": {"type": "struct", "fields": [
@@ -280,20 +303,7 @@ routes:
         ("1".into(), None),                       // a key-only delete: no version to read
         ("9".into(), None),                       // a delete of a key never seen: nothing to do
     ];
-    for (key, value) in &inputs {
-        let mut record = rdkafka::producer::FutureRecord::to(&t.source).key(key);
-        if let Some(value) = value {
-            record = record.payload(value);
-        }
-        producer
-            .send(
-                record,
-                rdkafka::util::Timeout::After(Duration::from_secs(30)),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .expect("produce");
-    }
+    produce_plain(&kafka, &t.source, &inputs).await;
     let summary = run(config).await;
     assert_eq!(
         (summary.emitted, summary.dropped, summary.dead_lettered),
@@ -336,56 +346,24 @@ routes:
 #[tokio::test]
 async fn a_batch_is_bounded_by_bytes_as_well_as_records() {
     let stack = stack().await;
-    let t = Topics {
-        source: unique("sized"),
-        target: unique("out"),
-        dlq: unique("dlq"),
-        group: unique("g"),
-    };
     let kafka = stack.kafka();
-    recreate_topics(&kafka, &[&t.source, &t.target, &t.dlq], 2)
-        .await
-        .expect("topics");
+    let t = Topics::fresh(&kafka, "sized", "out", 2).await;
     let state = tempfile_dir();
-    let yaml = format!(
-        r#"
-kafka: {{ bootstrap_servers: "{bootstrap}", group_id: {group} }}
-event_queue: {{ storage_path: {state} }}
-commit: {{ max_records: 1000, max_bytes: 1 }}
-routes:
-  - name: sized
-    source: {{ topic: {source}, envelope: upsert, encoding: json }}
-    key_fields: [id]
-    version: {{ column: rev }}
-    targets: [ {{ topic: {target}, format: json }} ]
-    dlq_topic: {dlq}
-"#,
-        bootstrap = stack.bootstrap,
-        group = t.group,
-        state = state.display(),
-        source = t.source,
-        target = t.target,
-        dlq = t.dlq,
+    let config = json_upsert_config(
+        &stack,
+        &t,
+        &state,
+        "commit: { max_records: 1000, max_bytes: 1 }",
+        "",
     );
-    let config =
-        autoglm_config::parse(&yaml, "test", &repo_root(), Overrides::None).expect("valid");
-    let producer: rdkafka::producer::FutureProducer =
-        kafka.client_config().create().expect("producer");
     const RECORDS: u64 = 12;
-    for id in 0..RECORDS {
-        let value = serde_json::json!({"id": id, "rev": 1, "note": "x".repeat(100)}).to_string();
-        let key = id.to_string();
-        producer
-            .send(
-                rdkafka::producer::FutureRecord::to(&t.source)
-                    .key(&key)
-                    .payload(&value),
-                rdkafka::util::Timeout::After(Duration::from_secs(30)),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .expect("produce");
-    }
+    let inputs: Vec<(String, Option<String>)> = (0..RECORDS)
+        .map(|id| {
+            let value = serde_json::json!({"id": id, "rev": 1, "note": "x".repeat(100)});
+            (id.to_string(), Some(value.to_string()))
+        })
+        .collect();
+    produce_plain(&kafka, &t.source, &inputs).await;
     let summary = run(config).await;
     assert_eq!(
         (summary.records, summary.emitted, summary.commits),
@@ -402,16 +380,8 @@ routes:
 #[tokio::test]
 async fn registry_outage_delays_the_stream_but_loses_and_duplicates_nothing() {
     let stack = stack().await;
-    let t = Topics {
-        source: unique("crm"),
-        target: unique("erp"),
-        dlq: unique("dlq"),
-        group: unique("g"),
-    };
     let kafka = stack.kafka();
-    recreate_topics(&kafka, &[&t.source, &t.target, &t.dlq], 3)
-        .await
-        .expect("topics");
+    let t = Topics::fresh(&kafka, "crm", "erp", 3).await;
     let records = scenario();
     autoglm_demo::produce(&kafka, stack.registry(), &t.source, &records)
         .await

@@ -111,6 +111,31 @@ pub async fn create_topic(stack: &Stack, topic: &str, partitions: i32) {
     }
 }
 
+/// Produces `(key, value)` records to `topic` in order, each acknowledged before the next; a
+/// `None` value is a tombstone.
+pub async fn produce_plain<K: AsRef<str>>(
+    kafka: &ClientSettings,
+    topic: &str,
+    records: &[(K, Option<String>)],
+) {
+    let producer: rdkafka::producer::FutureProducer =
+        kafka.client_config().create().expect("producer");
+    for (key, value) in records {
+        let mut record = rdkafka::producer::FutureRecord::to(topic).key(key.as_ref());
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        producer
+            .send(
+                record,
+                rdkafka::util::Timeout::After(Duration::from_secs(30)),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+}
+
 /// A TCP forwarder in front of a real service, to cut it off and bring it back: an outage
 /// without stopping the service (which would lose Apicurio's in-memory schemas).
 #[derive(Debug)]
