@@ -36,6 +36,12 @@ impl Conversion {
         }
     }
 
+    /// Whether converting `value` gives it back unchanged, so that it can be moved, not
+    /// converted. Only strings are worth moving: every other value is a copy either way.
+    pub(crate) fn is_identity(&self, value: &Value) -> bool {
+        matches!((self, value), (Conversion::String, Value::String(_)))
+    }
+
     /// Converts one non-null value (`null` stays `null`).
     pub(crate) fn apply(&self, value: &Value) -> Result<Value, String> {
         if value.is_null() {

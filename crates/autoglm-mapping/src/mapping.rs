@@ -1,5 +1,6 @@
 //! The compiled mapping: [`Mapping::compile`], [`Mapping::apply`], [`Mapping::check`].
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use arc_swap::ArcSwap;
@@ -25,9 +26,11 @@ use crate::time::{TimeInput, TimeOutput, truncate};
 /// names adds them copy-on-write. A clone starts with the names known so far. Past 4,096 names
 /// (input that invents field names), a new name is resolved on each row instead.
 ///
-/// Per record, [`apply`](Mapping::apply) does one hash lookup per source field, copies the
-/// fields that pass through, converts the `fields` entries from borrowed values, and builds the
-/// output map in one sorted bulk insert instead of one tree insert per field.
+/// Per record, [`apply_owned`](Mapping::apply_owned) does one hash lookup per source field,
+/// converts and checks the `fields` entries on borrowed values, and only once every check has
+/// passed takes the row apart: a value that passes through unconverted moves into the output
+/// (under its own name, when it keeps it) instead of being copied. The output map is built in
+/// one sorted bulk insert instead of one tree insert per field.
 #[derive(Debug, Clone)]
 pub struct Mapping {
     route: String,
@@ -86,6 +89,47 @@ enum Decision {
     Emit { target: String, via: Via },
     /// Read by `fields[field]`, which has no `from` and is named like the renamed field.
     Slot { field: usize, via: Via },
+}
+
+impl Decision {
+    fn placement(&self) -> Placement<'_> {
+        match self {
+            Decision::Skip => Placement::Skip,
+            Decision::Emit { target, .. } => Placement::Emit(Cow::Borrowed(target)),
+            Decision::Slot { field, .. } => Placement::Slot(*field),
+        }
+    }
+
+    fn into_placement<'a>(self) -> Placement<'a> {
+        match self {
+            Decision::Skip => Placement::Skip,
+            Decision::Emit { target, .. } => Placement::Emit(Cow::Owned(target)),
+            Decision::Slot { field, .. } => Placement::Slot(field),
+        }
+    }
+}
+
+/// A [`Decision`] as one row uses it: where the field goes, without the rule that sent it.
+enum Placement<'a> {
+    Skip,
+    Emit(Cow<'a, str>),
+    Slot(usize),
+}
+
+/// A source field a `fields` entry reads: its position in the row, its name and its value.
+#[derive(Clone, Copy)]
+struct Slotted<'r> {
+    at: usize,
+    name: &'r str,
+    value: &'r Value,
+}
+
+/// What one output field holds.
+enum Out {
+    /// A new value: converted, a constant or a default.
+    Value(Value),
+    /// The value of the source field at this position, unchanged.
+    Moved(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -572,31 +616,60 @@ impl Mapping {
     /// change is the shared table of resolved names, which changes no result. A failure names
     /// the route, the rule, the field and the value; it is
     /// [`Poison`](autoglm_core::ErrorClass::Poison).
+    ///
+    /// Copies the row first; [`apply_owned`](Self::apply_owned) takes it instead.
     pub fn apply(&self, row: &Row) -> Result<Row, MappingError> {
-        let mut out: Vec<(String, Value)> = Vec::with_capacity(row.len() + self.fields.len());
-        // The source field (name, value) each pass-through-reading `fields` entry takes.
-        let mut slots: Vec<Option<(&str, &Value)>> = vec![None; self.fields.len()];
+        self.apply_owned(row.clone())
+    }
+
+    /// [`apply`](Self::apply), taking the row: a value that passes through unconverted moves
+    /// into the output, under its own name when it keeps it, instead of being copied.
+    pub fn apply_owned(&self, row: Row) -> Result<Row, MappingError> {
         let names = self.names.0.load();
+        let plan = self.plan(&row, &names)?;
+        // Every check passed: what is left are moves.
+        let mut source: Vec<(String, Value)> = row.into_iter().collect();
+        Ok(plan
+            .into_iter()
+            .map(|(name, out)| match out {
+                Out::Value(value) => (name.into_owned(), value),
+                Out::Moved(at) => {
+                    let (key, value) = std::mem::take(&mut source[at]);
+                    let key = if key == name { key } else { name.into_owned() };
+                    (key, value)
+                }
+            })
+            .collect())
+    }
+
+    /// Every decision, conversion and check of one row, on borrowed values: the output fields
+    /// sorted by name, each with what it holds.
+    fn plan<'m>(
+        &'m self,
+        row: &Row,
+        names: &'m FxHashMap<String, Decision>,
+    ) -> Result<Vec<(Cow<'m, str>, Out)>, MappingError> {
+        let mut out: Vec<(Cow<'m, str>, Out)> = Vec::with_capacity(row.len() + self.fields.len());
+        // The source field each pass-through-reading `fields` entry takes.
+        let mut slots: Vec<Option<Slotted<'_>>> = vec![None; self.fields.len()];
         let mut unseen: Vec<&str> = Vec::new();
-        for (name, value) in row {
-            let fresh;
-            let decision = match names.get(name) {
-                Some(d) => d,
+        for (at, (name, value)) in row.iter().enumerate() {
+            let placement = match names.get(name) {
+                Some(decision) => decision.placement(),
                 None => {
-                    fresh = self.decide(name);
                     unseen.push(name);
-                    &fresh
+                    self.decide(name).into_placement()
                 }
             };
-            match decision {
-                Decision::Skip => {}
-                Decision::Emit { target, .. } => out.push((target.clone(), value.clone())),
-                Decision::Slot { field, .. } => {
-                    if let Some(slot) = slots.get_mut(*field) {
+            match placement {
+                Placement::Skip => {}
+                Placement::Emit(target) => out.push((target, Out::Moved(at))),
+                Placement::Slot(field) => {
+                    if let Some(slot) = slots.get_mut(field) {
                         if slot.is_some() {
                             return Err(self.collision(row, name));
                         }
-                        *slot = Some((name, value));
+                        *slot = Some(Slotted { at, name, value });
                     }
                 }
             }
@@ -604,17 +677,16 @@ impl Mapping {
         if !unseen.is_empty() && names.len() < REMEMBERED_NAMES {
             self.remember(unseen);
         }
-        drop(names);
         for (field, slot) in self.fields.iter().zip(&slots) {
             if let Some(value) = self.apply_field(field, row, *slot)? {
-                out.push((field.name.clone(), value));
+                out.push((Cow::Borrowed(field.name.as_str()), value));
             }
         }
         // `fields` names never collide with pass-through names (`decide` sees to that), so a
         // duplicate here is two source fields renamed onto one name.
         out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         if let Some(pair) = out.windows(2).find(|w| w[0].0 == w[1].0) {
-            let target = pair[0].0.as_str();
+            let target = &*pair[0].0;
             let second = row
                 .keys()
                 .filter(
@@ -624,29 +696,30 @@ impl Mapping {
                 .map_or(target, String::as_str);
             return Err(self.collision(row, second));
         }
-        Ok(out.into_iter().collect())
+        Ok(out)
     }
 
-    /// The output value of one `fields` entry, `None` when it stays absent.
+    /// The output of one `fields` entry, `None` when it stays absent. A source value that
+    /// needs no conversion is moved, not copied, by [`apply_owned`](Self::apply_owned).
     fn apply_field(
         &self,
         field: &Field,
         row: &Row,
-        slot: Option<(&str, &Value)>,
-    ) -> Result<Option<Value>, MappingError> {
-        let (value, at) = match &field.source {
-            Source::Const(v) => return Ok(Some(v.clone())),
-            Source::Path(p) => (p.lookup(row), p.as_str()),
+        slot: Option<Slotted<'_>>,
+    ) -> Result<Option<Out>, MappingError> {
+        let (value, at, moved) = match &field.source {
+            Source::Const(v) => return Ok(Some(Out::Value(v.clone()))),
+            Source::Path(p) => (p.lookup(row), p.as_str(), None),
             Source::Target => match slot {
-                Some((name, v)) => (Some(v), name),
-                None => (None, field.name.as_str()),
+                Some(s) => (Some(s.value), s.name, Some(s.at)),
+                None => (None, field.name.as_str(), None),
             },
         };
         let value = match value {
             Some(v) if !v.is_null() => v,
             absent => {
                 return if let Some(d) = &field.default {
-                    Ok(Some(d.clone()))
+                    Ok(Some(Out::Value(d.clone())))
                 } else if field.required {
                     Err(MappingError::new(
                         &self.route,
@@ -656,13 +729,13 @@ impl Mapping {
                         MappingFailure::Missing,
                     ))
                 } else {
-                    Ok(absent.cloned())
+                    // A null stays null.
+                    Ok(absent.map(|_| Out::Value(Value::Null)))
                 };
             }
         };
-        let value = match &field.conversion {
-            None => value.clone(),
-            Some(c) => c.apply(value).map_err(|detail| {
+        let converted = match &field.conversion {
+            Some(c) if !c.is_identity(value) => Some(c.apply(value).map_err(|detail| {
                 MappingError::new(
                     &self.route,
                     &field.rule_type,
@@ -673,24 +746,29 @@ impl Mapping {
                         detail,
                     },
                 )
-            })?,
+            })?),
+            _ => None,
         };
+        let result = converted.as_ref().unwrap_or(value);
         if let Some(p) = &field.pattern
-            && !pattern_matches(p, &value)
+            && !pattern_matches(p, result)
         {
             return Err(MappingError::new(
                 &self.route,
                 &field.rule_pattern,
                 at,
-                Some(&value),
+                Some(result),
                 MappingFailure::Pattern {
                     pattern: p.as_str().to_owned(),
                 },
             ));
         }
-        Ok(Some(value))
+        Ok(Some(match (converted, moved) {
+            (Some(value), _) => Out::Value(value),
+            (None, Some(position)) => Out::Moved(position),
+            (None, None) => Out::Value(value.clone()),
+        }))
     }
-
     /// Where a source field lands (passed through or read by a `fields` entry) and by which
     /// rule; `None` when it is not output.
     fn landing(&self, name: &str) -> Option<(String, Via)> {

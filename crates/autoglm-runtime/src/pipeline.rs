@@ -901,14 +901,18 @@ impl Pipeline {
             Ok(kv) => kv,
             Err(e) => return poison(ErrorClass::Poison, e.to_string(), e.rule, ""),
         };
+        let mut event = event;
+        // Mapped: the batch keeps only what its output needs, not the decoded rows.
         let source_row = if event.op.is_delete() {
             (route.delete == DeleteMode::Record)
-                .then_some(event.before.as_ref())
+                .then(|| event.before.take())
                 .flatten()
         } else {
-            event.after.as_ref()
+            event.after.take()
         };
-        let row = match source_row.map(|row| route.mapping.apply(row)).transpose() {
+        event.before = None;
+        event.key = None;
+        let row = match source_row.map(|row| route.mapping.apply_owned(row)).transpose() {
             Ok(row) => row,
             Err(e) => return poison(e.class(), e.to_string(), e.rule(), e.field()),
         };
@@ -922,11 +926,6 @@ impl Pipeline {
                 .collect();
             encoded.map_or(Mapped::Row(row), Mapped::Encoded)
         });
-        // Mapped: the batch keeps only what its output needs, not the decoded rows.
-        let mut event = event;
-        event.before = None;
-        event.after = None;
-        event.key = None;
         Prepared::Work(Work {
             at: 0,
             route: route_index,
