@@ -177,6 +177,9 @@ pub struct StateConfig {
     pub tombstone_retention: Duration,
     /// RocksDB block cache.
     pub block_cache_bytes: usize,
+    /// Committed state entries the version guard keeps in memory, so that a key changed again
+    /// soon is decided without a RocksDB read; 0 turns the cache off.
+    pub cache_entries: usize,
 }
 
 impl Default for StateConfig {
@@ -184,6 +187,8 @@ impl Default for StateConfig {
         StateConfig {
             tombstone_retention: Duration::from_secs(7 * 24 * 3600),
             block_cache_bytes: 64 << 20,
+            // About 130 bytes each: 8 MiB.
+            cache_entries: 65_536,
         }
     }
 }

@@ -441,7 +441,8 @@ impl Pipeline {
     ) -> Result<RunSummary, RunError> {
         let exactly_once = self.config.exactly_once();
         let state_path = &self.config.event_queue.storage_path;
-        let mut guard = VersionGuard::new(backend.clone(), self.tombstone_retention_ms());
+        let mut guard = VersionGuard::new(backend.clone(), self.tombstone_retention_ms())
+            .with_cache(self.config.state.cache_entries);
 
         // The broker may be away at start (a bounce, a rolling restart): wait for it.
         self.retry_transient("changelog topic setup", &options.shutdown, || {
@@ -499,7 +500,7 @@ impl Pipeline {
         );
 
         let result = self
-            .consume(backend, &consumer, &producer, &mut guard, &options)
+            .consume(&consumer, &producer, &mut guard, &options)
             .await;
         // Leave the group cleanly, after a fatal error too (a transaction it left open is
         // aborted by the broker when it times out). Closing the clients blocks (the consumer
@@ -531,7 +532,6 @@ impl Pipeline {
     /// fatal error.
     async fn consume(
         &self,
-        backend: &RocksBackend,
         consumer: &Arc<Member>,
         producer: &Arc<AckingProducer>,
         guard: &mut VersionGuard<RocksBackend>,
@@ -590,7 +590,7 @@ impl Pipeline {
                     changes
                 }
             };
-            summary.restored += self.follow_group(backend, changes).await?;
+            summary.restored += self.follow_group(guard, changes).await?;
             let mut current = std::mem::take(&mut next);
             next = std::mem::take(&mut later);
             if current.batch.is_empty() {
@@ -602,7 +602,7 @@ impl Pipeline {
             let mut changes = Changes::default();
             poll(&mut next, Wait::Never, &mut changes).await?;
             current.retain_owned(&changes.revoked);
-            summary.restored += self.follow_group(backend, changes).await?;
+            summary.restored += self.follow_group(guard, changes).await?;
             if current.batch.is_empty() {
                 continue;
             }
@@ -696,12 +696,19 @@ impl Pipeline {
 
     /// Applies what the group changed: lost partitions forget their changelog checkpoint (their
     /// next assignment restores the whole partition), assigned partitions restore their
-    /// changelog tail. Returns the changelog records replayed.
+    /// changelog tail, and the guard forgets the entries it cached, which another instance may
+    /// have changed since. Returns the changelog records replayed.
     async fn follow_group(
         &self,
-        backend: &RocksBackend,
+        guard: &mut VersionGuard<RocksBackend>,
         changes: Changes,
     ) -> Result<u64, RunError> {
+        if changes.is_empty() {
+            return Ok(0);
+        }
+        // Forgotten first: a restore that fails half-way has written some entries already.
+        guard.forget_cached();
+        let backend = guard.backend();
         let changelog_of = |(topic, partition): &Partition| {
             self.routes
                 .iter()
@@ -912,7 +919,10 @@ impl Pipeline {
         };
         event.before = None;
         event.key = None;
-        let row = match source_row.map(|row| route.mapping.apply_owned(row)).transpose() {
+        let row = match source_row
+            .map(|row| route.mapping.apply_owned(row))
+            .transpose()
+        {
             Ok(row) => row,
             Err(e) => return poison(e.class(), e.to_string(), e.rule(), e.field()),
         };
@@ -1175,7 +1185,11 @@ impl Pipeline {
         // flush polls in 100 ms steps while anything is in flight, which made every transaction
         // last at least 100 ms. With nothing in flight the commit starts at once.
         let sent_at = Instant::now();
-        let (acked, ()) = tokio::join!(out.wait_all(), async { self.prepare_rest(next) });
+        let (acked, preparing) = tokio::join!(out.wait_all(), async {
+            let started = Instant::now();
+            self.prepare_rest(next);
+            started.elapsed()
+        });
         // Per route and partition.
         let checkpoints = acked?;
         if exactly_once {
@@ -1211,6 +1225,7 @@ impl Pipeline {
             guard_ms = (decided_at - guarded_at).as_secs_f64() * 1e3,
             send_ms = (sent_at - decided_at).as_secs_f64() * 1e3,
             acks_ms = (produced - sent_at).as_secs_f64() * 1e3,
+            next_prepare_ms = preparing.as_secs_f64() * 1e3,
             commit_ms = produced.elapsed().as_secs_f64() * 1e3,
             "batch committed"
         );

@@ -16,6 +16,13 @@
 //! poll batches until [`VersionGuard::commit`] or [`VersionGuard::abort`], so the backend only
 //! ever holds state that Kafka committed.
 //!
+//! With [`VersionGuard::with_cache`], the guard also keeps the committed entries it read or
+//! wrote lately (and the keys found to have none), so that a key changed again within the last
+//! few batches is decided without a backend read. The cache holds only what the backend holds:
+//! a commit adds its entries once the write succeeded, an abort leaves it alone, and whoever
+//! writes the backend behind the guard's back (a restore) calls
+//! [`VersionGuard::forget_cached`].
+//!
 //! **Failure behaviour.** [`VersionGuard::process`] decides nothing until its read and decoding
 //! succeeded: on error the overlay is unchanged and the batch can be retried (or the transaction
 //! aborted). [`VersionGuard::commit`] keeps the overlay when the write fails; the write is
@@ -242,7 +249,17 @@ pub struct VersionGuard<B> {
     backend: B,
     tombstone_retention_ms: i64,
     overlay: HashMap<Vec<u8>, StateEntry>,
+    /// Committed entries, `None` for a key that has none; see the module doc.
+    cache: Option<Cache>,
 }
+
+/// The guard's cache of committed entries (S3-FIFO eviction, bounded by entries).
+type Cache = quick_cache::unsync::Cache<
+    Vec<u8>,
+    Option<StateEntry>,
+    quick_cache::UnitWeighter,
+    foldhash::fast::RandomState,
+>;
 
 impl<B: KvBackend> VersionGuard<B> {
     /// A guard with an empty overlay. Tombstones older than `tombstone_retention_ms` count as
@@ -252,6 +269,29 @@ impl<B: KvBackend> VersionGuard<B> {
             backend,
             tombstone_retention_ms,
             overlay: HashMap::new(),
+            cache: None,
+        }
+    }
+
+    /// The guard with a cache of up to `entries` committed entries (none when 0).
+    pub fn with_cache(mut self, entries: usize) -> VersionGuard<B> {
+        self.cache = (entries > 0).then(|| {
+            Cache::with(
+                entries,
+                entries as u64,
+                quick_cache::UnitWeighter,
+                foldhash::fast::RandomState::default(),
+                quick_cache::unsync::DefaultLifecycle::default(),
+            )
+        });
+        self
+    }
+
+    /// Empties the cache of committed entries: call it after writing the backend other than
+    /// through the guard (a restore), which may have changed them.
+    pub fn forget_cached(&mut self) {
+        if let Some(cache) = &mut self.cache {
+            cache.clear();
         }
     }
 
@@ -265,22 +305,32 @@ impl<B: KvBackend> VersionGuard<B> {
         self.tombstone_retention_ms
     }
 
-    /// Decides every record of a poll batch, in order, with one backend read for the keys the
-    /// overlay does not hold. Accepted records update the overlay, so later records of the same
-    /// key (in this batch or later ones of the same transaction) are decided against them.
+    /// Decides every record of a poll batch, in order, with one backend read for the keys
+    /// neither the overlay nor the cache holds. Accepted records update the overlay, so later
+    /// records of the same key (in this batch or later ones of the same transaction) are
+    /// decided against them.
     pub async fn process(
         &mut self,
         records: &[GuardInput<'_>],
         now_ms: i64,
     ) -> Result<BatchOutcome, StateError> {
         let mut seen = HashSet::with_capacity(records.len());
-        let missing: Vec<&[u8]> = records
-            .iter()
-            .map(|r| r.key)
-            .filter(|key| !self.overlay.contains_key(*key) && seen.insert(*key))
-            .collect();
+        let mut stored: HashMap<&[u8], StateEntry> = HashMap::with_capacity(records.len());
+        let mut missing: Vec<&[u8]> = Vec::new();
+        for record in records {
+            let key = record.key;
+            if self.overlay.contains_key(key) || !seen.insert(key) {
+                continue;
+            }
+            match self.cache.as_ref().and_then(|cache| cache.get(key)) {
+                Some(Some(entry)) => {
+                    stored.insert(key, *entry);
+                }
+                Some(None) => {}
+                None => missing.push(key),
+            }
+        }
 
-        let mut stored: HashMap<&[u8], StateEntry> = HashMap::with_capacity(missing.len());
         if !missing.is_empty() {
             let values = self
                 .backend
@@ -292,9 +342,18 @@ impl<B: KvBackend> VersionGuard<B> {
                     got: values.len(),
                 });
             }
+            let mut read = Vec::with_capacity(missing.len());
             for (key, value) in missing.iter().zip(values) {
-                if let Some(value) = value {
-                    stored.insert(key, StateEntry::decode(&value)?);
+                let entry = value.map(|value| StateEntry::decode(&value)).transpose()?;
+                if let Some(entry) = entry {
+                    stored.insert(key, entry);
+                }
+                read.push((*key, entry));
+            }
+            // Only once every entry decoded: what the backend holds.
+            if let Some(cache) = &mut self.cache {
+                for (key, entry) in read {
+                    cache.insert(key.to_vec(), entry);
                 }
             }
         }
@@ -382,7 +441,14 @@ impl<B: KvBackend> VersionGuard<B> {
         if !request.is_empty() {
             self.backend.write(request).await?;
         }
-        self.overlay.clear();
+        match &mut self.cache {
+            Some(cache) => {
+                for (key, entry) in self.overlay.drain() {
+                    cache.insert(key, Some(entry));
+                }
+            }
+            None => self.overlay.clear(),
+        }
         Ok(written)
     }
 

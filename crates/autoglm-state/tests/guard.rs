@@ -314,3 +314,99 @@ async fn unversioned_delete_of_an_unknown_key_changes_nothing() {
     assert_eq!(guard.commit(Vec::new()).await.expect("commit"), 0);
     assert!(backend.is_empty());
 }
+
+#[tokio::test]
+async fn committed_keys_are_decided_from_the_cache_without_a_read() {
+    let backend = Counting::default();
+    let mut guard = VersionGuard::new(backend.clone(), i64::MAX).with_cache(16);
+    let (a, b, c) = (
+        state_key("r", b"a"),
+        state_key("r", b"b"),
+        state_key("r", b"c"),
+    );
+    guard
+        .process(&[rec(&a, 1), rec(&b, 1)], 0)
+        .await
+        .expect("process");
+    guard.commit(Vec::new()).await.expect("commit");
+    assert_eq!(backend.calls.load(Ordering::SeqCst), 1);
+
+    // The next transaction: both keys come from the cache, and are decided against it.
+    let out = guard
+        .process(&[rec(&a, 1), rec(&b, 2)], 0)
+        .await
+        .expect("process");
+    assert_eq!(out.decisions, [Decision::Duplicate, Decision::Accept]);
+    assert_eq!(backend.calls.load(Ordering::SeqCst), 1, "no read");
+
+    // A key not seen before is read, alone.
+    guard
+        .process(&[rec(&a, 3), rec(&c, 1)], 0)
+        .await
+        .expect("process");
+    assert_eq!(backend.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(backend.keys.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn an_aborted_transaction_leaves_the_cache_as_committed() {
+    let backend = Counting::default();
+    let mut guard = VersionGuard::new(backend.clone(), i64::MAX).with_cache(16);
+    let (k, new) = (state_key("r", b"k"), state_key("r", b"new"));
+    guard.process(&[rec(&k, 5)], 0).await.expect("process");
+    guard.commit(Vec::new()).await.expect("commit");
+
+    // Accepted, then aborted: neither version 7 nor `new` was committed.
+    let out = guard
+        .process(&[rec(&k, 7), rec(&new, 1)], 0)
+        .await
+        .expect("process");
+    assert_eq!(out.decisions, [Decision::Accept, Decision::Accept]);
+    guard.abort();
+
+    // Retried: decided against the committed 5, and `new` (read as absent) is still absent,
+    // from the cache.
+    let out = guard
+        .process(&[rec(&k, 6), rec(&new, 1)], 0)
+        .await
+        .expect("process");
+    assert_eq!(out.decisions, [Decision::Accept, Decision::Accept]);
+    assert_eq!(
+        backend.calls.load(Ordering::SeqCst),
+        2,
+        "the absent key is cached too"
+    );
+}
+
+#[tokio::test]
+async fn forgetting_the_cache_sees_what_was_written_behind_the_guard() {
+    let backend = Counting::default();
+    let mut guard = VersionGuard::new(backend.clone(), i64::MAX).with_cache(16);
+    let k = state_key("r", b"k");
+    guard.process(&[rec(&k, 5)], 0).await.expect("process");
+    guard.commit(Vec::new()).await.expect("commit");
+
+    // A restore writes a newer entry straight to the backend, then the guard forgets.
+    let restored = StateEntry {
+        version: v(9),
+        deleted: false,
+        snapshot: false,
+        updated_at_ms: 0,
+    };
+    backend
+        .write(WriteRequest {
+            puts: vec![(k.clone(), Some(restored.encode().to_vec()))],
+            checkpoints: Vec::new(),
+        })
+        .await
+        .expect("write");
+    guard.forget_cached();
+
+    let out = guard.process(&[rec(&k, 7)], 0).await.expect("process");
+    assert_eq!(
+        out.decisions,
+        [Decision::Stale],
+        "decided against the restored 9"
+    );
+    assert_eq!(backend.calls.load(Ordering::SeqCst), 2, "read again");
+}

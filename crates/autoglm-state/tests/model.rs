@@ -171,14 +171,16 @@ async fn committed_state(backend: &impl KvBackend) -> BTreeMap<u8, ModelEntry> {
 /// The backend's purge, called with the model's clock.
 type PurgeHook<'a> = &'a dyn Fn(i64);
 
-/// Runs `steps` against the guard and the model. Without a `purge` hook (a backend that cannot
-/// purge on the model's clock) [`Step::Purge`] does nothing on either side.
+/// Runs `steps` against the guard, with a cache of `cache_entries`, and the model. Without a
+/// `purge` hook (a backend that cannot purge on the model's clock) [`Step::Purge`] does nothing
+/// on either side.
 async fn run<B: KvBackend>(
     backend: B,
     steps: &[Step],
     purge: Option<PurgeHook<'_>>,
+    cache_entries: usize,
 ) -> Result<(), TestCaseError> {
-    let mut guard = VersionGuard::new(backend, RETENTION_MS);
+    let mut guard = VersionGuard::new(backend, RETENTION_MS).with_cache(cache_entries);
     let mut model = Model::default();
     let mut now_ms = 1_000;
     let mut offset = 0;
@@ -275,7 +277,21 @@ proptest! {
         let purge = |now_ms| {
             backend.purge_expired_tombstones(now_ms, RETENTION_MS);
         };
-        runtime().block_on(run(backend.clone(), &steps, Some(&purge)))?;
+        runtime().block_on(run(backend.clone(), &steps, Some(&purge), 0))?;
+    }
+
+    /// The cache of committed entries changes no decision: two entries for four keys (so
+    /// entries are evicted and read again), and enough for every key.
+    #[test]
+    fn guard_with_a_cache_matches_model(
+        steps in prop::collection::vec(step(), 0..80),
+        cache_entries in prop_oneof![Just(2usize), Just(64)],
+    ) {
+        let backend = MemoryBackend::new();
+        let purge = |now_ms| {
+            backend.purge_expired_tombstones(now_ms, RETENTION_MS);
+        };
+        runtime().block_on(run(backend.clone(), &steps, Some(&purge), cache_entries))?;
     }
 }
 
@@ -291,7 +307,7 @@ proptest! {
         };
         let rt = runtime();
         let backend = RocksBackend::open(dir.path(), options).expect("open");
-        rt.block_on(run(backend.clone(), &steps, None))?;
+        rt.block_on(run(backend.clone(), &steps, None, 64))?;
         rt.block_on(backend.close()).expect("close");
     }
 }
@@ -337,12 +353,12 @@ fn model_check_detects_a_lost_commit() {
     ];
     assert!(
         runtime()
-            .block_on(run(Lossy::default(), &steps, None))
+            .block_on(run(Lossy::default(), &steps, None, 0))
             .is_err()
     );
     assert!(
         runtime()
-            .block_on(run(MemoryBackend::new(), &steps, None))
+            .block_on(run(MemoryBackend::new(), &steps, None, 0))
             .is_ok()
     );
 }
@@ -365,7 +381,7 @@ fn model_check_detects_a_purge_of_a_young_tombstone() {
     };
     assert!(
         runtime()
-            .block_on(run(backend.clone(), &steps, Some(&too_eager)))
+            .block_on(run(backend.clone(), &steps, Some(&too_eager), 0))
             .is_err()
     );
     let backend = MemoryBackend::new();
@@ -374,7 +390,7 @@ fn model_check_detects_a_purge_of_a_young_tombstone() {
     };
     assert!(
         runtime()
-            .block_on(run(backend.clone(), &steps, Some(&correct)))
+            .block_on(run(backend.clone(), &steps, Some(&correct), 0))
             .is_ok()
     );
 }
