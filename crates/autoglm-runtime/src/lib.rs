@@ -3,7 +3,7 @@
 //! ```text
 //!  poll batch (≤ max_records, ≤ max_bytes, or flush_interval_ms)
 //!     │ decode ─► route ─► key + version ─► map ─► encode (the parallel pass, done ahead)
-//!     │ guard.process (one multi_get)
+//!     │ guard.process (cached entries, one multi_get for the rest)
 //!     │    accepted: encoded rows ─► target topics
 //!     │    stale/duplicate: counted (─► audit topic)
 //!     │ poison at any step ─► DLQ topic (original bytes + reason headers)
@@ -11,7 +11,7 @@
 //!  changelog records (state entries) ─► wait for the acks ─► send_offsets_to_transaction ─► commit
 //!     ‖ meanwhile: the parallel pass of the next batch
 //!     ▼
-//!  guard.commit ─► one RocksDB WriteBatch (state follows commits)
+//!  guard.commit ─► one RocksDB WriteBatch (state follows commits), then the guard's cache
 //!     ‖ meanwhile: poll the rest of the next batch and the one after it
 //! ```
 //!

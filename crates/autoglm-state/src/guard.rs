@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  poll batch [(key, Upsert(v) | Delete(v) | UnversionedDelete, snapshot?)]
-//!        │ keys not in the overlay ──► ONE backend multi_get
+//!        │ keys in neither the overlay nor the cache ──► ONE backend multi_get
 //!        ▼
 //!  decide() per record, in order ──► Accept ──► overlay[key] = new entry (later records see it)
 //!        │                       └─► Duplicate / Stale / SnapshotSuperseded ──► dropped + counted

@@ -2,12 +2,13 @@
 //! rules above it.
 //!
 //! ```text
-//!  poll batch ──► VersionGuard::process ──► one multi_get (keys not yet in the overlay)
+//!  poll batch ──► VersionGuard::process ──► one multi_get (keys in neither overlay nor cache)
 //!                      │  decide() per record, in order; accepted entries go to the overlay
 //!                      ▼
 //!            pending_writes() ──► changelog records in the Kafka transaction
 //!                      │
 //!   Kafka commit ok ──► commit(checkpoints) ──► ONE WriteBatch: state + changelog checkpoints
+//!                                             then the entries join the cache of committed ones
 //!   Kafka abort     ──► abort()             ──► overlay dropped, RocksDB untouched
 //! ```
 //!
