@@ -16,12 +16,12 @@
 //! poll batches until [`VersionGuard::commit`] or [`VersionGuard::abort`], so the backend only
 //! ever holds state that Kafka committed.
 //!
-//! With [`VersionGuard::with_cache`], the guard also keeps the committed entries it read or
-//! wrote lately (and the keys found to have none), so that a key changed again within the last
-//! few batches is decided without a backend read. The cache holds only what the backend holds:
-//! a commit adds its entries once the write succeeded, an abort leaves it alone, and whoever
-//! writes the backend behind the guard's back (a restore) calls
-//! [`VersionGuard::forget_cached`].
+//! With [`VersionGuard::with_cache`], the guard also keeps the entries it committed lately, so
+//! that a key changed again within the last few batches is decided without a backend read. The
+//! cache holds only what the backend holds: a commit adds its entries once the write succeeded,
+//! an abort leaves it alone, and whoever writes the backend behind the guard's back (a restore)
+//! calls [`VersionGuard::forget_cached`]. Entries only read are not added: with a working set
+//! larger than the cache, adding them cost more than the reads they saved.
 //!
 //! **Failure behaviour.** [`VersionGuard::process`] decides nothing until its read and decoding
 //! succeeded: on error the overlay is unchanged and the batch can be retried (or the transaction
@@ -249,14 +249,14 @@ pub struct VersionGuard<B> {
     backend: B,
     tombstone_retention_ms: i64,
     overlay: HashMap<Vec<u8>, StateEntry>,
-    /// Committed entries, `None` for a key that has none; see the module doc.
+    /// Entries committed lately; see the module doc.
     cache: Option<Cache>,
 }
 
 /// The guard's cache of committed entries (S3-FIFO eviction, bounded by entries).
 type Cache = quick_cache::unsync::Cache<
     Vec<u8>,
-    Option<StateEntry>,
+    StateEntry,
     quick_cache::UnitWeighter,
     foldhash::fast::RandomState,
 >;
@@ -323,10 +323,9 @@ impl<B: KvBackend> VersionGuard<B> {
                 continue;
             }
             match self.cache.as_ref().and_then(|cache| cache.get(key)) {
-                Some(Some(entry)) => {
+                Some(entry) => {
                     stored.insert(key, *entry);
                 }
-                Some(None) => {}
                 None => missing.push(key),
             }
         }
@@ -342,18 +341,9 @@ impl<B: KvBackend> VersionGuard<B> {
                     got: values.len(),
                 });
             }
-            let mut read = Vec::with_capacity(missing.len());
             for (key, value) in missing.iter().zip(values) {
-                let entry = value.map(|value| StateEntry::decode(&value)).transpose()?;
-                if let Some(entry) = entry {
-                    stored.insert(key, entry);
-                }
-                read.push((*key, entry));
-            }
-            // Only once every entry decoded: what the backend holds.
-            if let Some(cache) = &mut self.cache {
-                for (key, entry) in read {
-                    cache.insert(key.to_vec(), entry);
+                if let Some(value) = value {
+                    stored.insert(key, StateEntry::decode(&value)?);
                 }
             }
         }
@@ -444,7 +434,7 @@ impl<B: KvBackend> VersionGuard<B> {
         match &mut self.cache {
             Some(cache) => {
                 for (key, entry) in self.overlay.drain() {
-                    cache.insert(key, Some(entry));
+                    cache.insert(key, entry);
                 }
             }
             None => self.overlay.clear(),

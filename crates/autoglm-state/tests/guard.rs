@@ -364,17 +364,18 @@ async fn an_aborted_transaction_leaves_the_cache_as_committed() {
     assert_eq!(out.decisions, [Decision::Accept, Decision::Accept]);
     guard.abort();
 
-    // Retried: decided against the committed 5, and `new` (read as absent) is still absent,
-    // from the cache.
+    // Retried: decided against the committed 5 from the cache, and `new`, never committed, is
+    // read again (as absent).
     let out = guard
         .process(&[rec(&k, 6), rec(&new, 1)], 0)
         .await
         .expect("process");
     assert_eq!(out.decisions, [Decision::Accept, Decision::Accept]);
+    assert_eq!(backend.calls.load(Ordering::SeqCst), 3);
     assert_eq!(
-        backend.calls.load(Ordering::SeqCst),
-        2,
-        "the absent key is cached too"
+        backend.keys.load(Ordering::SeqCst),
+        3,
+        "only `new`, each time"
     );
 }
 
