@@ -413,8 +413,8 @@ impl<B: KvBackend> VersionGuard<B> {
 
     /// Call once the Kafka transaction committed: writes the overlay and the changelog
     /// `checkpoints` (`(topic, partition, next offset)`) in one atomic backend write, then clears
-    /// the overlay. Returns the number of state keys written. On error the overlay is kept and
-    /// the call can be retried.
+    /// the overlay (its entries join the cache). Returns the number of state keys written. On
+    /// error the overlay is kept and the call can be retried.
     pub async fn commit(
         &mut self,
         checkpoints: Vec<(String, i32, i64)>,
