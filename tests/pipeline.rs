@@ -134,6 +134,16 @@ async fn crm_stream_is_aligned_deduplicated_and_dead_lettered_exactly_once() {
         .iter()
         .find(|r| r.key == "1" && r.headers["autoglm.version"] == "2")
         .expect("alice v2");
+    assert_eq!(
+        alice.headers["autoglm.source.topic"], t.source,
+        "lineage by default"
+    );
+    assert!(
+        alice.headers["autoglm.source.offset"]
+            .parse::<i64>()
+            .is_ok()
+    );
+    assert_eq!(alice.headers["autoglm.op"], "u");
     let value = alice.value.as_ref().expect("value");
     assert_eq!(
         value["user_name"], "alice",
@@ -277,7 +287,8 @@ async fn json_upsert_topic_with_connect_wrapper_flows_to_a_json_target() {
         &t,
         &state,
         "",
-        r#"    mapping:
+        r#"    lineage_headers: false
+    mapping:
       rename_rules: [ { pattern: "e.?mail", to: email_address, case_insensitive: true } ]
       fields:
         balance: { type: { decimal: { scale: 2 } } }
@@ -326,6 +337,14 @@ async fn json_upsert_topic_with_connect_wrapper_flows_to_a_json_target() {
         .iter()
         .find(|r| r.key == "1" && r.headers["autoglm.version"] == "3")
         .expect("v3");
+    assert!(
+        !last
+            .headers
+            .keys()
+            .any(|k| k.starts_with("autoglm.source.")),
+        "lineage_headers: false, {:?}",
+        last.headers
+    );
     let value = last.value.as_ref().expect("value");
     assert_eq!(value["email_address"], "u1@example.com");
     assert_eq!(value["balance"], "12.00");

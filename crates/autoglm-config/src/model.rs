@@ -236,6 +236,16 @@ pub struct Route {
     /// How a delete is written to the targets.
     #[serde(default)]
     pub delete: DeleteMode,
+    /// Whether each output record carries the `autoglm.source.topic`, `.partition` and
+    /// `.offset` headers of the input record it came from. Off saves their cost per record
+    /// (three headers to build, send, store and parse); `autoglm.version`, `autoglm.op` and
+    /// `traceparent` stay.
+    #[serde(default = "default_true")]
+    pub lineage_headers: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// The source of a route.

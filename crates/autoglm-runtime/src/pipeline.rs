@@ -1134,6 +1134,7 @@ impl Pipeline {
                     source: msg,
                     op: w.event.op.as_str(),
                     version: version.clone(),
+                    lineage: route.lineage_headers,
                 });
                 summary.emitted += 1;
                 tally.emitted(w.route, t);
@@ -1247,17 +1248,27 @@ struct Outgoing<'b> {
     source: &'b OwnedMessage,
     op: &'static str,
     version: String,
+    /// Add the source topic, partition and offset headers.
+    lineage: bool,
 }
 
 impl Outgoing<'_> {
     fn send(&self, producer: &AckingProducer, ticket: Ticket) -> Result<(), BatchError> {
         let source = self.source;
-        let partition = source.partition().to_string();
-        let offset = source.offset().to_string();
-        let mut headers = OwnedHeaders::new()
-            .insert(header("autoglm.source.topic", source.topic()))
-            .insert(header("autoglm.source.partition", &partition))
-            .insert(header("autoglm.source.offset", &offset))
+        let mut headers = OwnedHeaders::new();
+        if self.lineage {
+            headers = headers
+                .insert(header("autoglm.source.topic", source.topic()))
+                .insert(header(
+                    "autoglm.source.partition",
+                    &source.partition().to_string(),
+                ))
+                .insert(header(
+                    "autoglm.source.offset",
+                    &source.offset().to_string(),
+                ));
+        }
+        headers = headers
             .insert(header("autoglm.version", &self.version))
             .insert(header("autoglm.op", self.op));
         if let Some(trace) = traceparent(source) {

@@ -71,6 +71,8 @@ pub struct RouteRuntime {
     pub(crate) dlq_topic: String,
     pub(crate) audit_topic: Option<String>,
     pub(crate) delete: DeleteMode,
+    /// Output records carry their input's topic, partition and offset as headers.
+    pub(crate) lineage_headers: bool,
     /// Compacted topic holding this route's state entries.
     pub(crate) changelog_topic: String,
 }
@@ -127,6 +129,7 @@ impl RouteRuntime {
             dlq_topic: route.dlq_topic.clone(),
             audit_topic: route.audit_topic.clone(),
             delete: route.delete,
+            lineage_headers: route.lineage_headers,
             changelog_topic: format!("{}-{}-changelog", config.kafka.group_id, route.name),
         })
     }
