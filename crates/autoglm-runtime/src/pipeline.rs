@@ -1257,23 +1257,12 @@ impl Outgoing<'_> {
         let source = self.source;
         let mut headers = OwnedHeaders::new();
         if self.lineage {
-            headers = headers
-                .insert(header("autoglm.source.topic", source.topic()))
-                .insert(header(
-                    "autoglm.source.partition",
-                    &source.partition().to_string(),
-                ))
-                .insert(header(
-                    "autoglm.source.offset",
-                    &source.offset().to_string(),
-                ));
+            headers = with_source(headers, source);
         }
-        headers = headers
+        let headers = headers
             .insert(header("autoglm.version", &self.version))
             .insert(header("autoglm.op", self.op));
-        if let Some(trace) = traceparent(source) {
-            headers = headers.insert(header("traceparent", &trace));
-        }
+        let headers = with_traceparent(headers, source);
         let mut record = BaseRecord::with_opaque_to(self.topic, ticket.opaque(Kind::Output))
             .key(self.key)
             .headers(headers);
@@ -1349,20 +1338,13 @@ impl<'p> Output<'p> {
         field: &str,
     ) -> Result<(), BatchError> {
         tracing::warn!(route = %route.name, topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), %message, "record dead-lettered");
-        let partition = msg.partition().to_string();
-        let offset = msg.offset().to_string();
-        let mut headers = OwnedHeaders::new()
+        let headers = OwnedHeaders::new()
             .insert(header("autoglm.error.class", class.as_str()))
             .insert(header("autoglm.error.message", message))
             .insert(header("autoglm.error.rule", rule))
             .insert(header("autoglm.error.field", field))
-            .insert(header("autoglm.route", &route.name))
-            .insert(header("autoglm.source.topic", msg.topic()))
-            .insert(header("autoglm.source.partition", &partition))
-            .insert(header("autoglm.source.offset", &offset));
-        if let Some(trace) = traceparent(msg) {
-            headers = headers.insert(header("traceparent", &trace));
-        }
+            .insert(header("autoglm.route", &route.name));
+        let headers = with_traceparent(with_source(headers, msg), msg);
         self.forward(&route.dlq_topic, msg, headers)
     }
 
@@ -1422,6 +1404,26 @@ fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
     Header {
         key,
         value: Some(value),
+    }
+}
+
+/// Adds the headers naming the input record `msg`: `autoglm.source.topic`, `.partition` and
+/// `.offset`.
+fn with_source(headers: OwnedHeaders, msg: &OwnedMessage) -> OwnedHeaders {
+    headers
+        .insert(header("autoglm.source.topic", msg.topic()))
+        .insert(header(
+            "autoglm.source.partition",
+            &msg.partition().to_string(),
+        ))
+        .insert(header("autoglm.source.offset", &msg.offset().to_string()))
+}
+
+/// Carries the input record's W3C `traceparent` over, if it had one.
+fn with_traceparent(headers: OwnedHeaders, msg: &OwnedMessage) -> OwnedHeaders {
+    match traceparent(msg) {
+        Some(trace) => headers.insert(header("traceparent", &trace)),
+        None => headers,
     }
 }
 
