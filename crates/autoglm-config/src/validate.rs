@@ -5,7 +5,7 @@ use std::path::Path;
 
 use autoglm_codec::Encoding;
 use autoglm_kafka::ClientSettings;
-use autoglm_mapping::{Mapping, RenameRule, Severity};
+use autoglm_mapping::{Mapping, Severity};
 
 use crate::{Config, Route};
 
@@ -75,14 +75,11 @@ impl Problem {
 impl Config {
     /// The route's mapping with the global `mapping_rules` placed before its own rename rules.
     pub fn mapping_spec(&self, route: &Route) -> autoglm_mapping::MappingSpec {
-        let mut spec = route.mapping.clone();
-        let global = self.mapping_rules.iter().map(|(pattern, to)| RenameRule {
-            pattern: pattern.clone(),
-            to: to.clone(),
-            case_insensitive: false,
-        });
-        spec.rename_rules = global.chain(spec.rename_rules).collect();
-        spec
+        route.mapping.clone().with_global_rules(
+            self.mapping_rules
+                .iter()
+                .map(|(pattern, to)| (pattern.clone(), to.clone())),
+        )
     }
 }
 

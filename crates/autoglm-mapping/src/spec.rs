@@ -72,6 +72,20 @@ pub struct MappingSpec {
     pub fields: IndexMap<String, FieldSpec>,
 }
 
+impl MappingSpec {
+    /// The spec with `rules` (pattern → target name, case-sensitive, in order) ahead of its own
+    /// `rename_rules`: how a config's global `mapping_rules` apply to each route.
+    pub fn with_global_rules(mut self, rules: impl IntoIterator<Item = (String, String)>) -> Self {
+        let global = rules.into_iter().map(|(pattern, to)| RenameRule {
+            pattern,
+            to,
+            case_insensitive: false,
+        });
+        self.rename_rules = global.chain(self.rename_rules).collect();
+        self
+    }
+}
+
 /// A regex rename rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
