@@ -19,7 +19,7 @@ use serde_json::{Map, Value as Json, json};
 
 const CRM: &str = include_str!("../../../bench/schemas/crm.customers_wide-value.avsc");
 const ERP: &str = include_str!("../../../bench/schemas/erp.customers_wide-value.avsc");
-const T0_MS: i64 = 1_795_600_000_000;
+include!("../../../bench/customer_row.rs");
 
 fn object(value: Json) -> Map<String, Json> {
     match value {
@@ -28,25 +28,10 @@ fn object(value: Json) -> Map<String, Json> {
     }
 }
 
-/// Customer 4242 at `version`, as `autoglm-bench`'s workload writes it.
-fn row(version: i64) -> Json {
-    json!({
-        "id": 4242, "usr_name": "customer 0004242 of the east region",
-        "Email": "customer.4242@example.com", "phone": "+86 138 0000 4242",
-        "tax_id": "91310000MA1F004242", "credit_limit": "5242.42",
-        "balance": format!("{}.{:02}", 4242 * 37 + version * 101, version),
-        "discount_rate": "0.4249", "city": "Shanghai",
-        "password_hash": "$2b$12$KIXQ4vGQ0e3a5f1c9b7d2e8f4a6c0b1d3e5f7a9c2b4d6e8f0a1c3e5b7d9f1a",
-        "region": "cn-east", "birth_date": 7892, "created_at": T0_MS - 86_400_000 * 242,
-        "updated_at": T0_MS + version * 60_000,
-        "last_login_at": (T0_MS + version * 60_000 - 5_000) * 1000, "version": version
-    })
-}
-
 /// An update envelope, as the bench preloads it.
 fn envelope() -> Map<String, Json> {
     object(json!({
-        "before": row(6), "after": row(7), "op": "u", "ts_ms": T0_MS + 1234,
+        "before": customer_row(6), "after": customer_row(7), "op": "u", "ts_ms": T0_MS + 1234,
         "source": {
             "version": "3.1.0.Final", "connector": "mysql", "name": "crm", "ts_ms": T0_MS + 1234,
             "snapshot": "false", "db": "crm", "table": "customers", "server_id": 223_344,

@@ -4,12 +4,12 @@
 //! `bench/autoglm-bench.yaml` (`make_bench_customer`): the figure to set beside the codec
 //! bench's decode and encode of that same record.
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use autoglm_core::Row;
-use autoglm_mapping::{Mapping, MappingSpec, RenameRule};
+use autoglm_mapping::{Mapping, MappingSpec};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use indexmap::IndexMap;
 use serde_json::{Value, json};
 
 const SPEC: &str = r#"
@@ -60,43 +60,22 @@ fn customer() -> Row {
 }
 
 const BENCH_CONFIG: &str = include_str!("../../../bench/autoglm-bench.yaml");
-/// 2026-11-25T09:46:40Z in ms, as in the codec bench.
-const T0_MS: i64 = 1_795_600_000_000;
+include!("../../../bench/customer_row.rs");
 
-/// The mapping `make bench` runs: the route's `mapping:` after the global `mapping_rules`, as
-/// the config's `mapping_spec` merges them.
+/// The mapping `make bench` runs: the route's `mapping:` after the global `mapping_rules`, in
+/// their order, as the config merges them.
 fn make_bench_spec() -> MappingSpec {
     let config: serde_yaml::Value = serde_yaml::from_str(BENCH_CONFIG).expect("bench config");
-    let mut spec: MappingSpec =
+    let spec: MappingSpec =
         serde_yaml::from_value(config["routes"][0]["mapping"].clone()).expect("route mapping");
-    let global: BTreeMap<String, String> =
+    let global: IndexMap<String, String> =
         serde_yaml::from_value(config["mapping_rules"].clone()).expect("mapping_rules");
-    let global = global.into_iter().map(|(pattern, to)| RenameRule {
-        pattern,
-        to,
-        case_insensitive: false,
-    });
-    spec.rename_rules = global.chain(spec.rename_rules).collect();
-    spec
+    spec.with_global_rules(global)
 }
 
-/// Customer 4242's `after` row at version 7, as the decoder gives it from the bench's Avro
-/// (decimals as strings of their scale, the date in epoch days, the micro-timestamp in µs);
-/// the same row as the codec bench's.
+/// The update's `after` row, version 7, as the decoder gives it.
 fn make_bench_customer() -> Row {
-    let version = 7;
-    let v = json!({
-        "id": 4242, "usr_name": "customer 0004242 of the east region",
-        "Email": "customer.4242@example.com", "phone": "+86 138 0000 4242",
-        "tax_id": "91310000MA1F004242", "credit_limit": "5242.42",
-        "balance": format!("{}.{:02}", 4242 * 37 + version * 101, version),
-        "discount_rate": "0.4249", "city": "Shanghai",
-        "password_hash": "$2b$12$KIXQ4vGQ0e3a5f1c9b7d2e8f4a6c0b1d3e5f7a9c2b4d6e8f0a1c3e5b7d9f1a",
-        "region": "cn-east", "birth_date": 7892, "created_at": T0_MS - 86_400_000 * 242,
-        "updated_at": T0_MS + version * 60_000,
-        "last_login_at": (T0_MS + version * 60_000 - 5_000) * 1000, "version": version
-    });
-    match v {
+    match customer_row(7) {
         Value::Object(m) => m,
         _ => Row::new(),
     }
