@@ -261,7 +261,8 @@ pub async fn recreate_topics(
 }
 
 /// Deletes a consumer group (its committed offsets); a group that does not exist is already
-/// gone, and a coordinator still loading is waited for (up to 30 s).
+/// gone, and a coordinator still loading, or a member of the last run still in the group, is
+/// waited for (up to 30 s).
 pub async fn delete_group(settings: &ClientSettings, group: &str) -> anyhow::Result<()> {
     use rdkafka::types::RDKafkaErrorCode as Code;
     let admin: AdminClient<DefaultClientContext> = settings.client_config().create()?;
@@ -277,7 +278,10 @@ pub async fn delete_group(settings: &ClientSettings, group: &str) -> anyhow::Res
                 _,
                 Code::CoordinatorLoadInProgress
                 | Code::CoordinatorNotAvailable
-                | Code::NotCoordinator,
+                | Code::NotCoordinator
+                // The last run's processor is a static member: it does not leave the group when
+                // it stops, but stays until its session times out (10 s).
+                | Code::NonEmptyGroup,
             ))) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
