@@ -6,7 +6,7 @@ use std::time::Duration;
 use autoglm_config::Overrides;
 use autoglm_demo::{DemoValue, Received, read_committed, recreate_topics, scenario};
 use autoglm_runtime::{Pipeline, RunOptions, RunSummary};
-use autoglm_tests::{Outage, authority, produce_plain, repo_root, stack, unique};
+use autoglm_tests::{Outage, authority, batch_codecs, produce_plain, repo_root, stack, unique};
 
 struct Topics {
     source: String,
@@ -192,6 +192,20 @@ async fn crm_stream_is_aligned_deduplicated_and_dead_lettered_exactly_once() {
     assert!(short.headers["autoglm.error.message"].contains("5-byte header"));
     assert_eq!(short.headers["autoglm.source.topic"], t.source);
 
+    // `enable_compression: true`: every batch the processor wrote is lz4, the state changelog's
+    // and the dead letters' included.
+    for topic in [
+        &t.target,
+        &t.dlq,
+        &format!("{}-customers-changelog", t.group),
+    ] {
+        let codecs = batch_codecs(topic);
+        assert!(
+            !codecs.is_empty() && codecs.iter().all(|c| c == "lz4"),
+            "{topic}: {codecs:?}"
+        );
+    }
+
     // A restart with the same state and group, fed the whole stream again (a replay, as after a
     // producer retry storm): every version is already known, nothing new is emitted.
     autoglm_demo::produce(&kafka, stack.registry(), &t.source, &records)
@@ -349,6 +363,11 @@ async fn json_upsert_topic_with_connect_wrapper_flows_to_a_json_target() {
     assert_eq!(value["email_address"], "u1@example.com");
     assert_eq!(value["balance"], "12.00");
     assert_eq!(value["active"], true);
+    let codecs = batch_codecs(&t.target);
+    assert!(
+        !codecs.is_empty() && codecs.iter().all(|c| c == "none"),
+        "enable_compression is off by default: {codecs:?}"
+    );
     let dead = read_committed(&kafka, None, &t.dlq, Duration::from_secs(3))
         .await
         .expect("dlq");

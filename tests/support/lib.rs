@@ -202,3 +202,69 @@ pub fn authority(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     rest.split('/').next().unwrap_or(rest)
 }
+
+/// The compression codec of each record batch of `topic` the local broker holds, read from its
+/// log segments with Kafka's own `DumpLogSegments` (no client sees a batch's codec). Control
+/// batches (transaction markers) are left out: the broker writes those uncompressed.
+///
+/// # Panics
+///
+/// When the broker's data directory (`AUTOGLM_STACK_DIR`, else `<repo>/.stack`, as `stack.sh`
+/// reads it) holds no partition of `topic`, or the tool fails.
+pub fn batch_codecs(topic: &str) -> Vec<String> {
+    let stack_dir = std::env::var_os("AUTOGLM_STACK_DIR")
+        .map_or_else(|| repo_root().join(".stack"), PathBuf::from);
+    let data = stack_dir.join("kafka/data");
+    let prefix = format!("{topic}-");
+    let segments: Vec<PathBuf> = std::fs::read_dir(&data)
+        .unwrap_or_else(|e| panic!("the broker's data directory {}: {e}", data.display()))
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|dir| {
+            dir.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix(&prefix))
+                .is_some_and(|partition| partition.parse::<u32>().is_ok())
+        })
+        .flat_map(|dir| {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+        })
+        .map(|entry| entry.path())
+        .filter(|file| file.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    assert!(
+        !segments.is_empty(),
+        "no log segment of {topic} under {}",
+        data.display()
+    );
+    let files = segments
+        .iter()
+        .map(|s| s.display().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let output = Command::new("bash")
+        .arg(repo_root().join("deploy/local/stack.sh"))
+        .args([
+            "kafka-tool",
+            "kafka.tools.DumpLogSegments",
+            "--files",
+            &files,
+        ])
+        .output()
+        .expect("DumpLogSegments");
+    assert!(
+        output.status.success(),
+        "DumpLogSegments failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains("isControl: false"))
+        .filter_map(|line| line.split("compresscodec: ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}

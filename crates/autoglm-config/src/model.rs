@@ -102,7 +102,8 @@ pub struct EventQueue {
     pub flush_interval_ms: u64,
     /// Attempts for a transient failure before the processor waits (it never skips).
     pub max_retry_attempts: u32,
-    /// Producer (zstd) and RocksDB (lz4) compression.
+    /// lz4 for produced record batches (unless `kafka.properties` sets `compression.type`) and
+    /// in RocksDB.
     pub enable_compression: bool,
 }
 
