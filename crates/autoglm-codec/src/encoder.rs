@@ -29,6 +29,8 @@ pub struct AvroTarget {
     subject: String,
     /// The schema's JSON text, as given.
     text: String,
+    /// The indexes of the root record's fields, sorted by name: the order a row iterates in.
+    by_name: Vec<usize>,
 }
 
 impl std::fmt::Debug for AvroTarget {
@@ -49,6 +51,14 @@ impl AvroTarget {
         };
         let parsed = Schema::parse_str(schema).map_err(shape)?;
         let resolved = OwnedSchema::new(parsed).map_err(shape)?;
+        let by_name = match resolved.root() {
+            Schema::Record(r) => {
+                let mut order: Vec<usize> = (0..r.fields.len()).collect();
+                order.sort_by(|&a, &b| r.fields[a].name.cmp(&r.fields[b].name));
+                order
+            }
+            _ => Vec::new(),
+        };
         Ok(AvroTarget {
             encoder: AvroEncoder::new(registry),
             id: tokio::sync::OnceCell::new(),
@@ -60,6 +70,7 @@ impl AvroTarget {
             resolved,
             subject: format!("{topic}-value"),
             text: schema.to_owned(),
+            by_name,
         })
     }
 
@@ -127,6 +138,9 @@ impl AvroTarget {
 
     /// Appends `row`'s Avro datum (no wire header) to `out`. After an error `out` may hold part
     /// of the datum.
+    ///
+    /// The row's fields are matched to the schema's in one merge of two sorted lists (the row
+    /// iterates by name, and `by_name` is the schema's fields by name), not looked up one by one.
     pub fn write_datum(&self, row: &Row, out: &mut Vec<u8>) -> Result<(), CodecError> {
         let Schema::Record(record) = self.resolved.root() else {
             return Err(CodecError::Shape {
@@ -134,7 +148,24 @@ impl AvroTarget {
                 reason: format!("`{}` is not a record", self.subject),
             });
         };
-        write_record(row, record, self.resolved.names(), out)
+        let mut values: Vec<Option<&Json>> = vec![None; record.fields.len()];
+        let mut fields = self.by_name.iter().peekable();
+        for (name, value) in row {
+            while let Some(&&i) = fields.peek() {
+                match record.fields[i].name.as_str().cmp(name.as_str()) {
+                    std::cmp::Ordering::Less => {
+                        fields.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        values[i] = Some(value);
+                        fields.next();
+                        break;
+                    }
+                    std::cmp::Ordering::Greater => break,
+                }
+            }
+        }
+        write_fields(record, |i| values[i], self.resolved.names(), out)
     }
 }
 
@@ -346,8 +377,18 @@ fn write_record(
     names: &Names,
     out: &mut Vec<u8>,
 ) -> Result<(), CodecError> {
-    for field in &record.fields {
-        let written = match (row.get(&field.name), &field.default) {
+    write_fields(record, |i| row.get(&record.fields[i].name), names, out)
+}
+
+/// [`write_record`] with each field's value (by its index in the record) from `value_of`.
+fn write_fields<'r>(
+    record: &apache_avro::schema::RecordSchema,
+    value_of: impl Fn(usize) -> Option<&'r Json>,
+    names: &Names,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    for (i, field) in record.fields.iter().enumerate() {
+        let written = match (value_of(i), &field.default) {
             (Some(v), _) => write(v, &field.schema, names, out),
             (None, Some(default)) => write(default, &field.schema, names, out),
             (None, None) => {
@@ -537,6 +578,37 @@ mod tests {
     fn encode(row: Json) -> Result<Value, CodecError> {
         let s = schema();
         json_to_avro(&row, s.root(), "")
+    }
+
+    proptest! {
+        /// The merge of the row's fields with the schema's (`write_datum`) writes what looking
+        /// each field up by name writes (`write_record`): for rows that lack fields, hold fields
+        /// the schema does not, and whose names sort between the schema's.
+        #[test]
+        fn the_merged_fields_are_the_looked_up_fields(
+            row in proptest::collection::btree_map(
+                prop::sample::select(vec!["0", "a", "aa", "ab", "b", "c", "ca", "d", "e", "z"]),
+                any::<i64>(),
+                0..10,
+            )
+        ) {
+            // Fields out of name order, with defaults, so that any subset encodes.
+            let schema = r#"{"type": "record", "name": "R", "fields": [
+                {"name": "d", "type": "long", "default": -4},
+                {"name": "aa", "type": ["null", "long"], "default": null},
+                {"name": "b", "type": "long", "default": 2},
+                {"name": "a", "type": ["null", "long"], "default": null},
+                {"name": "ca", "type": "long", "default": 7}]}"#;
+            let target = AvroTarget::new(SrSettings::new("http://registry.invalid".into()), "t", schema)
+                .expect("schema");
+            let row: Row = row.into_iter().map(|(k, v)| (k.to_owned(), Json::from(v))).collect();
+            let Schema::Record(record) = target.resolved.root() else { panic!("record") };
+            let mut merged = Vec::new();
+            target.write_datum(&row, &mut merged).expect("merged");
+            let mut looked_up = Vec::new();
+            write_record(&row, record, target.resolved.names(), &mut looked_up).expect("looked up");
+            prop_assert_eq!(merged, looked_up);
+        }
     }
 
     #[test]
