@@ -118,30 +118,68 @@ impl AvroTarget {
     /// it registered); its id is kept for every later call.
     pub async fn encode(&self, row: &Row) -> Result<Vec<u8>, CodecError> {
         let id = *self.id.get_or_try_init(|| self.register()).await?;
-        self.encode_as(id, row)
+        self.framed(id, |out| self.write_datum(row, out))
     }
 
     /// [`encode`](Self::encode) without waiting, once the schema's id is known (after the first
-    /// `encode`): what the pipeline runs on its worker threads. `None` before that.
-    pub fn encode_cached(&self, row: &Row) -> Option<Result<Vec<u8>, CodecError>> {
-        self.id.get().map(|&id| self.encode_as(id, row))
+    /// `encode`), of a row given as its fields in name order, each name once (what
+    /// `Mapping::apply_sorted` returns; see [`write_fields`](Self::write_fields)): what the
+    /// pipeline runs on its worker threads. `None` before the id is known.
+    pub fn encode_fields_cached(
+        &self,
+        fields: &[(String, Json)],
+    ) -> Option<Result<Vec<u8>, CodecError>> {
+        self.id
+            .get()
+            .map(|&id| self.framed(id, |out| self.write_fields(fields, out)))
     }
 
-    fn encode_as(&self, id: u32, row: &Row) -> Result<Vec<u8>, CodecError> {
+    /// The Confluent frame for schema `id` around the datum `write` appends.
+    fn framed(
+        &self,
+        id: u32,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>,
+    ) -> Result<Vec<u8>, CodecError> {
         // Room for the usual row without a reallocation.
         let mut bytes = Vec::with_capacity(512);
         bytes.push(0);
         bytes.extend_from_slice(&id.to_be_bytes());
-        self.write_datum(row, &mut bytes)?;
+        write(&mut bytes)?;
         Ok(bytes)
     }
 
     /// Appends `row`'s Avro datum (no wire header) to `out`. After an error `out` may hold part
     /// of the datum.
-    ///
-    /// The row's fields are matched to the schema's in one merge of two sorted lists (the row
-    /// iterates by name, and `by_name` is the schema's fields by name), not looked up one by one.
     pub fn write_datum(&self, row: &Row, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        self.write_merged(row, out)
+    }
+
+    /// [`write_datum`](Self::write_datum) of a row given as its fields in name order, each name
+    /// once, as `Mapping::apply_sorted` returns them: no map is built for the encode.
+    ///
+    /// # Panics
+    ///
+    /// In debug builds, when `fields` are not in strictly increasing name order (a field out of
+    /// order would be written as missing).
+    pub fn write_fields(
+        &self,
+        fields: &[(String, Json)],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        debug_assert!(
+            fields.windows(2).all(|w| w[0].0 < w[1].0),
+            "fields in name order, each name once"
+        );
+        self.write_merged(fields.iter().map(|(name, value)| (name, value)), out)
+    }
+
+    /// The row's fields, in name order, are matched to the schema's in one merge of two sorted
+    /// lists (`by_name` is the schema's fields by name), not looked up one by one.
+    fn write_merged<'r>(
+        &self,
+        row: impl IntoIterator<Item = (&'r String, &'r Json)>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
         let Schema::Record(record) = self.resolved.root() else {
             return Err(CodecError::Shape {
                 expected: "a record target schema",
@@ -581,9 +619,10 @@ mod tests {
     }
 
     proptest! {
-        /// The merge of the row's fields with the schema's (`write_datum`) writes what looking
-        /// each field up by name writes (`write_record`): for rows that lack fields, hold fields
-        /// the schema does not, and whose names sort between the schema's.
+        /// The merge of the row's fields with the schema's (`write_datum`, and `write_fields` for
+        /// the same fields as a list) writes what looking each field up by name writes
+        /// (`write_record`): for rows that lack fields, hold fields the schema does not, and
+        /// whose names sort between the schema's.
         #[test]
         fn the_merged_fields_are_the_looked_up_fields(
             row in proptest::collection::btree_map(
@@ -607,7 +646,11 @@ mod tests {
             target.write_datum(&row, &mut merged).expect("merged");
             let mut looked_up = Vec::new();
             write_record(&row, record, target.resolved.names(), &mut looked_up).expect("looked up");
-            prop_assert_eq!(merged, looked_up);
+            let fields: Vec<(String, Json)> = row.clone().into_iter().collect();
+            let mut from_fields = Vec::new();
+            target.write_fields(&fields, &mut from_fields).expect("fields");
+            prop_assert_eq!(&merged, &looked_up);
+            prop_assert_eq!(from_fields, looked_up);
         }
     }
 

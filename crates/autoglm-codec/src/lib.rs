@@ -10,12 +10,13 @@
 //!  With [`Decoder::after_only`] (the pipeline's), `before` is skipped unread beside an `after`
 //!  row; a delete is read again, whole.
 //!
-//! [`Decoder::decode_cached`] and [`AvroTarget::encode_cached`] never wait: once a schema is
-//! cached they run on any thread. [`Decoder::decode`] and [`AvroTarget::encode`] first fetch or
-//! register what is missing.
+//! [`Decoder::decode_cached`] and [`AvroTarget::encode_fields_cached`] never wait: once a schema
+//! is cached they run on any thread. [`Decoder::decode`] and [`AvroTarget::encode`] first fetch
+//! or register what is missing.
 //!
-//!  Row (JSON map) ─► Avro datum, written field by field under the target schema
-//!                   (no intermediate Value) ─► Confluent wire format               (or JSON bytes)
+//!  Row (JSON map, or its fields in name order) ─► Avro datum, written field by field under
+//!  the target schema, matched to it in one merge (no intermediate Value) ─► Confluent wire
+//!  format (or JSON bytes)
 //! ```
 //!
 //! [`RegistryClient`] asks the registry, registering nothing, whether a target schema is

@@ -625,6 +625,14 @@ impl Mapping {
     /// [`apply`](Self::apply), taking the row: a value that passes through unconverted moves
     /// into the output, under its own name when it keeps it, instead of being copied.
     pub fn apply_owned(&self, row: Row) -> Result<Row, MappingError> {
+        self.apply_sorted(row)
+            .map(|fields| fields.into_iter().collect())
+    }
+
+    /// [`apply_owned`](Self::apply_owned), the output as its fields in name order, each name
+    /// once, instead of a map: what an encoder that walks a row in name order (the Avro
+    /// target's `write_fields`) takes without a map being built for it.
+    pub fn apply_sorted(&self, row: Row) -> Result<Vec<(String, Value)>, MappingError> {
         let names = self.names.0.load();
         let plan = self.plan(&row, &names)?;
         // Every check passed: what is left are moves.

@@ -921,22 +921,26 @@ impl Pipeline {
         };
         event.before = None;
         event.key = None;
-        let row = match source_row
-            .map(|row| route.mapping.apply_owned(row))
+        // As fields in name order: the encoders walk them without a map being built.
+        let fields = match source_row
+            .map(|row| route.mapping.apply_sorted(row))
             .transpose()
         {
-            Ok(row) => row,
+            Ok(fields) => fields,
             Err(e) => return poison(e.class(), e.to_string(), e.rule(), e.field()),
         };
         // Encoded here, on all cores, for every target: most records are accepted, and the few
         // the guard drops cost less than encoding on the batch's critical path would.
-        let mapped = row.map(|row| {
+        let mapped = fields.map(|fields| {
             let encoded: Option<Vec<_>> = route
                 .targets
                 .iter()
-                .map(|target| target.encode_cached(&row))
+                .map(|target| target.encode_fields_cached(&fields))
                 .collect();
-            encoded.map_or(Mapped::Row(row), Mapped::Encoded)
+            encoded.map_or_else(
+                || Mapped::Row(fields.into_iter().collect()),
+                Mapped::Encoded,
+            )
         });
         Prepared::Work(Work {
             at: 0,

@@ -45,13 +45,28 @@ impl TargetRuntime {
         }
     }
 
-    /// [`encode`](Self::encode) without waiting; `None` while an Avro target's schema id is
-    /// not known yet (its first `encode` registers it).
-    pub(crate) fn encode_cached(&self, row: &Row) -> Option<Result<Vec<u8>, CodecError>> {
+    /// [`encode`](Self::encode) without waiting, of a row given as its fields in name order,
+    /// each name once (what `Mapping::apply_sorted` returns); `None` while an Avro target's
+    /// schema id is not known yet (its first `encode` registers it).
+    pub(crate) fn encode_fields_cached(
+        &self,
+        fields: &[(String, Json)],
+    ) -> Option<Result<Vec<u8>, CodecError>> {
         match self {
-            TargetRuntime::Avro { avro, .. } => avro.encode_cached(row),
-            TargetRuntime::Json { .. } => Some(serde_json::to_vec(row).map_err(CodecError::Json)),
+            TargetRuntime::Avro { avro, .. } => avro.encode_fields_cached(fields),
+            TargetRuntime::Json { .. } => {
+                Some(serde_json::to_vec(&AsObject(fields)).map_err(CodecError::Json))
+            }
         }
+    }
+}
+
+/// Fields in name order, serialized as the JSON object of the row they make.
+struct AsObject<'f>(&'f [(String, Json)]);
+
+impl serde::Serialize for AsObject<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, value)| (name, value)))
     }
 }
 
