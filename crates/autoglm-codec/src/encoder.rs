@@ -203,7 +203,7 @@ impl AvroTarget {
                 }
             }
         }
-        write_fields(record, |i| values[i], self.resolved.names(), out)
+        write_record_fields(record, |i| values[i], self.resolved.names(), out)
     }
 }
 
@@ -415,11 +415,11 @@ fn write_record(
     names: &Names,
     out: &mut Vec<u8>,
 ) -> Result<(), CodecError> {
-    write_fields(record, |i| row.get(&record.fields[i].name), names, out)
+    write_record_fields(record, |i| row.get(&record.fields[i].name), names, out)
 }
 
 /// [`write_record`] with each field's value (by its index in the record) from `value_of`.
-fn write_fields<'r>(
+fn write_record_fields<'r>(
     record: &apache_avro::schema::RecordSchema,
     value_of: impl Fn(usize) -> Option<&'r Json>,
     names: &Names,
