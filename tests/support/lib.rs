@@ -245,16 +245,7 @@ pub fn batch_codecs(topic: &str) -> Vec<String> {
         .map(|s| s.display().to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let output = Command::new("bash")
-        .arg(repo_root().join("deploy/local/stack.sh"))
-        .args([
-            "kafka-tool",
-            "kafka.tools.DumpLogSegments",
-            "--files",
-            &files,
-        ])
-        .output()
-        .expect("DumpLogSegments");
+    let output = kafka_tool("kafka.tools.DumpLogSegments", &["--files", &files]);
     assert!(
         output.status.success(),
         "DumpLogSegments failed: {}",
@@ -267,4 +258,20 @@ pub fn batch_codecs(topic: &str) -> Vec<String> {
         .filter_map(|rest| rest.split_whitespace().next())
         .map(str::to_owned)
         .collect()
+}
+
+/// Runs a Kafka CLI tool class (`org.apache.kafka.tools.TransactionsCommand`, …) from the stack's
+/// jars, through `stack.sh kafka-tool`, and returns what it printed.
+///
+/// # Panics
+///
+/// When `stack.sh` cannot be started.
+pub fn kafka_tool(class: &str, args: &[&str]) -> std::process::Output {
+    Command::new("bash")
+        .arg(repo_root().join("deploy/local/stack.sh"))
+        .arg("kafka-tool")
+        .arg(class)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("stack.sh kafka-tool {class}: {e}"))
 }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use autoglm_demo::read_uncommitted;
 use autoglm_state::{KvBackend, RocksBackend, RocksOptions, StateEntry, route_prefix};
-use autoglm_tests::{repo_root, stack};
+use autoglm_tests::{kafka_tool, repo_root, stack};
 use common::{Job, expected, input, terminate};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -323,17 +323,10 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
     let verdict = check(&want, &got);
 
     // 2. No transaction of this group is left open.
-    let listing = Command::new("bash")
-        .arg(repo_root().join("deploy/local/stack.sh"))
-        .args([
-            "kafka-tool",
-            "org.apache.kafka.tools.TransactionsCommand",
-            "--bootstrap-server",
-            &stack.bootstrap,
-            "list",
-        ])
-        .output()
-        .expect("TransactionsCommand");
+    let listing = kafka_tool(
+        "org.apache.kafka.tools.TransactionsCommand",
+        &["--bootstrap-server", &stack.bootstrap, "list"],
+    );
     let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
     let ours: Vec<&str> = listing
         .lines()
