@@ -37,9 +37,15 @@ impl Conversion {
     }
 
     /// Whether converting `value` gives it back unchanged, so that it can be moved, not
-    /// converted. Only strings are worth moving: every other value is a copy either way.
+    /// converted. Only strings are worth moving: every other value is a copy either way. A
+    /// decimal string already in its output form is one: Avro decimals decode to strings of
+    /// their writer's scale, which is most often the target's.
     pub(crate) fn is_identity(&self, value: &Value) -> bool {
-        matches!((self, value), (Conversion::String, Value::String(_)))
+        match (self, value) {
+            (Conversion::String, Value::String(_)) => true,
+            (Conversion::Decimal(spec), Value::String(s)) => is_canonical_decimal(s, *spec),
+            _ => false,
+        }
     }
 
     /// Converts one non-null value (`null` stays `null`).
@@ -159,6 +165,38 @@ fn parse_decimal(text: &str) -> Result<Decimal, String> {
             truncate(text, 40)
         )
     })
+}
+
+/// Whether `text` is what [`to_decimal`] writes for itself under `spec`: an optional `-` (not
+/// before zero), the integer digits without leading zeros, and exactly `scale` fractional
+/// digits, all within the 28 digits a decimal carries and within `precision`. Checked without
+/// parsing it into a number.
+fn is_canonical_decimal(text: &str, spec: DecimalSpec) -> bool {
+    let scale = spec.scale as usize;
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    let (int, frac) = match unsigned.split_once('.') {
+        Some((int, frac)) if scale > 0 => (int, frac),
+        None if scale == 0 => (unsigned, ""),
+        _ => return false,
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(int) || frac.len() != scale || (scale > 0 && !digits(frac)) {
+        return false;
+    }
+    if int.len() > 1 && int.starts_with('0') {
+        return false;
+    }
+    // The digits of the unscaled integer, without its leading zeros (none for zero).
+    let int = int.trim_start_matches('0');
+    let mantissa = if int.is_empty() {
+        frac.trim_start_matches('0').len()
+    } else {
+        int.len() + frac.len()
+    };
+    if text.starts_with('-') && mantissa == 0 {
+        return false;
+    }
+    int.len() + frac.len() <= 28 && spec.precision.is_none_or(|p| mantissa.max(1) <= p as usize)
 }
 
 fn to_decimal(value: &Value, spec: DecimalSpec) -> Result<Value, String> {
@@ -352,6 +390,55 @@ mod tests {
             d20.run(json!("123456789012")).is_err(),
             "28 digits is the limit"
         );
+    }
+
+    #[test]
+    fn decimals_already_in_output_form_are_moved_not_converted() {
+        let d2 = dec(2, Rounding::Reject);
+        for same in ["5242.42", "-1.50", "0.00", "0.07", "-0.07"] {
+            assert!(d2.is_identity(&json!(same)), "{same}");
+            assert_eq!(d2.run(json!(same)), Ok(json!(same)));
+        }
+        // Each of these converts to something else, or fails.
+        for other in [
+            "5242.4", "5242.420", "05.00", "-0.00", "+1.00", "1.", ".50", "1e2", " 1.00", "1,00",
+        ] {
+            assert!(!d2.is_identity(&json!(other)), "{other}");
+        }
+        assert!(!d2.is_identity(&json!(5)), "numbers are converted");
+        assert!(dec(0, Rounding::Reject).is_identity(&json!("42")));
+        assert!(!dec(0, Rounding::Reject).is_identity(&json!("42.0")));
+        let p5 = Conversion::Decimal(DecimalSpec {
+            scale: 2,
+            precision: Some(5),
+            rounding: Rounding::Reject,
+        });
+        assert!(p5.is_identity(&json!("999.99")));
+        assert!(
+            !p5.is_identity(&json!("1000.00")),
+            "over precision: an error"
+        );
+    }
+
+    proptest::proptest! {
+        /// A decimal taken as already converted converts to itself: moving it changes nothing.
+        #[test]
+        fn decimals_taken_as_converted_convert_to_themselves(
+            minus in proptest::bool::ANY,
+            int in "[0-9]{1,31}",
+            frac in "(\\.[0-9]{0,31})?",
+            // Mostly the scale the text has (`None`), so that most texts are taken as converted.
+            other_scale in proptest::option::weighted(0.2, 0_u32..31),
+            precision in proptest::option::of(1_u32..32),
+        ) {
+            let text = format!("{}{int}{frac}", if minus { "-" } else { "" });
+            let scale = other_scale.unwrap_or(frac.len().saturating_sub(1) as u32);
+            let spec = DecimalSpec { scale, precision, rounding: Rounding::Reject };
+            let value = json!(text);
+            if Conversion::Decimal(spec).is_identity(&value) {
+                proptest::prop_assert_eq!(to_decimal(&value, spec), Ok(value));
+            }
+        }
     }
 
     #[test]
