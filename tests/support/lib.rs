@@ -14,11 +14,16 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use schema_registry_converter::async_impl::schema_registry::{SrSettings, get_all_subjects};
 
-/// The repository root.
+/// The repository root: the nearest directory, from the current one up, that holds
+/// `deploy/local/stack.sh` (cargo runs each test in its package's directory). Found at run time,
+/// not from `CARGO_MANIFEST_DIR`: clones that share one target directory also share the test
+/// executables, and cargo leaves in them the path of whichever clone built them, so a test
+/// would read that clone's files and ask that clone's stack.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits inside the repository")
+    let cwd = std::env::current_dir().expect("the current directory");
+    cwd.ancestors()
+        .find(|dir| dir.join("deploy/local/stack.sh").is_file())
+        .unwrap_or_else(|| panic!("no deploy/local/stack.sh in {} or above it", cwd.display()))
         .to_path_buf()
 }
 

@@ -253,7 +253,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn setup(args: &Args) -> anyhow::Result<Bench> {
-    let repo = repo_root();
+    let repo = repo_root()?;
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let registry = SrSettings::new_builder(args.schema_registry_url.clone())
         .set_timeout(Duration::from_secs(30))
@@ -760,11 +760,21 @@ fn kafka_tool(repo: &Path, args: &[&str]) -> anyhow::Result<String> {
     Ok(output)
 }
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repository root")
+/// The repository the bench runs in: the nearest directory, from the current one up, that holds
+/// `bench/autoglm-bench.yaml` (`make bench` runs in the root). Found at run time, not from
+/// `CARGO_MANIFEST_DIR`: clones that share one target directory also share this executable,
+/// and cargo leaves in it the path of whichever clone built it.
+fn repo_root() -> anyhow::Result<PathBuf> {
+    let cwd = std::env::current_dir().context("the current directory")?;
+    cwd.ancestors()
+        .find(|dir| dir.join("bench/autoglm-bench.yaml").is_file())
+        .map(Path::to_path_buf)
+        .with_context(|| {
+            format!(
+                "no bench/autoglm-bench.yaml in {} or above it: run autoglm-bench inside the repository",
+                cwd.display()
+            )
+        })
 }
 
 /// The broker's pid, from the stack's state directory: `AUTOGLM_STACK_DIR` as `stack.sh` reads

@@ -496,7 +496,7 @@ mod tests {
 
     #[test]
     fn a_rendered_config_is_valid_and_carries_the_run_keys() {
-        let repo = crate::repo_root();
+        let repo = crate::repo_root().expect("the repository");
         let template = Template::load(&repo, "127.0.0.1:1", "http://127.0.0.1:2/apis/ccompat/v7")
             .expect("the bench config");
         let spec = Spec {
