@@ -41,6 +41,16 @@ pub(crate) struct Changes {
 }
 
 impl Changes {
+    /// Adds `later`, the changes that followed these: a partition `later` revokes is no longer
+    /// newly assigned, unless `later` assigns it again.
+    pub(crate) fn merge(&mut self, later: Changes) {
+        self.assigned.retain(|p| !later.revoked.contains(p));
+        self.assigned.extend(later.assigned);
+        self.lost.extend(later.lost);
+        self.revoked.extend(later.revoked);
+        self.rebalanced |= later.rebalanced;
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.assigned.is_empty()
             && self.revoked.is_empty()
@@ -139,4 +149,31 @@ fn elements(list: &TopicPartitionList) -> Vec<Partition> {
         .iter()
         .map(|e| (e.topic().to_owned(), e.partition()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(partition: i32) -> Partition {
+        ("in".to_owned(), partition)
+    }
+
+    #[test]
+    fn a_partition_revoked_later_is_assigned_only_if_assigned_again() {
+        let mut changes = Changes {
+            assigned: vec![p(0), p(1)],
+            ..Changes::default()
+        };
+        changes.merge(Changes {
+            assigned: vec![p(1)],
+            revoked: [p(0), p(1)].into(),
+            lost: vec![p(0), p(1)],
+            rebalanced: true,
+        });
+        assert_eq!(changes.assigned, vec![p(1)]);
+        assert_eq!(changes.revoked, [p(0), p(1)].into());
+        assert_eq!(changes.lost, vec![p(0), p(1)]);
+        assert!(changes.rebalanced);
+    }
 }
