@@ -17,7 +17,7 @@ BIN = $(CARGO_TARGET_DIR)/debug
 # RocksDB/librdkafka are built once per target directory.
 CARGO_SELECT = --workspace --all-targets --features autoglm/failpoints
 
-.PHONY: help up down status reset demo test chaos bench microbench fmt lint build
+.PHONY: help up down status reset demo test chaos soak bench microbench fmt lint build
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -69,6 +69,14 @@ chaos: up ## The chaos test alone, with its figures: make chaos RECORDS=1000000 
 	  env $(STACK_ENV) CHAOS_RECORDS=$(RECORDS) CHAOS_KEYS=$(KEYS) \
 	  CHAOS_PARTITIONS=$(PARTITIONS) CHAOS_KILLS=$(KILLS) CHAOS_SEED=$(SEED) \
 	  "$$exe" chaos_copies --nocapture
+
+# The test `make soak` repeats, and how many times.
+TEST ?=
+N ?= 30
+
+soak: up ## One test N times, counting passes and failures: make soak TEST=stopped_after_commit N=30
+	@test -n "$(TEST)" || { echo "soak: name a test: make soak TEST=<name> N=30" >&2; exit 2; }
+	@env $(STACK_ENV) bash tests/soak.sh $(TEST) $(N)
 
 # The benchmark's sizes (the defaults take about 10 minutes on 2 cores); see `autoglm-bench --help`.
 BENCH_RECORDS ?= 200000

@@ -15,6 +15,9 @@
 #   AUTOGLM_STACK_DIR        data, logs and jars               (default: <repo>/.stack)
 #   AUTOGLM_KAFKA_PORT       broker listener                   (default: 39092)
 #   AUTOGLM_CONTROLLER_PORT  KRaft controller listener         (default: 39093)
+#   AUTOGLM_FAULTS_PORT      broker listener for fault tests   (default: 39094); it advertises
+#                            AUTOGLM_CUTS_PORT (default: 39095), where a test's proxy that cuts
+#                            one client's connections listens (tests/support/cuts.rs)
 #   AUTOGLM_REGISTRY_PORT    Apicurio Registry HTTP port       (default: 38081)
 #   AUTOGLM_REGISTRY_MANAGEMENT_PORT  its health/metrics port  (default: 38082)
 #   AUTOGLM_STACK_TIMEOUT_SECS  readiness timeout per service  (default: 120)
@@ -26,6 +29,8 @@ repo=$(cd "$here/../.." && pwd)
 stack_dir=${AUTOGLM_STACK_DIR:-$repo/.stack}
 kafka_port=${AUTOGLM_KAFKA_PORT:-39092}
 controller_port=${AUTOGLM_CONTROLLER_PORT:-39093}
+faults_port=${AUTOGLM_FAULTS_PORT:-39094}
+cuts_port=${AUTOGLM_CUTS_PORT:-39095}
 registry_port=${AUTOGLM_REGISTRY_PORT:-38081}
 registry_mgmt_port=${AUTOGLM_REGISTRY_MANAGEMENT_PORT:-38082}
 timeout_secs=${AUTOGLM_STACK_TIMEOUT_SECS:-120}
@@ -100,9 +105,9 @@ start_kafka() {
   {
     cat "$here/kafka.properties"
     echo "controller.quorum.bootstrap.servers=127.0.0.1:$controller_port"
-    echo "listeners=PLAINTEXT://127.0.0.1:$kafka_port,CONTROLLER://127.0.0.1:$controller_port"
-    echo "advertised.listeners=PLAINTEXT://127.0.0.1:$kafka_port"
-    echo "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    echo "listeners=PLAINTEXT://127.0.0.1:$kafka_port,CONTROLLER://127.0.0.1:$controller_port,FAULTS://127.0.0.1:$faults_port"
+    echo "advertised.listeners=PLAINTEXT://127.0.0.1:$kafka_port,FAULTS://127.0.0.1:$cuts_port"
+    echo "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,FAULTS:PLAINTEXT"
     echo "log.dirs=$dir/data"
   } >"$dir/server.properties"
   cat >"$dir/log4j2.properties" <<EOF
@@ -244,6 +249,8 @@ case ${1:-} in
   env)
     echo "AUTOGLM_KAFKA_BOOTSTRAP=127.0.0.1:$kafka_port"
     echo "AUTOGLM_SCHEMA_REGISTRY_URL=http://127.0.0.1:$registry_port/apis/ccompat/v7"
+    echo "AUTOGLM_KAFKA_FAULTS=127.0.0.1:$faults_port"
+    echo "AUTOGLM_KAFKA_CUTS=127.0.0.1:$cuts_port"
     ;;
   *)
     echo "usage: $0 up|down|status|reset|env|bounce-kafka hard|clean|kafka-tool <class> [args]" >&2

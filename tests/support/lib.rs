@@ -5,6 +5,8 @@
 //! so no test hard-codes an address. When the stack does not answer, [`stack`] panics with a message
 //! that says so: these tests fail, they never skip.
 
+mod cuts;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -26,6 +28,8 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| panic!("no deploy/local/stack.sh in {} or above it", cwd.display()))
         .to_path_buf()
 }
+
+pub use cuts::KafkaCuts;
 
 /// Addresses of the running local stack.
 #[derive(Debug, Clone)]

@@ -96,6 +96,7 @@ fn main() -> ExitCode {
     #[cfg(feature = "failpoints")]
     {
         arm_crash_point();
+        arm_stop_point();
         arm_pause_point();
     }
     let config = match &cli.command {
@@ -315,27 +316,55 @@ async fn check(bootstrap: &str, registry_url: &str, timeout: Duration) -> anyhow
     Ok(())
 }
 
-/// Test builds only: `AUTOGLM_CRASH_AT=<point>[:<hit>]` aborts the process, with no cleanup at
-/// all (like `kill -9`), the `hit`-th time (default: first) the commit path reaches `point`.
+/// A test-only point spec from `var`: `<point>[:<hit>]` (default hit: the first).
 #[cfg(feature = "failpoints")]
-fn arm_crash_point() {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    let Ok(spec) = std::env::var("AUTOGLM_CRASH_AT") else {
-        return;
-    };
-    let (point, hit) = match spec.split_once(':') {
+fn point_spec(var: &str) -> Option<(String, u32)> {
+    let spec = std::env::var(var).ok()?;
+    Some(match spec.split_once(':') {
         Some((point, hit)) => (point.to_owned(), hit.parse().unwrap_or(1)),
         None => (spec, 1),
-    };
+    })
+}
+
+/// Runs `action` the `hit`-th time the commit path reaches `point`.
+#[cfg(feature = "failpoints")]
+fn on_hit(point: String, hit: u32, action: impl Fn(&str) + Send + Sync + 'static) {
+    use std::sync::atomic::{AtomicU32, Ordering};
     let hits = AtomicU32::new(0);
     let name = point.clone();
     fail::cfg_callback(point, move || {
         if hits.fetch_add(1, Ordering::SeqCst) + 1 == hit {
-            eprintln!("crash point {name}: aborting");
-            std::process::abort();
+            action(&name);
         }
     })
-    .expect("crash point");
+    .expect("test point");
+}
+
+/// Test builds only: `AUTOGLM_CRASH_AT=<point>[:<hit>]` aborts the process, with no cleanup at
+/// all (like `kill -9`), the `hit`-th time (default: first) the commit path reaches `point`.
+#[cfg(feature = "failpoints")]
+fn arm_crash_point() {
+    if let Some((point, hit)) = point_spec("AUTOGLM_CRASH_AT") {
+        on_hit(point, hit, |name| {
+            eprintln!("crash point {name}: aborting");
+            std::process::abort();
+        });
+    }
+}
+
+/// Test builds only: `AUTOGLM_STOP_AT=<point>[:<hit>]` stops the whole process with SIGSTOP
+/// the `hit`-th time the commit path reaches `point`: every thread, librdkafka's heartbeats
+/// too, as in a VM freeze or a long GC-like stall. The test sends SIGCONT.
+#[cfg(feature = "failpoints")]
+fn arm_stop_point() {
+    use rustix::process::{Signal, getpid, kill_process};
+    if let Some((point, hit)) = point_spec("AUTOGLM_STOP_AT") {
+        on_hit(point, hit, |name| {
+            eprintln!("stop point {name}: stopping");
+            kill_process(getpid(), Signal::STOP).expect("SIGSTOP");
+            eprintln!("stop point {name}: resumed");
+        });
+    }
 }
 
 /// Test builds only: `AUTOGLM_PAUSE_AT=<point>:<ms>` sleeps `ms` milliseconds every time the

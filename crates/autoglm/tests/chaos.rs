@@ -17,9 +17,20 @@
 //! it; tick 2 and 6 also restart one cleanly (SIGTERM), tick 3 adds a fourth instance and tick
 //! 7 removes it, tick 4 kills the broker with SIGKILL and starts it, tick 8 stops and starts it
 //! cleanly, and on tick 5 an instance is restarted with a crash point that aborts it inside a
-//! transaction that has produced output (random kills alone may all land between transactions). An instance that exits on its own (a fatal error during a broker bounce) is started
-//! again, as a supervisor would, and counted. At the end a fresh instance with an empty store
-//! rebuilds the whole state from the changelog, and the report gives its time.
+//! transaction that has produced output (random kills alone may all land between
+//! transactions). Stalls and partitions, which leave a live instance behind that wakes into a
+//! group that moved on:
+//! - tick 9 and 13 stop an instance (SIGSTOP, its heartbeats too) for 12 s (past its session)
+//!   and 22 s (past the transaction timeout too), then continue it (SIGCONT);
+//! - tick 11 restarts one with a stop point that stops it inside an open transaction with
+//!   output (`AUTOGLM_STOP_AT=after_produce:3`), continued 22 s later;
+//! - tick 10 and 12 cut one instance's broker connections (every instance reaches the broker
+//!   through a proxy, `KafkaCuts`) for 15 s and 5 s.
+//!
+//! An instance that exits on its own (a fatal error during a broker bounce, fenced after a
+//! stall) is started again, as a supervisor would, and counted. At the end a fresh instance
+//! with an empty store rebuilds the whole state from the changelog, and the report gives its
+//! time.
 
 mod common;
 
@@ -30,10 +41,13 @@ use std::time::{Duration, Instant};
 
 use autoglm_demo::read_uncommitted;
 use autoglm_state::{KvBackend, RocksBackend, RocksOptions, StateEntry, route_prefix};
-use autoglm_tests::{kafka_tool, repo_root, stack};
-use common::{Job, expected, input, terminate};
+use autoglm_tests::{KafkaCuts, kafka_tool, repo_root, stack};
+use common::{Job, expected, input, signal, terminate, until_stopped};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
+
+/// Fault ticks at least (the schedule in the module doc).
+const TICKS: usize = 13;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -160,11 +174,19 @@ fn stack_sh(args: &[&str]) {
 /// The running instances and what happened to them.
 struct Fleet<'j> {
     job: &'j Job,
+    /// Every instance reaches the broker through it.
+    cuts: &'j KafkaCuts,
     running: BTreeMap<usize, Child>,
     runs: usize,
     kills: usize,
     clean_restarts: usize,
     unexpected_exits: usize,
+    /// Stopped (SIGSTOP) instances and when to continue them.
+    stopped: BTreeMap<usize, Instant>,
+    /// Cut-off instances and when to heal them.
+    cut: BTreeMap<usize, Instant>,
+    stops: usize,
+    cuts_made: usize,
 }
 
 /// A failed assertion must not leave instances running: they stay in the group, poll the broker
@@ -184,14 +206,73 @@ impl<'j> Fleet<'j> {
     }
 
     fn start_with(&mut self, instance: usize, env: &[(&str, &str)]) {
+        let proxy = self.cuts.addr().to_string();
+        let mut all = vec![("AUTOGLM__KAFKA__BOOTSTRAP_SERVERS", proxy.as_str())];
+        all.extend_from_slice(env);
         let child = self
             .job
-            .start_instance_with(self.runs, instance, 3_600, env);
+            .start_instance_with(self.runs, instance, 3_600, &all);
         self.runs += 1;
         self.running.insert(instance, child);
     }
 
+    /// Instances that are neither stopped nor cut off.
+    fn healthy(&self) -> Vec<usize> {
+        self.running
+            .keys()
+            .copied()
+            .filter(|id| !self.stopped.contains_key(id) && !self.cut.contains_key(id))
+            .collect()
+    }
+
+    /// Stops `instance` (SIGSTOP) for `secs`.
+    fn stall(&mut self, instance: usize, secs: u64) {
+        if let Some(child) = self.running.get(&instance) {
+            signal(child, "-STOP");
+            self.stopped
+                .insert(instance, Instant::now() + Duration::from_secs(secs));
+            self.stops += 1;
+        }
+    }
+
+    /// Cuts `instance`'s broker connections for `secs`.
+    fn partition(&mut self, instance: usize, secs: u64) {
+        self.cuts.cut(&format!("autoglm-{instance}"));
+        self.cut
+            .insert(instance, Instant::now() + Duration::from_secs(secs));
+        self.cuts_made += 1;
+    }
+
+    /// Continues stopped instances and heals cuts that are due (all of them with `all`).
+    fn wake(&mut self, all: bool) {
+        let now = Instant::now();
+        let due = |at: &Instant| all || *at <= now;
+        let stopped: Vec<usize> = self
+            .stopped
+            .iter()
+            .filter(|(_, at)| due(at))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stopped {
+            self.stopped.remove(&id);
+            if let Some(child) = self.running.get(&id) {
+                signal(child, "-CONT");
+            }
+        }
+        let cut: Vec<usize> = self
+            .cut
+            .iter()
+            .filter(|(_, at)| due(at))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in cut {
+            self.cut.remove(&id);
+            self.cuts.heal(&format!("autoglm-{id}"));
+        }
+    }
+
     fn kill(&mut self, instance: usize) {
+        self.stopped.remove(&instance);
         if let Some(mut child) = self.running.remove(&instance) {
             let _ = child.kill();
             let _ = child.wait();
@@ -200,6 +281,11 @@ impl<'j> Fleet<'j> {
     }
 
     fn stop(&mut self, instance: usize) {
+        if self.stopped.remove(&instance).is_some()
+            && let Some(child) = self.running.get(&instance)
+        {
+            signal(child, "-CONT");
+        }
         if let Some(mut child) = self.running.remove(&instance) {
             terminate(&mut child);
         }
@@ -231,13 +317,14 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
 
     let stack = stack().await;
     let job = Job::with_partitions(&stack, "flush_interval_ms: 100", 2_000, partitions).await;
+    let cuts = KafkaCuts::for_stack().await;
     let input = input(seed, records, keys, true);
     let fed = AtomicBool::new(false);
 
     // The input arrives over the expected length of the fault schedule (ticks of 6.5 s on
     // average), so that kills meet a flowing stream and open transactions.
     let feed = async {
-        let expected_ms = 6_500 * min_kills.max(9) as u64;
+        let expected_ms = 6_500 * min_kills.max(TICKS) as u64;
         let pace = Duration::from_millis(expected_ms / (input.len() / 1_000).max(1) as u64);
         for chunk in input.chunks(1_000) {
             let sent = Instant::now();
@@ -248,11 +335,16 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
     };
     let mut fleet = Fleet {
         job: &job,
+        cuts: &cuts,
         running: BTreeMap::new(),
         runs: 0,
         kills: 0,
         clean_restarts: 0,
         unexpected_exits: 0,
+        stopped: BTreeMap::new(),
+        cut: BTreeMap::new(),
+        stops: 0,
+        cuts_made: 0,
     };
     let mut bounces = Vec::new();
     let chaos = async {
@@ -261,19 +353,24 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
             fleet.start(instance);
         }
         let mut tick = 0;
-        while !fed.load(Ordering::SeqCst) || fleet.kills < min_kills || tick < 9 {
+        while !fed.load(Ordering::SeqCst) || fleet.kills < min_kills || tick < TICKS {
             tokio::time::sleep(Duration::from_millis(rng.u64(3_000..10_000))).await;
             tick += 1;
+            fleet.wake(false);
             fleet.supervise();
-            let ids: Vec<usize> = fleet.running.keys().copied().collect();
+            // Faults land on healthy instances: a stopped or cut-off one keeps its stall.
+            let ids = fleet.healthy();
+            if ids.is_empty() {
+                continue;
+            }
             let victim = ids[rng.usize(0..ids.len())];
             fleet.kill(victim);
             fleet.start(victim);
+            let other = ids[rng.usize(0..ids.len())];
             match tick {
                 2 | 6 => {
-                    let id = ids[rng.usize(0..ids.len())];
-                    fleet.stop(id);
-                    fleet.start(id);
+                    fleet.stop(other);
+                    fleet.start(other);
                     fleet.clean_restarts += 1;
                 }
                 3 => fleet.start(3),
@@ -281,9 +378,8 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
                     // A kill that certainly meets an open transaction with output in it: the
                     // instance aborts itself (no cleanup) right after producing its second
                     // batch; the supervisor starts it again.
-                    let id = ids[rng.usize(0..ids.len())];
-                    fleet.kill(id);
-                    fleet.start_with(id, &[("AUTOGLM_CRASH_AT", "after_produce:2")]);
+                    fleet.kill(other);
+                    fleet.start_with(other, &[("AUTOGLM_CRASH_AT", "after_produce:2")]);
                 }
                 7 => fleet.stop(3),
                 4 => {
@@ -294,8 +390,27 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
                     stack_sh(&["bounce-kafka", "clean"]);
                     bounces.push("clean");
                 }
+                9 => fleet.stall(other, 12),
+                13 => fleet.stall(other, 22),
+                10 => fleet.partition(other, 15),
+                12 => fleet.partition(other, 5),
+                11 => {
+                    // A stall that certainly meets an open transaction with output in it.
+                    fleet.kill(other);
+                    fleet.start_with(other, &[("AUTOGLM_STOP_AT", "after_produce:3")]);
+                    until_stopped(&fleet.running[&other], &job.log(fleet.runs - 1)).await;
+                    fleet
+                        .stopped
+                        .insert(other, Instant::now() + Duration::from_secs(22));
+                    fleet.stops += 1;
+                }
                 _ => {}
             }
+        }
+        // The last stalls run their course.
+        while !fleet.stopped.is_empty() || !fleet.cut.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            fleet.wake(false);
         }
     };
     tokio::join!(feed, chaos);
@@ -434,8 +549,8 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
     println!(
         "chaos: {records} records over {keys} keys and {partitions} partitions, seed {seed}\n\
          chaos: {fault_secs} s of faults, {} s in all; {} kills (SIGKILL), {} clean restarts, \
-         1 instance added and removed, broker bounces {bounces:?}, {} exits restarted (one is the \
-         crash point)\n\
+         1 instance added and removed, broker bounces {bounces:?}, {} stalls (SIGSTOP), {} cuts, \
+         {} exits restarted (one is the crash point)\n\
          chaos: {rebalances} assignments, {} restores (slowest: {} records in {} ms); \
          a fresh store rebuilt {} state entries ({} keys) in {} ms\n\
          chaos: output {count} records, expected {}; duplicates {}, losses {}, stale overwrites {}, \
@@ -444,6 +559,8 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
         started.elapsed().as_secs(),
         fleet.kills,
         fleet.clean_restarts,
+        fleet.stops,
+        fleet.cuts_made,
         fleet.unexpected_exits,
         restores.len(),
         slowest.0,

@@ -2,14 +2,21 @@
 //! target exactly once. Needs the `failpoints` feature (`make test` enables it): the binary
 //! aborts — no cleanup, like `kill -9` — at `AUTOGLM_CRASH_AT`.
 //!
-//! Each test crashes in its first transaction, then feeds an exact replay of that input and
-//! then new versions: had the restart lost the crashed transaction's state, the replay would be
-//! emitted again; had it lost its output, records would be missing.
+//! Each crash test crashes in its first transaction, then feeds an exact replay of that input
+//! and then new versions: had the restart lost the crashed transaction's state, the replay
+//! would be emitted again; had it lost its output, records would be missing.
+//!
+//! The stop tests stop the whole process instead (`AUTOGLM_STOP_AT`: SIGSTOP, as in a VM freeze
+//! or a long stall) at each point of its fifth batch, past its session and the transaction
+//! timeout, while a second instance takes its partitions; then it continues into a group that
+//! moved on. Each point is one interleaving, the same on every run.
 
 mod common;
 
+use std::time::Duration;
+
 use autoglm_tests::stack;
-use common::{Job, expected, updates};
+use common::{Job, expected, signal, until_stopped, updates};
 
 async fn crash_then_restart(point: &str) {
     let stack = stack().await;
@@ -72,4 +79,85 @@ async fn crash_after_commit_before_the_state_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_the_state_write() {
     crash_then_restart("after_state_write").await;
+}
+
+/// An instance stops dead (SIGSTOP: its heartbeats too) at `point` of its 5th batch with
+/// records of all four partitions in hand, stays stopped past its session (10 s) and the
+/// transaction timeout (15 s) while a second instance takes every partition, then resumes into
+/// a group that moved on. Whatever it does then, every accepted version is in the target
+/// exactly once.
+async fn stopped_past_the_session_at(point: &str) {
+    let stack = stack().await;
+    let job = Job::with_partitions(&stack, "flush_interval_ms: 100", 500, 4).await;
+    let first = updates(37, 20_000, 400);
+    let then: Vec<_> = updates(38, 10_000, 400)
+        .into_iter()
+        .map(|(key, version)| (key, version.map(|v| v + 1_000)))
+        .collect();
+    job.produce(&first).await;
+
+    let stop = format!("{point}:5");
+    let a = job.start_instance_with(0, 0, 40, &[("AUTOGLM_STOP_AT", &stop)]);
+    until_stopped(&a, &job.log(0)).await;
+    let b = job.start_instance(1, 1, 20);
+    tokio::time::sleep(Duration::from_secs(22)).await;
+    signal(&a, "-CONT");
+    job.produce(&then).await;
+    let a_status = job.exit_of(a, 0).await;
+    let b_status = job.exit_of(b, 1).await;
+    let log = std::fs::read_to_string(job.log(0)).expect("log");
+    assert!(
+        log.contains(&format!("stop point {point}: resumed")),
+        "{log}"
+    );
+    assert!(
+        a_status.success() || log.contains("fenced"),
+        "a: {a_status}; see {}",
+        job.log(0).display()
+    );
+    assert!(
+        b_status.success(),
+        "b: {b_status}; see {}",
+        job.log(1).display()
+    );
+    job.run_to_idle(2).await;
+
+    let all = [&first[..], &then[..]].concat();
+    let want = expected(&all);
+    let (got, count) = job.output().await;
+    assert_eq!(
+        count,
+        want.values().map(Vec::len).sum::<usize>(),
+        "{point}: one record per accepted version; see {}",
+        job.dir().display()
+    );
+    assert_eq!(
+        got, want,
+        "{point}: per key, each accepted version once, in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_before_produce() {
+    stopped_past_the_session_at("before_produce").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_after_produce() {
+    stopped_past_the_session_at("after_produce").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_after_send_offsets() {
+    stopped_past_the_session_at("after_send_offsets").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_after_commit() {
+    stopped_past_the_session_at("after_commit").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_after_the_state_write() {
+    stopped_past_the_session_at("after_state_write").await;
 }

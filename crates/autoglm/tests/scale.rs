@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use autoglm_tests::stack;
-use common::{Job, expected, terminate, updates};
+use common::{Job, expected, signal, terminate, updates};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_join_leave_and_crash_without_duplicates_or_losses() {
@@ -66,14 +65,6 @@ async fn instances_join_leave_and_crash_without_duplicates_or_losses() {
     );
     assert_eq!(got, want, "per key: each accepted version once, in order");
     assert_eq!(job.dead_letters().await, 0);
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([name, &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {name}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -345,3 +345,29 @@ pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Sends `name` (`-STOP`, `-CONT`, …) to `child`.
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([name, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {name}");
+}
+
+/// Waits until `child` is stopped (SIGSTOP: state `T` in `/proc/<pid>/stat`).
+pub async fn until_stopped(child: &Child, log: &Path) {
+    let stat = format!("/proc/{}/stat", child.id());
+    for _ in 0..1200 {
+        let state = std::fs::read_to_string(&stat).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        if state
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('T'))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never stopped; see {}", log.display());
+}
