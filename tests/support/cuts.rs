@@ -16,6 +16,8 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -26,6 +28,8 @@ use tokio::sync::watch;
 pub struct KafkaCuts {
     addr: SocketAddr,
     cut: watch::Sender<BTreeSet<String>>,
+    /// Connections a cut has stalled so far.
+    stalled: Arc<AtomicUsize>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -42,12 +46,25 @@ impl KafkaCuts {
         let addr = listener.local_addr().expect("local address");
         let (cut, watch) = watch::channel(BTreeSet::new());
         let upstream = upstream.to_owned();
+        let stalled = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&stalled);
         let accept = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
-                tokio::spawn(serve(inbound, upstream.clone(), watch.clone()));
+                let (upstream, watch, stalled) =
+                    (upstream.clone(), watch.clone(), Arc::clone(&counter));
+                tokio::spawn(async move {
+                    if serve(inbound, upstream, watch).await {
+                        stalled.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
             }
         });
-        KafkaCuts { addr, cut, accept }
+        KafkaCuts {
+            addr,
+            cut,
+            stalled,
+            accept,
+        }
     }
 
     /// The proxy in front of the local stack's `FAULTS` listener, on the address that listener
@@ -55,6 +72,12 @@ impl KafkaCuts {
     pub async fn for_stack() -> KafkaCuts {
         let upstream = crate::address("AUTOGLM_KAFKA_FAULTS");
         KafkaCuts::start(&crate::address("AUTOGLM_KAFKA_CUTS"), &upstream).await
+    }
+
+    /// How many connections cuts have stalled so far (the test of the test: a cut that stalled
+    /// nothing cut nothing).
+    pub fn stalled(&self) -> usize {
+        self.stalled.load(Ordering::Relaxed)
     }
 
     /// The proxy's address.
@@ -83,33 +106,34 @@ impl Drop for KafkaCuts {
     }
 }
 
+/// Forwards one connection until it closes or a cut of its client heals; returns whether a cut
+/// stalled it.
 async fn serve(
     mut inbound: TcpStream,
     upstream: String,
     mut cut: watch::Receiver<BTreeSet<String>>,
-) {
+) -> bool {
     let _ = inbound.set_nodelay(true);
     let Ok((client_id, head)) = first_request_head(&mut inbound).await else {
-        return;
+        return false;
     };
     let is_cut = |cut: &BTreeSet<String>| cut.contains(&client_id);
     if !is_cut(&cut.borrow_and_update()) {
         let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
-            return;
+            return false;
         };
         let _ = outbound.set_nodelay(true);
         if outbound.write_all(&head).await.is_err() {
-            return;
+            return false;
         }
         tokio::select! {
-            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return false,
             _ = cut.wait_for(is_cut) => {}
         }
-        // Cut: both sockets stay open and silent.
-        let _ = cut.wait_for(|cut| !is_cut(cut)).await;
-        return;
+        // Cut: both sockets stay open and silent until the cut heals, then close.
     }
     let _ = cut.wait_for(|cut| !is_cut(cut)).await;
+    true
 }
 
 /// Reads the first request's header up to and including its client id; returns the client id

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use autoglm_demo::read_uncommitted;
 use autoglm_state::{KvBackend, RocksBackend, RocksOptions, StateEntry, route_prefix};
 use autoglm_tests::{KafkaCuts, kafka_tool, repo_root, stack};
-use common::{Job, expected, input, signal, terminate, until_stopped};
+use common::{Job, check, expected, input, number, signal, terminate, until_stopped};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -54,67 +54,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// What the target holds against what it should hold, per key.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Verdict {
-    /// Records the target holds more than once.
-    duplicates: usize,
-    /// Expected records the target lacks.
-    missing: usize,
-    /// Records at a version not above an earlier record of their key (a stale overwrite).
-    stale: usize,
-    /// Records the oracle does not expect at all (a version the guard should have dropped).
-    unexpected: usize,
-}
-
-impl Verdict {
-    fn clean(&self) -> bool {
-        *self == Verdict::default()
-    }
-}
-
-/// The version number of an oracle entry (`7`, or `7†` for a tombstone).
-fn number(entry: &str) -> i64 {
-    entry.trim_end_matches('†').parse().unwrap_or(i64::MIN)
-}
-
-/// Compares the target (`got`, per key in offset order) with the oracle (`want`).
-fn check(want: &BTreeMap<String, Vec<String>>, got: &BTreeMap<String, Vec<String>>) -> Verdict {
-    let mut verdict = Verdict::default();
-    let empty = Vec::new();
-    for key in want
-        .keys()
-        .chain(got.keys().filter(|k| !want.contains_key(*k)))
-    {
-        let want = want.get(key).unwrap_or(&empty);
-        let got = got.get(key).unwrap_or(&empty);
-        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-        let mut newest: Option<(i64, bool)> = None;
-        for entry in got {
-            let count = seen.entry(entry).or_default();
-            *count += 1;
-            if *count > 1 {
-                verdict.duplicates += 1;
-                continue;
-            }
-            if !want.contains(entry) {
-                verdict.unexpected += 1;
-            }
-            // A tombstone carries the deleted row's version: equal is in order after a row.
-            let current = (number(entry), entry.ends_with('†'));
-            if newest.is_some_and(|n| current <= n) {
-                verdict.stale += 1;
-            }
-            newest = Some(newest.map_or(current, |n| n.max(current)));
-        }
-        verdict.missing += want
-            .iter()
-            .filter(|e| !seen.contains_key(e.as_str()))
-            .count();
-    }
-    verdict
 }
 
 #[test]
@@ -549,7 +488,7 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
     println!(
         "chaos: {records} records over {keys} keys and {partitions} partitions, seed {seed}\n\
          chaos: {fault_secs} s of faults, {} s in all; {} kills (SIGKILL), {} clean restarts, \
-         1 instance added and removed, broker bounces {bounces:?}, {} stalls (SIGSTOP), {} cuts, \
+         1 instance added and removed, broker bounces {bounces:?}, {} stalls (SIGSTOP), {} cuts ({} connections stalled), \
          {} exits restarted (one is the crash point)\n\
          chaos: {rebalances} assignments, {} restores (slowest: {} records in {} ms); \
          a fresh store rebuilt {} state entries ({} keys) in {} ms\n\
@@ -561,6 +500,7 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
         fleet.clean_restarts,
         fleet.stops,
         fleet.cuts_made,
+        cuts.stalled(),
         fleet.unexpected_exits,
         restores.len(),
         slowest.0,
@@ -580,6 +520,10 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
     );
 
     assert!(verdict.clean(), "{verdict:?}");
+    assert!(
+        cuts.stalled() > 0,
+        "the cuts stalled no connection: nothing was cut"
+    );
     assert!(fleet.kills >= min_kills);
     assert!(
         !ours.is_empty(),

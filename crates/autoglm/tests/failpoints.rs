@@ -16,7 +16,7 @@ mod common;
 use std::time::Duration;
 
 use autoglm_tests::stack;
-use common::{Job, expected, signal, until_stopped, updates};
+use common::{Job, assert_exactly_once, expected, signal, until_stopped, updates};
 
 async fn crash_then_restart(point: &str) {
     let stack = stack().await;
@@ -51,8 +51,7 @@ async fn crash_then_restart(point: &str) {
     let all: Vec<_> = [&first[..], &first[..], &fresh[..]].concat();
     let want = expected(&all);
     let (got, count) = job.output().await;
-    assert_eq!(count, want.values().map(Vec::len).sum::<usize>(), "{point}");
-    assert_eq!(got, want, "{point}: each accepted version once, in order");
+    assert_exactly_once(&job, &want, &got, count);
     assert_eq!(job.dead_letters().await, 0);
 }
 
@@ -125,16 +124,7 @@ async fn stopped_past_the_session_at(point: &str) {
     let all = [&first[..], &then[..]].concat();
     let want = expected(&all);
     let (got, count) = job.output().await;
-    assert_eq!(
-        count,
-        want.values().map(Vec::len).sum::<usize>(),
-        "{point}: one record per accepted version; see {}",
-        job.dir().display()
-    );
-    assert_eq!(
-        got, want,
-        "{point}: per key, each accepted version once, in order"
-    );
+    assert_exactly_once(&job, &want, &got, count);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

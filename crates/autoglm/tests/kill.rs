@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use autoglm_demo::read_uncommitted;
 use autoglm_tests::stack;
-use common::{Job, expected, updates};
+use common::{Job, assert_exactly_once, expected, updates};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_then_restart_emits_each_accepted_version_once() {
@@ -44,12 +44,7 @@ async fn sigkill_mid_stream_then_restart_emits_each_accepted_version_once() {
 
     let (got, count) = job.output().await;
     let want = expected(&records);
-    assert_eq!(
-        count,
-        want.values().map(Vec::len).sum::<usize>(),
-        "one record per accepted version"
-    );
-    assert_eq!(got, want, "per key: each accepted version once, in order");
+    assert_exactly_once(&job, &want, &got, count);
     // The test of the test: some kill hit an open transaction, whose records were aborted.
     let all = read_uncommitted(job.kafka(), None, &job.target, Duration::from_secs(3))
         .await

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use autoglm_tests::stack;
-use common::{Job, expected, signal, terminate, updates};
+use common::{Job, assert_exactly_once, expected, signal, terminate, updates};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_join_leave_and_crash_without_duplicates_or_losses() {
@@ -58,12 +58,7 @@ async fn instances_join_leave_and_crash_without_duplicates_or_losses() {
 
     let (got, count) = job.output().await;
     let want = expected(&records);
-    assert_eq!(
-        count,
-        want.values().map(Vec::len).sum::<usize>(),
-        "one record per accepted version"
-    );
-    assert_eq!(got, want, "per key: each accepted version once, in order");
+    assert_exactly_once(&job, &want, &got, count);
     assert_eq!(job.dead_letters().await, 0);
 }
 
@@ -107,10 +102,5 @@ async fn a_paused_instance_is_fenced_and_commits_nothing_twice() {
 
     let (got, count) = job.output().await;
     let want = expected(&records);
-    assert_eq!(
-        count,
-        want.values().map(Vec::len).sum::<usize>(),
-        "one record per accepted version"
-    );
-    assert_eq!(got, want, "per key: each accepted version once, in order");
+    assert_exactly_once(&job, &want, &got, count);
 }

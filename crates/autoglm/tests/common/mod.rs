@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -82,6 +83,85 @@ pub fn expected(input: &[Record]) -> BTreeMap<String, Vec<String>> {
         out.entry(key.to_string()).or_default().push(emitted);
     }
     out
+}
+
+/// What the target holds against what it should hold, per key.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Records the target holds more than once.
+    pub duplicates: usize,
+    /// Expected records the target lacks.
+    pub missing: usize,
+    /// Records at a version not above an earlier record of their key (a stale overwrite).
+    pub stale: usize,
+    /// Records the oracle does not expect at all (a version the guard should have dropped).
+    pub unexpected: usize,
+}
+
+impl Verdict {
+    pub fn clean(&self) -> bool {
+        *self == Verdict::default()
+    }
+}
+
+/// The version number of an oracle entry (`7`, or `7†` for a tombstone).
+pub fn number(entry: &str) -> i64 {
+    entry.trim_end_matches('†').parse().unwrap_or(i64::MIN)
+}
+
+/// Compares the target (`got`, per key in offset order) with the oracle (`want`).
+pub fn check(want: &BTreeMap<String, Vec<String>>, got: &BTreeMap<String, Vec<String>>) -> Verdict {
+    let mut verdict = Verdict::default();
+    let empty = Vec::new();
+    for key in want
+        .keys()
+        .chain(got.keys().filter(|k| !want.contains_key(*k)))
+    {
+        let want = want.get(key).unwrap_or(&empty);
+        let got = got.get(key).unwrap_or(&empty);
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut newest: Option<(i64, bool)> = None;
+        for entry in got {
+            let count = seen.entry(entry).or_default();
+            *count += 1;
+            if *count > 1 {
+                verdict.duplicates += 1;
+                continue;
+            }
+            if !want.contains(entry) {
+                verdict.unexpected += 1;
+            }
+            // A tombstone carries the deleted row's version: equal is in order after a row.
+            let current = (number(entry), entry.ends_with('†'));
+            if newest.is_some_and(|n| current <= n) {
+                verdict.stale += 1;
+            }
+            newest = Some(newest.map_or(current, |n| n.max(current)));
+        }
+        verdict.missing += want
+            .iter()
+            .filter(|e| !seen.contains_key(e.as_str()))
+            .count();
+    }
+    verdict
+}
+
+/// Asserts that the target (`got`, `count` records) holds every accepted version of the oracle
+/// (`want`) exactly once, in order; the failure says how it differs (duplicates, losses, stale
+/// overwrites, unexpected versions) and where the job's logs are.
+pub fn assert_exactly_once(
+    job: &Job,
+    want: &BTreeMap<String, Vec<String>>,
+    got: &BTreeMap<String, Vec<String>>,
+    count: usize,
+) {
+    let expected = want.values().map(Vec::len).sum::<usize>();
+    let verdict = check(want, got);
+    assert!(
+        count == expected && got == want && verdict.clean(),
+        "output {count} records, expected {expected}: {verdict:?}; logs in {}",
+        job.dir().display()
+    );
 }
 
 /// One test's topics, group and working directory (config, state, logs).
@@ -215,6 +295,11 @@ routes:
     fn start_idle(&self, run: usize, env: &[(&str, &str)], idle_secs: u64) -> Child {
         let log = std::fs::File::create(self.log(run)).expect("log file");
         Command::new(env!("CARGO_BIN_EXE_autoglm"))
+            // A process group of its own: had a stopped instance shared the test's group, and
+            // that group been orphaned (a test run from a script whose parent left), the kernel
+            // would hang it up (SIGHUP) when another member exited. A soak run lost an instance
+            // that way.
+            .process_group(0)
             .args([
                 "run",
                 "--exit-when-idle-secs",
