@@ -86,6 +86,20 @@ async fn crash_after_the_state_write() {
 /// a group that moved on. Whatever it does then, every accepted version is in the target
 /// exactly once.
 async fn stopped_past_the_session_at(point: &str) {
+    stopped_at(point, Stall::PastTheTransactionTimeout).await;
+}
+
+/// How long the stopped instance stays stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stall {
+    /// 22 s: past its session (10 s) and its transaction's timeout (15 s).
+    PastTheTransactionTimeout,
+    /// Until the other instance has taken its partitions (past its session), but well within
+    /// its transaction's timeout: an open transaction is still alive when it resumes.
+    PastTheSessionOnly,
+}
+
+async fn stopped_at(point: &str, stall: Stall) {
     let stack = stack().await;
     let job = Job::with_partitions(&stack, "flush_interval_ms: 100", 500, 4).await;
     let first = updates(37, 20_000, 400);
@@ -98,8 +112,22 @@ async fn stopped_past_the_session_at(point: &str) {
     let stop = format!("{point}:5");
     let a = job.start_instance_with(0, 0, 40, &[("AUTOGLM_STOP_AT", &stop)]);
     until_stopped(&a, &job.log(0)).await;
+    let stopped = std::time::Instant::now();
     let b = job.start_instance(1, 1, 20);
-    tokio::time::sleep(Duration::from_secs(22)).await;
+    match stall {
+        Stall::PastTheTransactionTimeout => tokio::time::sleep(Duration::from_secs(22)).await,
+        Stall::PastTheSessionOnly => {
+            // b is assigned a's partitions once a's session expires (10 s); its restore starts
+            // right after.
+            until_logged(&job, 1, "partitions assigned partitions=[(").await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert!(
+                stopped.elapsed() < Duration::from_secs(14),
+                "too slow to resume within the transaction timeout: {:?}",
+                stopped.elapsed()
+            );
+        }
+    }
     signal(&a, "-CONT");
     job.produce(&then).await;
     let a_status = job.exit_of(a, 0).await;
@@ -142,6 +170,16 @@ async fn stopped_after_send_offsets() {
     stopped_past_the_session_at("after_send_offsets").await;
 }
 
+/// The stall that outlives the session but not the transaction: the stopped instance's offsets
+/// were accepted before its session expired, so its transaction commits when it resumes, after
+/// the other instance took its partitions and restored their state. The restore must wait for
+/// that transaction (a restore that read only to the last stable offset missed its state
+/// entries, and later exact replays of those versions were emitted again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_after_send_offsets_past_the_session_only() {
+    stopped_at("after_send_offsets", Stall::PastTheSessionOnly).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_after_commit() {
     stopped_past_the_session_at("after_commit").await;
@@ -150,4 +188,15 @@ async fn stopped_after_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_after_the_state_write() {
     stopped_past_the_session_at("after_state_write").await;
+}
+
+/// Waits (up to a minute) until run `run`'s log holds `text`.
+async fn until_logged(job: &Job, run: usize, text: &str) {
+    for _ in 0..600 {
+        if std::fs::read_to_string(job.log(run)).is_ok_and(|log| log.contains(text)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("run {run} never logged {text:?}; see {}", job.log(run).display());
 }
