@@ -1,7 +1,7 @@
 //! Client settings shared by every consumer and producer the processor creates.
 
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 
@@ -206,10 +206,20 @@ impl ClientSettings {
     }
 
     /// A consumer for reading assigned partitions to their end (state restore): it only sees
-    /// committed records and never commits. Compare its position with the high watermark to
-    /// know when a partition is read: transaction markers are never delivered.
+    /// committed records and never commits. Compare its position with the high watermark of
+    /// [`log_end_client`](Self::log_end_client) to know when a partition is read: transaction
+    /// markers are never delivered.
     pub fn restore_consumer(&self) -> Result<StreamConsumer, KafkaError> {
         self.restore_config().create()
+    }
+
+    /// A client whose `fetch_watermarks` gives the log end: the high watermark, past the records
+    /// of open transactions. A `read_committed` client is told the last stable offset instead,
+    /// which stops short of an open transaction that may still commit.
+    pub fn log_end_client(&self) -> Result<BaseConsumer, KafkaError> {
+        let mut config = self.client_config();
+        config.set("isolation.level", "read_uncommitted");
+        config.create()
     }
 
     fn restore_config(&self) -> ClientConfig {

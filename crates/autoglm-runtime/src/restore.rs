@@ -2,13 +2,22 @@
 //!
 //! ```text
 //!  per changelog partition: checkpoint (RocksDB) ──► read_committed to the end ──► WriteBatch
-//!                           (or the beginning)        (high watermark)             state + new checkpoint
+//!                           (or the beginning)        (the log end)               state + new checkpoint
 //! ```
 //!
 //! The store only ever holds committed state and its checkpoint is written in the same batch,
 //! so "store + tail after the checkpoint" is exact: a restart after a kill replays the records
 //! between the last state write and the last Kafka commit, never the whole changelog, and a
 //! partition that comes back from another instance replays what that instance wrote.
+//!
+//! The end is the log end (the high watermark read uncommitted), not the last stable offset,
+//! and the read_committed consumer gets past it only once every transaction below it has
+//! ended: a restore waits for the previous owner's last transaction. That transaction may still
+//! commit after this instance took the partition — an owner stalled past its session (a frozen
+//! VM, SIGSTOP) whose offsets the group accepted before its session expired commits when it
+//! wakes, and the input offsets this instance resumes from then follow that commit. A restore
+//! that stopped at the last stable offset missed that transaction's state entries, and later
+//! exact replays of its versions were emitted a second time.
 //!
 //! Within a partition the changelog is in commit order, so the last record of a key wins. A
 //! key belongs to one input partition and thus to one changelog partition (routes over several
@@ -20,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use autoglm_kafka::ClientSettings;
 use autoglm_state::{KvBackend, StateEntry, WriteRequest};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -59,11 +68,12 @@ pub async fn restore<B: KvBackend>(
 ) -> Result<RestoreStats, RunError> {
     let started = Instant::now();
     let consumer = Arc::new(settings.restore_consumer()?);
+    let log_end = Arc::new(settings.log_end_client()?);
     let mut tails: HashMap<(String, i32), Tail> = HashMap::new();
     let mut assignment = TopicPartitionList::new();
     for (topic, partition) in partitions {
         let checkpoint = backend.checkpoint(topic, *partition).await?.unwrap_or(0);
-        let (low, high) = watermarks(&consumer, topic, *partition).await?;
+        let (low, high) = watermarks(&log_end, topic, *partition).await?;
         let start = checkpoint.max(low);
         if start >= high {
             continue;
@@ -182,8 +192,9 @@ pub async fn restore<B: KvBackend>(
     Ok(stats)
 }
 
+/// The log start and the log end of a partition (see the module doc).
 async fn watermarks(
-    consumer: &Arc<StreamConsumer>,
+    consumer: &Arc<BaseConsumer>,
     topic: &str,
     partition: i32,
 ) -> Result<(i64, i64), RunError> {

@@ -198,5 +198,8 @@ async fn until_logged(job: &Job, run: usize, text: &str) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("run {run} never logged {text:?}; see {}", job.log(run).display());
+    panic!(
+        "run {run} never logged {text:?}; see {}",
+        job.log(run).display()
+    );
 }
