@@ -14,7 +14,13 @@
 //! aborted) already, and the records polled since are dropped unprocessed. The group uses
 //! cooperative-sticky assignment (incremental: a rebalance moves only the partitions that
 //! change owner); the exactly-once fencing comes from `send_offsets_to_transaction` with the
-//! consumer's group metadata, which the broker refuses for a stale generation.
+//! consumer's group metadata, which the broker refuses for a stale generation or a member whose
+//! session expired. It checks the membership when the offsets are sent, not when the transaction
+//! commits: an instance stalled between the two (past its session, within
+//! `transaction.timeout.ms`) still commits when it wakes, after its partitions moved on. The
+//! next owner stays consistent with that late commit because its input offsets are fetched
+//! stable (they wait for the transaction) and its restore reads the changelog to the log end
+//! (it waits too; see `restore`).
 
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};

@@ -1221,9 +1221,15 @@ impl Pipeline {
                 .ok_or_else(|| BatchError::Transient(Transient("no group metadata yet".into())))?;
             let p = Arc::clone(producer);
             blocking(move || {
-                p.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT)?;
+                again_while_retriable("send_offsets_to_transaction", || {
+                    p.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT)
+                })?;
                 fail::fail_point!("after_send_offsets");
-                commit_seconds.observe_closure_duration(|| p.commit_transaction(TXN_TIMEOUT))
+                commit_seconds.observe_closure_duration(|| {
+                    again_while_retriable("commit_transaction", || {
+                        p.commit_transaction(TXN_TIMEOUT)
+                    })
+                })
             })
             .await?;
         } else {
@@ -1679,6 +1685,29 @@ impl Failures {
             tracing::error!(attempt, %reason, "still failing after the configured attempts; waiting, not skipping");
         }
         wait
+    }
+}
+
+/// Calls a transaction step again for as long as librdkafka calls its error retriable: the step
+/// goes on in the background (a commit that timed out may still commit), and only the same call
+/// may follow it. Aborting instead fails, and would leave the producer waiting for a commit
+/// call that never comes. Any other outcome is returned.
+fn again_while_retriable(
+    what: &str,
+    step: impl Fn() -> Result<(), KafkaError>,
+) -> Result<(), KafkaError> {
+    let mut attempt = 0u32;
+    loop {
+        match step() {
+            Err(KafkaError::Transaction(e))
+                if e.is_retriable() && !e.txn_requires_abort() && !e.is_fatal() =>
+            {
+                attempt += 1;
+                tracing::warn!(attempt, error = %e, "{what} did not finish in time; calling it again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            other => return other,
+        }
     }
 }
 
