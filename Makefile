@@ -17,10 +17,13 @@ BIN = $(CARGO_TARGET_DIR)/debug
 # RocksDB/librdkafka are built once per target directory.
 CARGO_SELECT = --workspace --all-targets --features autoglm/failpoints
 
-.PHONY: help up down status reset demo test chaos soak bench microbench fmt lint build
+.PHONY: help deps up down status reset demo test chaos soak bench microbench fmt lint build
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+deps: ## Install what a fresh Debian machine lacks (build packages, Maven, rustfmt, clippy)
+	@bash deploy/local/deps.sh
 
 up: ## Start the local Kafka broker and Schema Registry (idempotent; waits until ready)
 	@$(STACK) up
@@ -34,7 +37,7 @@ status: ## Show whether the local stack is ready, and where
 reset: ## Stop the local stack and delete its data and logs
 	@$(STACK) reset
 
-demo: up ## Run the CRM → ERP sync on the local stack: schemas, change stream, processor, results
+demo: deps up ## Run the CRM → ERP sync on the local stack: schemas, change stream, processor, results
 	cargo build --quiet $(CARGO_SELECT)
 	@rm -rf .stack/demo
 	@env $(STACK_ENV) $(BIN)/autoglm-demo setup
@@ -53,7 +56,7 @@ lint: ## rustfmt and clippy, as CI runs them
 	cargo fmt --all -- --check
 	cargo clippy $(CARGO_SELECT) -- -D warnings
 
-test: up lint ## Start the stack if needed, lint, then run every test (unit and integration)
+test: deps up lint ## Start the stack if needed, lint, then run every test (unit and integration)
 	env $(STACK_ENV) cargo test $(CARGO_SELECT) --no-fail-fast
 
 # The chaos test's sizes (make test runs the defaults, the short version).

@@ -182,10 +182,10 @@ impl<'j> Fleet<'j> {
         self.cuts_made += 1;
     }
 
-    /// Continues stopped instances and heals cuts that are due (all of them with `all`).
-    fn wake(&mut self, all: bool) {
+    /// Continues the stopped instances and heals the cuts that are due.
+    fn wake(&mut self) {
         let now = Instant::now();
-        let due = |at: &Instant| all || *at <= now;
+        let due = |at: &Instant| *at <= now;
         let stopped: Vec<usize> = self
             .stopped
             .iter()
@@ -295,7 +295,7 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
         while !fed.load(Ordering::SeqCst) || fleet.kills < min_kills || tick < TICKS {
             tokio::time::sleep(Duration::from_millis(rng.u64(3_000..10_000))).await;
             tick += 1;
-            fleet.wake(false);
+            fleet.wake();
             fleet.supervise();
             // Faults land on healthy instances: a stopped or cut-off one keeps its stall.
             let ids = fleet.healthy();
@@ -349,7 +349,7 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
         // The last stalls run their course.
         while !fleet.stopped.is_empty() || !fleet.cut.is_empty() {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            fleet.wake(false);
+            fleet.wake();
         }
     };
     tokio::join!(feed, chaos);
