@@ -346,11 +346,13 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
                 _ => {}
             }
         }
-        // The last stalls run their course.
+        // The last stalls run their course; an instance fenced when it woke is started again.
         while !fleet.stopped.is_empty() || !fleet.cut.is_empty() {
             tokio::time::sleep(Duration::from_millis(500)).await;
             fleet.wake();
         }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        fleet.supervise();
     };
     tokio::join!(feed, chaos);
     let fault_secs = started.elapsed().as_secs();
@@ -489,7 +491,7 @@ async fn chaos_copies_every_accepted_version_exactly_once() {
         "chaos: {records} records over {keys} keys and {partitions} partitions, seed {seed}\n\
          chaos: {fault_secs} s of faults, {} s in all; {} kills (SIGKILL), {} clean restarts, \
          1 instance added and removed, broker bounces {bounces:?}, {} stalls (SIGSTOP), {} cuts ({} connections stalled), \
-         {} exits restarted (one is the crash point)\n\
+         {} exits restarted (the crash point; fenced after a stall)\n\
          chaos: {rebalances} assignments, {} restores (slowest: {} records in {} ms); \
          a fresh store rebuilt {} state entries ({} keys) in {} ms\n\
          chaos: output {count} records, expected {}; duplicates {}, losses {}, stale overwrites {}, \

@@ -142,6 +142,13 @@ async fn stopped_at(point: &str, stall: Stall) {
         "a: {a_status}; see {}",
         job.log(0).display()
     );
+    // The case under test: a's transaction was still alive and committed when it woke (had the
+    // broker aborted it, a would have been fenced).
+    assert!(
+        stall == Stall::PastTheTransactionTimeout || !log.contains("fenced"),
+        "a was fenced: its transaction did not outlive the stall; see {}",
+        job.log(0).display()
+    );
     assert!(
         b_status.success(),
         "b: {b_status}; see {}",
