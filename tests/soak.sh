@@ -5,7 +5,8 @@
 #
 # The test is found by its exact name in the workspace's test executables (built with the same
 # selection as `make test`). Each failed run's output is kept under $SOAK_DIR (default:
-# target-dir/soak/<test>), with the job directories (AUTOGLM_TEST_KEEP), to read the logs.
+# target-dir/soak/<test>), with the job directories (AUTOGLM_TEST_KEEP), to read the logs; what
+# each passing run printed last (the chaos test's figures) goes to passed.log there.
 set -euo pipefail
 
 name=${1:?usage: soak.sh <test name> <runs>}
@@ -36,8 +37,9 @@ for ((run = 1; run <= runs; run++)); do
   if AUTOGLM_TEST_KEEP=1 TMPDIR=$keep "$exe" "$name" --exact --nocapture >"$out" 2>&1; then
     passed=$((passed + 1))
     verdict=pass
-    # Keep only what failed runs left behind.
+    # Keep only what failed runs left behind, and the last lines of what passing ones printed.
     find "$keep" -mindepth 1 -maxdepth 1 -name 'autoglm-job*' -exec rm -rf {} +
+    { echo "== run $run"; grep -v '^$' "$out" | tail -n 12; } >>"$keep/passed.log"
     rm -f "$out"
   else
     failed=$((failed + 1))
