@@ -8,8 +8,9 @@
 //!
 //! The stop tests stop the whole process instead (`AUTOGLM_STOP_AT`: SIGSTOP, as in a VM freeze
 //! or a long stall) at each point of its fifth batch, past its session and the transaction
-//! timeout, while a second instance takes its partitions; then it continues into a group that
-//! moved on. Each point is one interleaving, the same on every run.
+//! timeout (or, in one, past the session only), while a second instance takes its partitions;
+//! then it continues into a group that moved on. Each is one interleaving, the same on every
+//! run.
 
 mod common;
 
@@ -80,8 +81,8 @@ async fn crash_after_the_state_write() {
     crash_then_restart("after_state_write").await;
 }
 
-/// An instance stops dead (SIGSTOP: its heartbeats too) at `point` of its 5th batch with
-/// records of all four partitions in hand, stays stopped past its session (10 s) and the
+/// An instance stops dead (SIGSTOP: its heartbeats too) at `point` of its 5th batch, with that
+/// batch and the records polled ahead of it in hand, stays stopped past its session (10 s) and the
 /// transaction timeout (15 s) while a second instance takes every partition, then resumes into
 /// a group that moved on. Whatever it does then, every accepted version is in the target
 /// exactly once.
