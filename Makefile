@@ -25,26 +25,26 @@ help: ## Show the targets
 deps: ## Install what a fresh Debian machine lacks (build packages, Maven, rustfmt, clippy)
 	@bash deploy/local/deps.sh
 
-up: ## Start the local Kafka broker and Schema Registry (idempotent; waits until ready)
+up: ## Start the local stack: Kafka, Schema Registry, PostgreSQL, Kafka Connect with Debezium (idempotent)
 	@$(STACK) up
 
 down: ## Stop the local stack (data is kept; see `make reset`)
 	@$(STACK) down
 
-status: ## Show whether the local stack is ready, and where
+status: ## Show whether each service of the local stack is ready, and where; Connect's connectors
 	@$(STACK) status
 
 reset: ## Stop the local stack and delete its data and logs
 	@$(STACK) reset
 
-demo: deps up ## Run the CRM → ERP sync on the local stack: schemas, change stream, processor, results
+demo: deps up ## Run the CRM → ERP sync: PostgreSQL → Debezium → Kafka → autoglm → ERP topic, compared with the table
 	cargo build --quiet $(CARGO_SELECT)
 	@rm -rf .stack/demo
-	@env $(STACK_ENV) $(BIN)/autoglm-demo setup
+	@env $(STACK_ENV) $(BIN)/autoglm-demo cdc-setup
 	@env $(STACK_ENV) $(DEMO_ENV) $(BIN)/autoglm schemas register
-	@env $(STACK_ENV) $(BIN)/autoglm-demo produce
+	@env $(STACK_ENV) $(BIN)/autoglm-demo cdc-changes
 	@env $(STACK_ENV) $(DEMO_ENV) $(BIN)/autoglm run --exit-when-idle-secs 4
-	@env $(STACK_ENV) $(BIN)/autoglm-demo show
+	@env $(STACK_ENV) $(BIN)/autoglm-demo compare
 
 build: ## Build every crate, test and benchmark
 	cargo build $(CARGO_SELECT)

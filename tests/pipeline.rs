@@ -55,7 +55,13 @@ fn config(
             "storage_path: .stack/demo/state",
             &format!("storage_path: {}", state.display()),
         )
-        .replace("topic: crm.customers\n", &format!("topic: {}\n", t.source))
+        // The demo reads Debezium's JSON from a real database; these tests feed the same route
+        // the synthetic Avro stream.
+        .replace(
+            "topic: crm.public.customers\n",
+            &format!("topic: {}\n", t.source),
+        )
+        .replace("encoding: json\n", "encoding: avro\n")
         .replace("topic: erp.customers\n", &format!("topic: {}\n", t.target))
         .replace(
             "dlq_topic: crm.customers.dlq",

@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# The local stack: a real Apache Kafka broker (KRaft, combined broker+controller, single node) and a
-# real Apicurio Registry (Confluent-compatible API at /apis/ccompat/v7), both on 127.0.0.1, both run
-# from jars that Maven fetches (deploy/local/pom.xml). No Docker needed.
+# The local stack, all on 127.0.0.1, no Docker needed:
+#   - a real Apache Kafka broker (KRaft, combined broker+controller, single node);
+#   - a real Apicurio Registry (Confluent-compatible API at /apis/ccompat/v7);
+#   - PostgreSQL (Debian's package) as the CRM database, its own cluster under .stack/postgres,
+#     with wal_level=logical;
+#   - Kafka Connect (distributed mode, same Kafka version) with the Debezium PostgreSQL connector
+#     and Apicurio's Avro converter as plugins.
+# The jars come from Maven Central (deploy/local/pom.xml).
 #
 #   stack.sh up       fetch jars if missing, start what is not running, wait until ready (idempotent)
-#   stack.sh down     stop both services; no process is left behind (data is kept)
-#   stack.sh status   print each service's state; exit 0 only when both are ready
+#   stack.sh down     stop every service; no process is left behind (data is kept)
+#   stack.sh status   print each service's state; exit 0 only when all are ready
 #   stack.sh reset    down, then delete the stack's data and logs
 #   stack.sh env      print the addresses as shell assignments (for `eval`)
-#   stack.sh bounce-kafka hard|clean   kill -9 (or stop) the broker, then start it again
+#   stack.sh bounce-kafka hard|clean    kill -9 (or stop) the broker, then start it again
+#   stack.sh bounce-connect hard|clean  the same for the Kafka Connect worker
+#   stack.sh psql [args]                psql on the CRM database (as the stack's superuser)
 #   stack.sh kafka-tool <class> [args]  run a Kafka CLI tool class from the fetched jars
 #
 # Settings (environment):
@@ -20,6 +27,8 @@
 #                            one client's connections listens (tests/support/cuts.rs)
 #   AUTOGLM_REGISTRY_PORT    Apicurio Registry HTTP port       (default: 38081)
 #   AUTOGLM_REGISTRY_MANAGEMENT_PORT  its health/metrics port  (default: 38082)
+#   AUTOGLM_POSTGRES_PORT    PostgreSQL                        (default: 35432)
+#   AUTOGLM_CONNECT_PORT     Kafka Connect REST API            (default: 38083)
 #   AUTOGLM_STACK_TIMEOUT_SECS  readiness timeout per service  (default: 120)
 #   REGISTRY_JAVA_HOME       JDK for Apicurio (needs 21+)      (default: newest Temurin in /usr/lib/jvm)
 set -euo pipefail
@@ -33,24 +42,31 @@ faults_port=${AUTOGLM_FAULTS_PORT:-39094}
 cuts_port=${AUTOGLM_CUTS_PORT:-39095}
 registry_port=${AUTOGLM_REGISTRY_PORT:-38081}
 registry_mgmt_port=${AUTOGLM_REGISTRY_MANAGEMENT_PORT:-38082}
+postgres_port=${AUTOGLM_POSTGRES_PORT:-35432}
+connect_port=${AUTOGLM_CONNECT_PORT:-38083}
 timeout_secs=${AUTOGLM_STACK_TIMEOUT_SECS:-120}
+# The CRM database and its superuser (initdb's bootstrap user; it may replicate, as Debezium needs).
+pg_db=crm
+pg_user=autoglm
 
 pom_prop() { sed -n "s:.*<$1>\(.*\)</$1>.*:\1:p" "$here/pom.xml" | head -n1; }
 kafka_version=$(pom_prop kafka.version)
 apicurio_version=$(pom_prop apicurio.version)
 kafka_lib=$stack_dir/lib/kafka-$kafka_version
 apicurio_lib=$stack_dir/lib/apicurio-$apicurio_version
+debezium_version=$(pom_prop debezium.version)
+plugins_dir=$stack_dir/lib/connect-plugins
 
 log() { printf 'stack: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# Whether the pid file names a running java process: after a restart of the machine its number
-# may belong to another program, or to a thread (kill -0 accepts a thread id).
+# Whether the pid file names a running process of that program (java unless named): after a restart
+# of the machine its number may belong to another program, or to a thread (kill -0 accepts one).
 pid_alive() {
-  local pidfile=$1
-  [[ -f $pidfile ]] && [[ $(ps -p "$(cat "$pidfile")" -o comm= 2>/dev/null) == java ]]
+  local pidfile=$1 program=${2:-java}
+  [[ -f $pidfile ]] && [[ $(ps -p "$(head -n1 "$pidfile")" -o comm= 2>/dev/null) == "$program" ]]
 }
 
 registry_java() {
@@ -65,20 +81,22 @@ registry_java() {
 }
 
 fetch_jars() {
-  if [[ -f $kafka_lib/kafka_2.13-$kafka_version.jar && -f $apicurio_lib/quarkus-run.jar ]]; then
+  if [[ -f $kafka_lib/connect-runtime-$kafka_version.jar && -f $apicurio_lib/quarkus-run.jar &&
+    -f $plugins_dir/debezium-postgres-$debezium_version/debezium-connector-postgres-$debezium_version.jar ]]; then
     return
   fi
-  command -v mvn >/dev/null || die "maven (mvn) is needed to fetch the Kafka and Apicurio jars"
-  log "fetching Kafka $kafka_version and Apicurio Registry $apicurio_version from Maven Central"
+  command -v mvn >/dev/null || die "maven (mvn) is needed to fetch the stack's jars"
+  log "fetching Kafka $kafka_version (broker and Connect), Apicurio Registry $apicurio_version and Debezium $debezium_version from Maven Central"
   mvn -q -B -f "$here/pom.xml" -Dstack.lib="$stack_dir/lib" generate-resources \
     || die "maven could not fetch the stack's jars (see the output above)"
 }
 
-# Wait until "$2" (a command) succeeds, or fail naming the log file "$3".
+# Wait until "$2" (a command) succeeds, or fail naming the log file "$3"; the process in the pid
+# file "$4" (a program named "$5", java unless named) must stay alive meanwhile.
 wait_ready() {
-  local name=$1 check=$2 logfile=$3 pidfile=$4 deadline=$((SECONDS + timeout_secs))
+  local name=$1 check=$2 logfile=$3 pidfile=$4 program=${5:-java} deadline=$((SECONDS + timeout_secs))
   until eval "$check"; do
-    if ! pid_alive "$pidfile"; then
+    if ! pid_alive "$pidfile" "$program"; then
       tail -n 20 "$logfile" >&2 || true
       die "$name exited during start-up; see $logfile"
     fi
@@ -168,6 +186,113 @@ start_registry() {
   wait_ready registry registry_ready "$dir/registry.log" "$pidfile"
 }
 
+# PostgreSQL refuses to run as root: then its cluster belongs to the `postgres` user that Debian's
+# package creates.
+pg_bin() {
+  local bin
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
+  [[ -n $bin ]] || die "PostgreSQL is not installed (make deps installs Debian's postgresql)"
+  echo "$bin"
+}
+as_pg() {
+  if ((EUID == 0)); then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+postgres_ready() { "$(pg_bin)/pg_isready" -q -h 127.0.0.1 -p "$postgres_port" -d "$pg_db" -U "$pg_user"; }
+psql_cmd() { "$(pg_bin)/psql" -X -q -h 127.0.0.1 -p "$postgres_port" -U "$pg_user" "$@"; }
+postgres_version() { "$(pg_bin)/postgres" --version | awk '{print $3}'; }
+
+start_postgres() {
+  local dir=$stack_dir/postgres bin
+  local data=$dir/data pidfile=$dir/data/postmaster.pid
+  bin=$(pg_bin)
+  if pid_alive "$pidfile" postgres; then
+    postgres_ready || wait_ready postgres postgres_ready "$dir/postgres.log" "$pidfile" postgres
+    log "postgres already running on 127.0.0.1:$postgres_port"
+    return
+  fi
+  port_open "$postgres_port" && die "port $postgres_port is taken by another process; set AUTOGLM_POSTGRES_PORT"
+  mkdir -p "$dir"
+  if ((EUID == 0)); then chown postgres: "$dir"; fi
+  if [[ ! -f $data/PG_VERSION ]]; then
+    log "initialising a PostgreSQL cluster in $data"
+    as_pg "$bin/initdb" -D "$data" -U "$pg_user" --auth=trust -E UTF8 --no-locale >"$dir/initdb.log" 2>&1 ||
+      die "initdb failed; see $dir/initdb.log"
+  fi
+  log "starting postgres $(postgres_version) on 127.0.0.1:$postgres_port (log: $dir/postgres.log)"
+  # Logical decoding for Debezium (pgoutput); sockets in the cluster's own directory.
+  as_pg "$bin/pg_ctl" -D "$data" -l "$dir/postgres.log" -s -w -t "$timeout_secs" start -o \
+    "-c listen_addresses=127.0.0.1 -p $postgres_port -c unix_socket_directories=$dir -c wal_level=logical -c max_replication_slots=32 -c max_wal_senders=32 -c shared_buffers=64MB" ||
+    { tail -n 20 "$dir/postgres.log" >&2; die "postgres did not start; see $dir/postgres.log"; }
+  wait_ready postgres postgres_ready "$dir/postgres.log" "$pidfile" postgres
+  if [[ -z $(psql_cmd -d postgres -tAc "select 1 from pg_database where datname = '$pg_db'") ]]; then
+    psql_cmd -d postgres -c "create database $pg_db" >/dev/null
+  fi
+}
+
+stop_postgres() {
+  local data=$stack_dir/postgres/data
+  if pid_alive "$data/postmaster.pid" postgres; then
+    log "stopping postgres (pid $(head -n1 "$data/postmaster.pid"))"
+    as_pg "$(pg_bin)/pg_ctl" -D "$data" -s -m fast -w stop || true
+  fi
+}
+
+connect_ready() { curl -fsS "http://127.0.0.1:$connect_port/connector-plugins" 2>/dev/null | grep -q PostgresConnector; }
+
+start_connect() {
+  local dir=$stack_dir/connect pidfile=$stack_dir/connect/connect.pid
+  if pid_alive "$pidfile"; then
+    connect_ready || wait_ready connect connect_ready "$dir/connect.log" "$pidfile"
+    log "kafka connect already running on 127.0.0.1:$connect_port"
+    return
+  fi
+  port_open "$connect_port" && die "port $connect_port is taken by another process; set AUTOGLM_CONNECT_PORT"
+  mkdir -p "$dir"
+  # Distributed mode, as production runs it: connector configs, source offsets and status live
+  # in Kafka topics, so a restarted worker resumes its connectors where they stopped.
+  cat >"$dir/worker.properties" <<PROPERTIES
+bootstrap.servers=127.0.0.1:$kafka_port
+group.id=autoglm-connect
+listeners=http://127.0.0.1:$connect_port
+rest.advertised.host.name=127.0.0.1
+rest.advertised.port=$connect_port
+plugin.path=$plugins_dir
+key.converter=org.apache.kafka.connect.json.JsonConverter
+value.converter=org.apache.kafka.connect.json.JsonConverter
+config.storage.topic=_connect-configs
+offset.storage.topic=_connect-offsets
+status.storage.topic=_connect-status
+config.storage.replication.factor=1
+offset.storage.replication.factor=1
+status.storage.replication.factor=1
+offset.flush.interval.ms=1000
+scheduled.rebalance.max.delay.ms=0
+PROPERTIES
+  cat >"$dir/log4j2.properties" <<PROPERTIES
+rootLogger.level=INFO
+rootLogger.appenderRef.file.ref=file
+appender.file.type=File
+appender.file.name=file
+appender.file.fileName=$dir/connect.log
+appender.file.layout.type=PatternLayout
+appender.file.layout.pattern=[%d] %p %m (%c)%n
+logger.reflections.name=org.reflections
+logger.reflections.level=ERROR
+PROPERTIES
+  : >"$dir/connect.log"
+  log "starting kafka connect $kafka_version with Debezium $debezium_version on 127.0.0.1:$connect_port (log: $dir/connect.log)"
+  setsid nohup java -Xms128m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true \
+    "-Dlog4j2.configurationFile=$dir/log4j2.properties" -cp "$kafka_lib/*" \
+    org.apache.kafka.connect.cli.ConnectDistributed "$dir/worker.properties" \
+    >"$dir/stdout.log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+  wait_ready connect connect_ready "$dir/connect.log" "$pidfile"
+}
+
 stop_one() {
   local name=$1 pidfile=$2 pid
   if pid_alive "$pidfile"; then
@@ -200,6 +325,25 @@ status() {
     echo "registry  down     http://127.0.0.1:$registry_port/apis/ccompat/v7"
     ok=1
   fi
+  if pid_alive "$stack_dir/postgres/data/postmaster.pid" postgres && postgres_ready; then
+    echo "postgres  ready    postgresql://$pg_user@127.0.0.1:$postgres_port/$pg_db (PostgreSQL $(postgres_version), wal_level=logical)"
+  else
+    echo "postgres  down     postgresql://$pg_user@127.0.0.1:$postgres_port/$pg_db"
+    ok=1
+  fi
+  if pid_alive "$stack_dir/connect/connect.pid" && connect_ready; then
+    echo "connect   ready    http://127.0.0.1:$connect_port (Kafka Connect $kafka_version, Debezium $debezium_version)"
+    # One line per connector: its state and its tasks' states.
+    curl -fsS "http://127.0.0.1:$connect_port/connectors?expand=status" 2>/dev/null |
+      python3 -c 'import json, sys
+for name, c in sorted(json.load(sys.stdin).items()):
+    s = c["status"]
+    tasks = ", ".join(t["state"] for t in s["tasks"]) or "no tasks"
+    print("          connector %s: %s (tasks: %s)" % (name, s["connector"]["state"], tasks))' || true
+  else
+    echo "connect   down     http://127.0.0.1:$connect_port"
+    ok=1
+  fi
   return $ok
 }
 
@@ -209,9 +353,13 @@ case ${1:-} in
     started=$SECONDS
     start_kafka
     start_registry
+    start_postgres
+    start_connect
     log "stack ready in $((SECONDS - started))s"
     ;;
   down)
+    stop_one connect "$stack_dir/connect/connect.pid"
+    stop_postgres
     stop_one registry "$stack_dir/registry/registry.pid"
     stop_one kafka "$stack_dir/kafka/kafka.pid"
     ;;
@@ -236,6 +384,30 @@ case ${1:-} in
     start_kafka
     log "kafka back in $((SECONDS - started))s"
     ;;
+  bounce-connect)
+    # Fault tests: `hard` kills the Connect worker with SIGKILL, `clean` stops it; then it starts.
+    pidfile=$stack_dir/connect/connect.pid
+    case ${2:-} in
+      hard)
+        if pid_alive "$pidfile"; then
+          pid=$(cat "$pidfile")
+          log "killing kafka connect (pid $pid) with SIGKILL"
+          kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+          while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+          rm -f "$pidfile"
+        fi
+        ;;
+      clean) stop_one connect "$pidfile" ;;
+      *) die "usage: $0 bounce-connect hard|clean" ;;
+    esac
+    started=$SECONDS
+    start_connect
+    log "kafka connect back in $((SECONDS - started))s"
+    ;;
+  psql)
+    shift
+    psql_cmd -d "$pg_db" "$@"
+    ;;
   kafka-tool)
     # Runs a Kafka command-line tool class, e.g. org.apache.kafka.tools.TransactionsCommand.
     shift
@@ -244,16 +416,18 @@ case ${1:-} in
     ;;
   reset)
     "$0" down
-    rm -rf "$stack_dir/kafka" "$stack_dir/registry"
+    rm -rf "$stack_dir/kafka" "$stack_dir/registry" "$stack_dir/postgres" "$stack_dir/connect"
     ;;
   env)
     echo "AUTOGLM_KAFKA_BOOTSTRAP=127.0.0.1:$kafka_port"
     echo "AUTOGLM_SCHEMA_REGISTRY_URL=http://127.0.0.1:$registry_port/apis/ccompat/v7"
     echo "AUTOGLM_KAFKA_FAULTS=127.0.0.1:$faults_port"
     echo "AUTOGLM_KAFKA_CUTS=127.0.0.1:$cuts_port"
+    echo "AUTOGLM_POSTGRES_URL=postgresql://$pg_user@127.0.0.1:$postgres_port/$pg_db"
+    echo "AUTOGLM_CONNECT_URL=http://127.0.0.1:$connect_port"
     ;;
   *)
-    echo "usage: $0 up|down|status|reset|env|bounce-kafka hard|clean|kafka-tool <class> [args]" >&2
+    echo "usage: $0 up|down|status|reset|env|bounce-kafka hard|clean|bounce-connect hard|clean|psql [args]|kafka-tool <class> [args]" >&2
     exit 2
     ;;
 esac

@@ -1,6 +1,12 @@
-//! The origin document's CRM → ERP customer sync, as data: a Debezium (PostgreSQL) change stream
-//! of the `customers` table with the cases a real stream has, plus helpers to produce it and to
-//! read the results back `read_committed`. `make demo` and the end-to-end tests both use it.
+//! The origin document's CRM → ERP customer sync.
+//!
+//! - [`crm`] and [`connect`]: the real source, as `make demo` runs it. The CRM `customers` table
+//!   in PostgreSQL, written with the origin document's optimistic lock, and the Debezium
+//!   connector in Kafka Connect that captures it.
+//! - [`scenario`]: a synthetic Debezium (PostgreSQL) change stream of the same table, with the
+//!   cases a real stream has and some it should not (poison records), Avro-encoded by
+//!   [`produce`]. The tests use it where they need exact control of the input.
+//! - [`read_committed`] and [`latest`]: the results, read back.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,6 +24,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use serde_json::{Value as Json, json};
+
+pub mod connect;
+pub mod crm;
 
 /// The CRM source schema (a Debezium envelope), from `schemas/`.
 pub const CRM_SCHEMA: &str = include_str!("../../../schemas/crm.customers-value.avsc");
@@ -442,4 +451,52 @@ fn rand_suffix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::from(d.subsec_nanos()))
+}
+
+/// The latest value per key of `records` (read in offset order), as a compacted topic keeps
+/// them: a tombstone removes its key. A key is an integer id, as autoglm writes a one-field key,
+/// or a JSON object with an integer `id`.
+pub fn latest(records: &[Received]) -> anyhow::Result<BTreeMap<i64, Json>> {
+    let mut out = BTreeMap::new();
+    for r in records {
+        let key: Json =
+            serde_json::from_str(&r.key).with_context(|| format!("key {:?} is not JSON", r.key))?;
+        let id = key
+            .as_i64()
+            .or_else(|| key["id"].as_i64())
+            .with_context(|| format!("key {} is not an integer id", r.key))?;
+        match &r.value {
+            Some(value) => out.insert(id, value.clone()),
+            None => out.remove(&id),
+        };
+    }
+    Ok(out)
+}
+
+/// Waits until `topic` holds at least `count` records (the sum of its partitions' log ends), for
+/// at most `timeout`: a source connector has then written what it was given. Returns the count.
+pub async fn wait_for_records(
+    settings: &ClientSettings,
+    topic: &str,
+    count: i64,
+    timeout: Duration,
+) -> anyhow::Result<i64> {
+    let client = settings.log_end_client()?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let mut total = 0;
+        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            let (low, high) =
+                client.fetch_watermarks(topic, partition.id(), Duration::from_secs(10))?;
+            total += high - low;
+        }
+        if total >= count {
+            return Ok(total);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("{topic} holds {total} records after {timeout:?}; expected {count}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

@@ -1,11 +1,14 @@
 //! Type conversions of single JSON values; the crate docs' `# Types` table says what each type
 //! accepts and writes. Every function returns a reason instead of panicking.
 
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use chrono::NaiveTime;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::{Number, Value};
 
-use crate::spec::{DecimalSpec, Rounding};
+use crate::spec::{DecimalInput, DecimalSpec, Rounding};
 use crate::time::{TimeInput, TimeOutput, kind, truncate};
 
 /// A compiled target type.
@@ -39,11 +42,14 @@ impl Conversion {
     /// Whether converting `value` gives it back unchanged, so that it can be moved, not
     /// converted. Only strings are worth moving: every other value is a copy either way. A
     /// decimal string already in its output form is one: Avro decimals decode to strings of
-    /// their writer's scale, which is most often the target's.
+    /// their writer's scale, which is most often the target's. A string read as base64 bytes is
+    /// never one: it must be decoded (`"1234"` is valid base64 as well as a decimal).
     pub(crate) fn is_identity(&self, value: &Value) -> bool {
         match (self, value) {
             (Conversion::String, Value::String(_)) => true,
-            (Conversion::Decimal(spec), Value::String(s)) => is_canonical_decimal(s, *spec),
+            (Conversion::Decimal(spec), Value::String(s)) => {
+                spec.input == DecimalInput::Text && is_canonical_decimal(s, *spec)
+            }
             _ => false,
         }
     }
@@ -199,11 +205,61 @@ fn is_canonical_decimal(text: &str, spec: DecimalSpec) -> bool {
     int.len() + frac.len() <= 28 && spec.precision.is_none_or(|p| mantissa.max(1) <= p as usize)
 }
 
+/// Standard base64 (`+/`), padded as Debezium writes it or not.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Reads a Kafka Connect `Decimal`: `text` is base64 of the unscaled value as a big-endian two's
+/// complement integer (no bytes is zero), taken at `scale`.
+fn decode_base64_decimal(text: &str, scale: u32) -> Result<Decimal, String> {
+    let bytes = BASE64.decode(text.trim()).map_err(|e| {
+        format!(
+            "`{}` is not base64 (expected Kafka Connect Decimal bytes in base64, as `input: base64` says): {e}",
+            truncate(text, 40)
+        )
+    })?;
+    let negative = bytes.first().is_some_and(|b| b & 0x80 != 0);
+    let sign = if negative { 0xFF } else { 0x00 };
+    // Sign-extension bytes carry nothing: drop them, keeping the byte that holds the sign.
+    let redundant = bytes
+        .windows(2)
+        .take_while(|w| w[0] == sign && (w[1] & 0x80 != 0) == negative)
+        .count();
+    let bytes = &bytes[redundant..];
+    let too_big = || {
+        format!(
+            "`{}` holds an integer of {} bytes, beyond the 28 digits (96 bits) a decimal carries",
+            truncate(text, 40),
+            bytes.len()
+        )
+    };
+    if bytes.len() > 16 {
+        return Err(too_big());
+    }
+    let mut be = [sign; 16];
+    be[16 - bytes.len()..].copy_from_slice(bytes);
+    let unscaled = i128::from_be_bytes(be);
+    if unscaled.unsigned_abs() >= 1 << 96 {
+        return Err(too_big());
+    }
+    Decimal::try_from_i128_with_scale(unscaled, scale).map_err(|e| {
+        format!(
+            "`{}` holds {unscaled} at scale {scale}, not a representable decimal ({e})",
+            truncate(text, 40)
+        )
+    })
+}
+
 fn to_decimal(value: &Value, spec: DecimalSpec) -> Result<Value, String> {
-    let d = match value {
-        Value::String(s) => parse_decimal(s)?,
-        Value::Number(n) => parse_decimal(&n.to_string())?,
-        other => return Err(not_convertible(other, "decimal")),
+    let d = match (value, spec.input) {
+        (Value::String(s), DecimalInput::Text) => parse_decimal(s)?,
+        (Value::String(s), DecimalInput::Base64) => {
+            decode_base64_decimal(s, spec.input_scale.unwrap_or(spec.scale))?
+        }
+        (Value::Number(n), _) => parse_decimal(&n.to_string())?,
+        (other, _) => return Err(not_convertible(other, "decimal")),
     };
     let scale = spec.scale;
     let mut r = match spec.rounding {
@@ -282,6 +338,18 @@ mod tests {
             scale,
             precision: None,
             rounding,
+            input: DecimalInput::Text,
+            input_scale: None,
+        })
+    }
+
+    fn b64(scale: u32, input_scale: Option<u32>, rounding: Rounding) -> Conversion {
+        Conversion::Decimal(DecimalSpec {
+            scale,
+            precision: None,
+            rounding,
+            input: DecimalInput::Base64,
+            input_scale,
         })
     }
 
@@ -378,6 +446,8 @@ mod tests {
             scale: 2,
             precision: Some(5),
             rounding: Rounding::Reject,
+            input: DecimalInput::Text,
+            input_scale: None,
         });
         assert_eq!(p5.run(json!("999.99")), Ok(json!("999.99")));
         assert!(
@@ -412,6 +482,8 @@ mod tests {
             scale: 2,
             precision: Some(5),
             rounding: Rounding::Reject,
+            input: DecimalInput::Text,
+            input_scale: None,
         });
         assert!(p5.is_identity(&json!("999.99")));
         assert!(
@@ -433,11 +505,243 @@ mod tests {
         ) {
             let text = format!("{}{int}{frac}", if minus { "-" } else { "" });
             let scale = other_scale.unwrap_or(frac.len().saturating_sub(1) as u32);
-            let spec = DecimalSpec { scale, precision, rounding: Rounding::Reject };
+            let spec = DecimalSpec {
+                scale,
+                precision,
+                rounding: Rounding::Reject,
+                input: DecimalInput::Text,
+                input_scale: None,
+            };
             let value = json!(text);
             if Conversion::Decimal(spec).is_identity(&value) {
                 proptest::prop_assert_eq!(to_decimal(&value, spec), Ok(value));
             }
+        }
+    }
+
+    /// The minimal big-endian two's complement bytes of `n`, as Java's
+    /// `BigInteger.toByteArray()` (and so Kafka Connect's `Decimal`) writes them.
+    fn twos_complement(n: i64) -> Vec<u8> {
+        let be = n.to_be_bytes();
+        let sign = if n < 0 { 0xFF } else { 0x00 };
+        let skip = be
+            .windows(2)
+            .take_while(|w| w[0] == sign && (w[1] & 0x80 != 0) == (n < 0))
+            .count();
+        be[skip..].to_vec()
+    }
+
+    fn base64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    #[test]
+    fn base64_decimals_are_read_as_connect_decimal_bytes() {
+        let d2 = b64(2, None, Rounding::Reject);
+        // 0x5D 0xE3 0x12 = 6152978.
+        assert_eq!(base64(&[0x5D, 0xE3, 0x12]), "XeMS");
+        assert_eq!(d2.run(json!("XeMS")), Ok(json!("61529.78")));
+        // A scale-4 column written into a scale-6 target gains zeros.
+        assert_eq!(
+            b64(6, Some(4), Rounding::Reject).run(json!("XeMS")),
+            Ok(json!("615.297800"))
+        );
+        assert_eq!(
+            b64(0, Some(0), Rounding::Reject).run(json!("XeMS")),
+            Ok(json!("6152978"))
+        );
+        // The byte with the sign bit is kept: 0x00 0x80 is +128.
+        assert_eq!(d2.run(json!(base64(&[0x00, 0x80]))), Ok(json!("1.28")));
+        assert_eq!(d2.run(json!(base64(&[0x7F]))), Ok(json!("1.27")));
+        // The largest 96-bit mantissa fits.
+        let d0 = b64(0, None, Rounding::Reject);
+        let mut max = vec![0x00];
+        max.extend([0xFF; 12]);
+        assert_eq!(
+            d0.run(json!(base64(&max))),
+            Ok(json!("79228162514264337593543950335"))
+        );
+        assert_eq!(
+            d0.run(json!(base64(&max[1..]))),
+            Ok(json!("-1")),
+            "twelve 0xFF bytes are -1"
+        );
+    }
+
+    #[test]
+    fn negative_base64_decimals_are_twos_complement() {
+        let d2 = b64(2, None, Rounding::Reject);
+        // 0xFF 0x38 = -200.
+        assert_eq!(d2.run(json!(base64(&[0xFF, 0x38]))), Ok(json!("-2.00")));
+        assert_eq!(d2.run(json!(base64(&[0xFF]))), Ok(json!("-0.01")));
+        assert_eq!(d2.run(json!(base64(&[0x80]))), Ok(json!("-1.28")));
+        // Redundant sign-extension bytes change nothing.
+        assert_eq!(
+            d2.run(json!(base64(&[0xFF, 0xFF, 0xFF, 0x38]))),
+            Ok(json!("-2.00"))
+        );
+        assert_eq!(
+            d2.run(json!(base64(&[0xFF; 20]))),
+            Ok(json!("-0.01")),
+            "sign extension is not size"
+        );
+    }
+
+    #[test]
+    fn base64_zero_is_empty_bytes_or_a_zero_byte() {
+        let d2 = b64(2, None, Rounding::Reject);
+        for zero in ["", "AA==", "AA", "AAAA"] {
+            assert_eq!(d2.run(json!(zero)), Ok(json!("0.00")), "{zero:?}");
+        }
+    }
+
+    #[test]
+    fn base64_padding_is_optional() {
+        let d2 = b64(2, None, Rounding::Reject);
+        // 0x30 0x39 = 12345.
+        assert_eq!(d2.run(json!("MDk=")), Ok(json!("123.45")));
+        assert_eq!(d2.run(json!("MDk")), Ok(json!("123.45")));
+    }
+
+    #[test]
+    fn base64_input_scale_rounds_into_the_target_scale() {
+        // 0x5D 0xE3 0x12 = 6152978 at scale 4 is 615.2978.
+        let reject = b64(2, Some(4), Rounding::Reject);
+        let e = reject.run(json!("XeMS")).expect_err("digits dropped");
+        assert!(
+            e.contains("615.2978 has more than 2 fractional digits"),
+            "{e}"
+        );
+        assert!(e.contains("rounding: reject"), "{e}");
+        // Zero digits dropped are no loss. 61500 = 0x00 0xF0 0x3C.
+        assert_eq!(
+            reject.run(json!(base64(&[0x00, 0xF0, 0x3C]))),
+            Ok(json!("6.15"))
+        );
+        let even = b64(2, Some(4), Rounding::HalfEven);
+        assert_eq!(even.run(json!("XeMS")), Ok(json!("615.30")));
+        // 61250 at scale 4 is 6.1250: a midpoint, to even. 0x00 0xEF 0x42.
+        assert_eq!(
+            even.run(json!(base64(&[0x00, 0xEF, 0x42]))),
+            Ok(json!("6.12"))
+        );
+        assert_eq!(
+            b64(2, Some(4), Rounding::HalfUp).run(json!(base64(&[0x00, 0xEF, 0x42]))),
+            Ok(json!("6.13"))
+        );
+        let p5 = Conversion::Decimal(DecimalSpec {
+            scale: 2,
+            precision: Some(5),
+            rounding: Rounding::HalfEven,
+            input: DecimalInput::Base64,
+            input_scale: Some(4),
+        });
+        assert_eq!(p5.run(json!("XeMS")), Ok(json!("615.30")));
+        let e = p5
+            .run(json!(base64(&twos_complement(1_000_000_000))))
+            .expect_err("precision");
+        assert!(e.contains("precision 5"), "{e}");
+    }
+
+    #[test]
+    fn invalid_base64_says_what_was_expected() {
+        let d2 = b64(2, None, Rounding::Reject);
+        let e = d2.run(json!("12.50")).expect_err("not base64");
+        assert!(e.starts_with("`12.50` is not base64"), "{e}");
+        assert!(
+            e.contains("expected Kafka Connect Decimal bytes in base64"),
+            "{e}"
+        );
+        let long = format!("{}!", "A".repeat(100));
+        let e = d2.run(json!(long)).expect_err("not base64");
+        assert!(e.starts_with(&format!("`{}…`", "A".repeat(40))), "{e}");
+        assert!(d2.run(json!("XeMSX")).is_err(), "a dangling base64 digit");
+        assert!(d2.run(json!("XeMS=")).is_err(), "bad padding");
+        assert!(
+            d2.run(json!("Xe-S")).is_err(),
+            "the URL-safe alphabet is not Connect's"
+        );
+        assert!(d2.run(json!(true)).is_err());
+    }
+
+    #[test]
+    fn base64_values_beyond_a_decimal_are_errors() {
+        let d0 = b64(0, None, Rounding::Reject);
+        // 17 bytes.
+        let mut big = vec![0x01];
+        big.extend([0x00; 16]);
+        let e = d0.run(json!(base64(&big))).expect_err("17 bytes");
+        assert!(e.contains("integer of 17 bytes"), "{e}");
+        assert!(e.contains("28 digits"), "{e}");
+        // 16 bytes, but past 96 bits: 2^96.
+        let mut over = [0x00; 16];
+        over[3] = 0x01;
+        let e = d0.run(json!(base64(&over))).expect_err("2^96");
+        assert!(e.contains("28 digits"), "{e}");
+        // -2^96 too.
+        let mut under = [0xFF; 13];
+        under[1..].fill(0x00);
+        let e = d0.run(json!(base64(&under))).expect_err("-2^96");
+        assert!(e.contains("28 digits"), "{e}");
+        // Within 96 bits but not within the target scale: an error of the text path's kind.
+        let e = b64(20, Some(0), Rounding::Reject)
+            .run(json!(base64(&twos_complement(123_456_789_012))))
+            .expect_err("too many digits");
+        assert!(e.contains("too many digits"), "{e}");
+    }
+
+    #[test]
+    fn base64_decimals_still_read_json_numbers_as_numbers() {
+        // decimal.handling.mode=double: the value itself, whatever input_scale says.
+        let d2 = b64(2, Some(4), Rounding::Reject);
+        assert_eq!(d2.run(json!(1234.5)), Ok(json!("1234.50")));
+        assert_eq!(d2.run(json!(7)), Ok(json!("7.00")));
+        assert!(
+            d2.run(json!(1.234)).is_err(),
+            "rounding: reject still holds"
+        );
+        assert_eq!(d2.run(Value::Null), Ok(Value::Null));
+    }
+
+    #[test]
+    fn base64_strings_are_never_taken_as_converted() {
+        let d2 = b64(2, None, Rounding::Reject);
+        let d0 = b64(0, None, Rounding::Reject);
+        // Canonical decimals for the text path, and valid base64 too.
+        assert!(dec(0, Rounding::Reject).is_identity(&json!("1234")));
+        assert!(!d0.is_identity(&json!("1234")));
+        assert_eq!(
+            d0.run(json!("1234")),
+            Ok(json!("-2658824")),
+            "0xD7 0x6D 0xF8"
+        );
+        assert!(!d2.is_identity(&json!("12.34")));
+        assert!(!d2.is_identity(&json!("XeMS")));
+    }
+
+    proptest::proptest! {
+        /// A base64 Connect decimal converts exactly as the same decimal written as text.
+        #[test]
+        fn base64_decimals_convert_like_the_same_text(
+            mantissa in proptest::num::i64::ANY,
+            input_scale in 0_u32..=28,
+            scale in 0_u32..=28,
+            rounding in proptest::sample::select(vec![
+                Rounding::Reject, Rounding::HalfEven, Rounding::HalfUp,
+            ]),
+            sign_bytes in 0_usize..3,
+            padded in proptest::bool::ANY,
+        ) {
+            let mut bytes = vec![if mantissa < 0 { 0xFF } else { 0x00 }; sign_bytes];
+            bytes.extend(twos_complement(mantissa));
+            let mut encoded = base64(&bytes);
+            if !padded {
+                encoded = encoded.trim_end_matches('=').to_owned();
+            }
+            let text = Decimal::new(mantissa, input_scale).to_string();
+            let from_base64 = b64(scale, Some(input_scale), rounding).run(json!(encoded));
+            let from_text = dec(scale, rounding).run(json!(text));
+            proptest::prop_assert_eq!(from_base64, from_text);
         }
     }
 

@@ -35,7 +35,7 @@
 //! | `string` | strings; numbers (their JSON text); booleans; objects and arrays (compact JSON) | a string |
 //! | `int` (32-bit, range checked), `long` | integers; integral floats (`3.0`); strings holding an integer (surrounding spaces ignored); booleans as 1/0 | a number |
 //! | `double` | numbers; numeric strings; booleans as 1/0 — never NaN or infinity | a number |
-//! | `{ decimal: { scale, precision?, rounding? } }` | numbers; decimal strings (`1234.50`, `-1.5e3`, at most 28 significant digits) | a string with exactly `scale` fractional digits. Extra digits are **rejected** by default (`rounding: reject`, unless they are all zero); `half_even` and `half_up` round instead |
+//! | `{ decimal: { scale, precision?, rounding?, input?, input_scale? } }` | numbers; decimal strings (`1234.50`, `-1.5e3`, at most 28 significant digits); with `input: base64`, strings are Kafka Connect `Decimal` bytes instead (base64 of the unscaled big-endian two's complement integer, at `input_scale`, default `scale`) | a string with exactly `scale` fractional digits. Extra digits are **rejected** by default (`rounding: reject`, unless they are all zero); `half_even` and `half_up` round instead |
 //! | `bool` | booleans; numbers 1/0; `true/false`, `t/f`, `yes/no`, `y/n`, `on/off`, `1/0` in any case | a boolean |
 //! | `timestamp` | strings by `input.format(s)` (default ISO 8601 / RFC 3339) read in `input.timezone` unless they carry an offset; numbers (or digit strings) in `input.unit` (default `epoch_millis`) | `output`: `iso8601` (default, UTC `Z`), `epoch_seconds/millis/micros/nanos`, or `{ format, timezone }` |
 //! | `date` | as `timestamp`, default unit `epoch_days` (Debezium `Date`) | `iso8601` (`YYYY-MM-DD`, default), `epoch_days`, or `{ format }` |
@@ -52,8 +52,8 @@ mod time;
 pub use error::{Diagnostic, MappingError, MappingFailure, Severity, SpecError};
 pub use mapping::Mapping;
 pub use spec::{
-    DecimalSpec, FieldSpec, MappingSpec, RenameRule, Rounding, TimeInputSpec, TimeOutputSpec,
-    TimeUnit, TypeSpec,
+    DecimalInput, DecimalSpec, FieldSpec, MappingSpec, RenameRule, Rounding, TimeInputSpec,
+    TimeOutputSpec, TimeUnit, TypeSpec,
 };
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use autoglm_core::Row;
 use crate::convert::Conversion;
 use crate::error::{Diagnostic, MappingError, MappingFailure, Severity, SpecError};
 use crate::path::SourcePath;
-use crate::spec::{FieldSpec, MappingSpec, TimeUnit, TypeSpec};
+use crate::spec::{DecimalInput, FieldSpec, MappingSpec, TimeUnit, TypeSpec};
 use crate::time::{TimeInput, TimeOutput, truncate};
 
 /// A [`MappingSpec`] compiled for one route: regexes built, formats parsed, time zones resolved,
@@ -277,6 +277,24 @@ fn compile_conversion(spec: &FieldSpec, at: &str, errors: &mut Errors) -> Option
                     format!("precision {p} must be at least 1 and at least the scale"),
                 );
                 ok = false;
+            }
+            if let Some(input_scale) = decimal.input_scale {
+                if decimal.input != DecimalInput::Base64 {
+                    errors.push(
+                        format!("{at}.type.decimal.input_scale"),
+                        format!(
+                            "`input_scale` only applies to `input: base64` (this decimal reads `input: {}`): text values carry their own scale",
+                            decimal.input.as_str()
+                        ),
+                    );
+                    ok = false;
+                } else if input_scale > rust_decimal::Decimal::MAX_SCALE {
+                    errors.push(
+                        format!("{at}.type.decimal.input_scale"),
+                        format!("input_scale {input_scale} is above the supported 28"),
+                    );
+                    ok = false;
+                }
             }
             if !ok {
                 return None;

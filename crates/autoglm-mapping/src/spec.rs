@@ -27,6 +27,7 @@ use serde_json::Value;
 ///     id:            { type: long, required: true }
 ///     city:          { from: address.city }          # nested source path; `\.` escapes a dot
 ///     credit_limit:  { type: { decimal: { scale: 2, rounding: half_even } } }
+///     balance:       { type: { decimal: { scale: 2, input: base64 } } }  # Connect Decimal bytes
 ///     signup_at:
 ///       type: timestamp
 ///       input: { format: "%Y-%m-%d %H:%M:%S", timezone: Asia/Shanghai }
@@ -163,6 +164,41 @@ pub struct DecimalSpec {
     /// What to do with input that has more fractional digits than `scale`.
     #[serde(default)]
     pub rounding: Rounding,
+    /// How string values are read: decimal text (the default) or base64 Connect `Decimal` bytes.
+    #[serde(default, skip_serializing_if = "DecimalInput::is_text")]
+    pub input: DecimalInput,
+    /// With `input: base64`, the scale of the unscaled integer the bytes hold (the column's
+    /// scale, at most 28). Default `scale`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_scale: Option<u32>,
+}
+
+/// How a decimal field's string values are read. JSON numbers are always read as numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecimalInput {
+    /// Decimal numbers as text (`1234.50`, `-1.5e3`).
+    #[default]
+    Text,
+    /// Kafka Connect `Decimal` bytes in base64: the unscaled value as a big-endian two's
+    /// complement integer (`"XeMS"` is 6152978, `61529.78` at scale 2), as Debezium's JSON
+    /// converter writes a `DECIMAL` column with `schemas.enable=false` and
+    /// `decimal.handling.mode=precise`. The scale is not in the value: it is `input_scale`.
+    Base64,
+}
+
+impl DecimalInput {
+    /// The name used in YAML.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DecimalInput::Text => "text",
+            DecimalInput::Base64 => "base64",
+        }
+    }
+
+    fn is_text(&self) -> bool {
+        *self == DecimalInput::Text
+    }
 }
 
 /// What a decimal conversion does with digits beyond the target scale.
@@ -363,6 +399,7 @@ fields:
   id:            { type: long, required: true }
   city:          { from: address.city }
   credit_limit:  { type: { decimal: { scale: 2, rounding: half_even } } }
+  balance:       { type: { decimal: { scale: 2, input: base64, input_scale: 4 } } }
   signup_at:
     type: timestamp
     input: { format: "%Y-%m-%d %H:%M:%S", timezone: Asia/Shanghai }
@@ -380,7 +417,21 @@ fields:
                 decimal: DecimalSpec {
                     scale: 2,
                     precision: None,
-                    rounding: Rounding::HalfEven
+                    rounding: Rounding::HalfEven,
+                    input: DecimalInput::Text,
+                    input_scale: None,
+                }
+            })
+        );
+        assert_eq!(
+            spec.fields["balance"].ty,
+            Some(TypeSpec::Decimal {
+                decimal: DecimalSpec {
+                    scale: 2,
+                    precision: None,
+                    rounding: Rounding::Reject,
+                    input: DecimalInput::Base64,
+                    input_scale: Some(4),
                 }
             })
         );
@@ -393,7 +444,7 @@ fields:
         );
         let keys: Vec<_> = spec.fields.keys().cloned().collect();
         assert_eq!(keys[0], "id");
-        assert_eq!(keys[7], "source_system");
+        assert_eq!(keys[8], "source_system");
         let again: MappingSpec =
             serde_yaml::from_str(&serde_yaml::to_string(&spec).expect("serializes"))
                 .expect("re-parses");
@@ -412,6 +463,36 @@ fields:
         assert!(err.to_string().contains("scael"), "{err}");
         let err = serde_yaml::from_str::<MappingSpec>("renames: {}").expect_err("typo");
         assert!(err.to_string().contains("renames"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_decimal_input_lists_the_allowed_words() {
+        let err = serde_yaml::from_str::<MappingSpec>(
+            "fields: { a: { type: { decimal: { scale: 2, input: hex } } } }",
+        )
+        .expect_err("unknown input");
+        let msg = err.to_string();
+        assert!(msg.contains("hex"), "{msg}");
+        assert!(msg.contains("`text`") && msg.contains("`base64`"), "{msg}");
+        let err = serde_yaml::from_str::<MappingSpec>(
+            "fields: { a: { type: { decimal: { scale: 2, input: base64, input_sacle: 4 } } } }",
+        )
+        .expect_err("typo");
+        assert!(err.to_string().contains("input_sacle"), "{err}");
+    }
+
+    #[test]
+    fn the_default_decimal_input_is_text_and_is_not_written_out() {
+        let spec: MappingSpec =
+            serde_yaml::from_str("fields: { a: { type: { decimal: { scale: 2 } } } }")
+                .expect("parses");
+        let Some(TypeSpec::Decimal { decimal }) = &spec.fields["a"].ty else {
+            panic!("a decimal: {spec:?}");
+        };
+        assert_eq!(decimal.input, DecimalInput::Text);
+        assert_eq!(decimal.input_scale, None);
+        let yaml = serde_yaml::to_string(&spec).expect("serializes");
+        assert!(!yaml.contains("input"), "{yaml}");
     }
 
     #[test]
