@@ -96,6 +96,56 @@ fn address(var: &str) -> String {
         .unwrap_or_else(|| panic!("{var} is not set and `stack.sh env` does not print it"))
 }
 
+/// Addresses of the stack's change-data-capture source: PostgreSQL and Kafka Connect (with the
+/// Debezium connector).
+#[derive(Debug, Clone)]
+pub struct CdcStack {
+    /// `postgresql://user@host:port/db` of the stack's CRM database.
+    pub postgres_url: String,
+    /// Kafka Connect's REST API.
+    pub connect_url: String,
+}
+
+/// The stack's PostgreSQL and Kafka Connect, after checking that both answer.
+///
+/// # Panics
+///
+/// When either does not answer: the message names it and says how to start the stack.
+pub async fn cdc_stack() -> CdcStack {
+    let cdc = CdcStack {
+        postgres_url: address("AUTOGLM_POSTGRES_URL"),
+        connect_url: address("AUTOGLM_CONNECT_URL"),
+    };
+    let plugins = format!("{}/connector-plugins", cdc.connect_url);
+    let answer = reqwest_get(&plugins).await;
+    if !answer
+        .as_deref()
+        .is_ok_and(|body| body.contains("PostgresConnector"))
+    {
+        panic!(
+            "the local stack is not running: Kafka Connect with Debezium at {} did not answer ({answer:?}); start it with `make up`",
+            cdc.connect_url
+        );
+    }
+    let host = cdc
+        .postgres_url
+        .rsplit_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map_or("", |(host, _)| host);
+    if tokio::net::TcpStream::connect(host).await.is_err() {
+        panic!(
+            "the local stack is not running: PostgreSQL at {} did not answer; start it with `make up`",
+            cdc.postgres_url
+        );
+    }
+    cdc
+}
+
+async fn reqwest_get(url: &str) -> Result<String, String> {
+    let response = reqwest::get(url).await.map_err(|e| e.to_string())?;
+    response.text().await.map_err(|e| e.to_string())
+}
+
 /// A name no other test run uses: `prefix-<uuid>`.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
