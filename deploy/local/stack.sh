@@ -283,6 +283,8 @@ appender.file.layout.pattern=[%d] %p %m (%c)%n
 logger.reflections.name=org.reflections
 logger.reflections.level=ERROR
 PROPERTIES
+  # The last run's log is kept beside the new one: a test that kills the worker reads both.
+  [[ -s $dir/connect.log ]] && mv "$dir/connect.log" "$dir/connect.log.1"
   : >"$dir/connect.log"
   log "starting kafka connect $kafka_version with Debezium $debezium_version on 127.0.0.1:$connect_port (log: $dir/connect.log)"
   setsid nohup java -Xms128m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true \

@@ -89,6 +89,35 @@ impl Connect {
         }
     }
 
+    /// Waits until Connect has committed a streaming offset of the connector: one past its
+    /// snapshot. Until then a restarted worker makes Debezium take the snapshot again, and a
+    /// row deleted meanwhile is missing from it, with no delete event: Debezium's behaviour.
+    pub async fn wait_streaming(&self, name: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let offsets: Json = self
+                .http
+                .get(format!("{}/connectors/{name}/offsets", self.url))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let streaming = offsets["offsets"].as_array().is_some_and(|all| {
+                all.iter().any(|o| {
+                    o["offset"].get("snapshot").is_none() && o["offset"].get("lsn_proc").is_some()
+                })
+            });
+            if streaming {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("connector {name} committed no streaming offset in {timeout:?}: {offsets}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Removes a connector and the source offsets Connect keeps for it, so that one of the same
     /// name starts from scratch (with a new snapshot). Nothing happens if it does not exist.
     pub async fn remove(&self, name: &str) -> anyhow::Result<()> {

@@ -63,6 +63,7 @@ fn capture(
         decimal_handling_mode,
         time_precision_mode,
         mapping,
+        version: "{ column: version }",
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Capture {
     pub time_precision_mode: &'static str,
     /// The route's `mapping:` (YAML flow).
     pub mapping: String,
+    /// The route's `version:` (YAML flow): `"{ column: version }"` or `log_position`.
+    pub version: &'static str,
 }
 
 /// One database, its connector, and the processor's topics and config.
@@ -99,7 +101,7 @@ routes:
   - name: customers
     source: {{ topic: {topic}, envelope: debezium, encoding: {encoding} }}
     key_fields: [id]
-    version: {{ column: version }}
+    version: {version}
     mapping: {mapping}
     targets: [ {{ topic: {target}, format: json }} ]
     dlq_topic: {dlq}
@@ -110,6 +112,7 @@ routes:
             state = dir.join("state").display(),
             topic = source.topic(),
             mapping = capture.mapping,
+            version = capture.version,
         );
         std::fs::write(dir.join("config.yaml"), yaml).expect("write config");
         Self {
@@ -142,6 +145,15 @@ routes:
         self.captured(rows).await;
     }
 
+    /// Waits until Connect has committed an offset of the connector's stream (past its
+    /// snapshot): a worker killed from then on resumes the stream instead of snapshotting again.
+    pub async fn streaming(&self) {
+        self.connect
+            .wait_streaming(&self.name, Duration::from_secs(120))
+            .await
+            .expect("Debezium streams");
+    }
+
     /// Waits until the connector has written at least `records` records.
     pub async fn captured(&self, records: i64) {
         autoglm_demo::wait_for_records(
@@ -152,6 +164,19 @@ routes:
         )
         .await
         .expect("Debezium writes the changes");
+    }
+
+    /// Waits until the ERP topic's log holds more than `seen` records (aborted ones and commit
+    /// markers count too): autoglm is at work. Returns how many it holds.
+    pub async fn erp_grows_past(&self, seen: i64) -> i64 {
+        autoglm_demo::wait_for_records(
+            &self.kafka,
+            &self.target,
+            seen + 1,
+            Duration::from_secs(120),
+        )
+        .await
+        .expect("autoglm writes to the ERP topic")
     }
 
     /// Starts `autoglm run` (stopping after `idle_secs` without input), logging to
