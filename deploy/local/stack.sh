@@ -201,12 +201,28 @@ as_pg() {
     "$@"
   fi
 }
+# The cluster lives in .stack/postgres. When the postgres user cannot reach the clone (a clone
+# under /root, say), it lives in /var/tmp instead, and .stack/postgres links to it.
+postgres_dir() {
+  local dir=$stack_dir/postgres
+  if ((EUID == 0)) && [[ ! -L $dir ]]; then
+    mkdir -p "$stack_dir"
+    if ! runuser -u postgres -- test -x "$stack_dir" 2>/dev/null; then
+      local real
+      real=/var/tmp/autoglm-postgres-$(printf '%s' "$stack_dir" | md5sum | cut -c1-12)
+      mkdir -p "$real"
+      ln -sfn "$real" "$dir"
+    fi
+  fi
+  if [[ -L $dir ]]; then readlink -f "$dir"; else echo "$dir"; fi
+}
 postgres_ready() { "$(pg_bin)/pg_isready" -q -h 127.0.0.1 -p "$postgres_port" -d "$pg_db" -U "$pg_user"; }
 psql_cmd() { "$(pg_bin)/psql" -X -q -h 127.0.0.1 -p "$postgres_port" -U "$pg_user" "$@"; }
 postgres_version() { "$(pg_bin)/postgres" --version | awk '{print $3}'; }
 
 start_postgres() {
-  local dir=$stack_dir/postgres bin
+  local dir bin
+  dir=$(postgres_dir)
   local data=$dir/data pidfile=$dir/data/postmaster.pid
   bin=$(pg_bin)
   if pid_alive "$pidfile" postgres; then
@@ -234,7 +250,8 @@ start_postgres() {
 }
 
 stop_postgres() {
-  local data=$stack_dir/postgres/data
+  local data
+  data=$(postgres_dir)/data
   if pid_alive "$data/postmaster.pid" postgres; then
     log "stopping postgres (pid $(head -n1 "$data/postmaster.pid"))"
     as_pg "$(pg_bin)/pg_ctl" -D "$data" -s -m fast -w stop || true
@@ -327,7 +344,7 @@ status() {
     echo "registry  down     http://127.0.0.1:$registry_port/apis/ccompat/v7"
     ok=1
   fi
-  if pid_alive "$stack_dir/postgres/data/postmaster.pid" postgres && postgres_ready; then
+  if pid_alive "$(postgres_dir)/data/postmaster.pid" postgres && postgres_ready; then
     echo "postgres  ready    postgresql://$pg_user@127.0.0.1:$postgres_port/$pg_db (PostgreSQL $(postgres_version), wal_level=logical)"
   else
     echo "postgres  down     postgresql://$pg_user@127.0.0.1:$postgres_port/$pg_db"
@@ -418,7 +435,7 @@ case ${1:-} in
     ;;
   reset)
     "$0" down
-    rm -rf "$stack_dir/kafka" "$stack_dir/registry" "$stack_dir/postgres" "$stack_dir/connect"
+    rm -rf "$stack_dir/kafka" "$stack_dir/registry" "$(postgres_dir)" "$stack_dir/postgres" "$stack_dir/connect"
     ;;
   env)
     echo "AUTOGLM_KAFKA_BOOTSTRAP=127.0.0.1:$kafka_port"
