@@ -184,15 +184,31 @@ impl RouteRuntime {
     }
 
     /// What `event` does to its key's state: an upsert or delete at its version, or a delete
-    /// without one — a key-only delete (an upsert topic's null value) cannot carry a version
-    /// from the row, and deletes whatever version is stored.
+    /// without one, which deletes whatever version is stored. A delete comes without a version
+    /// when it has no row (an upsert topic's key-only delete), or when its row lacks the
+    /// version column: PostgreSQL logs only the key of a deleted row unless the table has
+    /// `REPLICA IDENTITY FULL`, so Debezium's `before` holds the key and nulls.
     pub(crate) fn change(&self, event: &ChangeEvent) -> Result<Change, RecordError> {
         match self.version(event) {
             Ok(version) => Ok(Change::versioned(version, event.op.is_delete())),
-            Err(_) if event.op.is_delete() && event.row().is_none() => {
+            Err(_) if event.op.is_delete() && self.lacks_version_columns(event) => {
                 Ok(Change::UnversionedDelete)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the event's row is absent, or holds none of the version columns (each missing
+    /// or null). A version source that is not a column is never absent this way.
+    fn lacks_version_columns(&self, event: &ChangeEvent) -> bool {
+        let Some(row) = event.row() else {
+            return true;
+        };
+        let absent = |column: &str| row.get(column).is_none_or(Json::is_null);
+        match &self.version {
+            VersionSource::Column(column) => absent(column),
+            VersionSource::Hlc(hlc) => absent(&hlc.physical_column) && absent(&hlc.logical_column),
+            VersionSource::SourceTimestamp | VersionSource::LogPosition => false,
         }
     }
 

@@ -228,3 +228,42 @@ async fn avro_precise_adaptive() {
 async fn avro_string_connect() {
     scenario(capture(Converter::Avro, "string", "connect")).await;
 }
+
+/// Without `REPLICA IDENTITY FULL`, PostgreSQL logs only the key of a deleted row: Debezium's
+/// `before` holds the id, nulls in the nullable columns, and zeros or empty strings in the
+/// `NOT NULL` ones. With a nullable version column the delete has no version, and deletes the
+/// version the key holds; nothing goes to the DLQ. (A `NOT NULL` version column would read 0,
+/// older than every version: docs/debezium.md says to use `FULL` or `log_position` then.)
+#[tokio::test(flavor = "multi_thread")]
+async fn deletes_without_replica_identity_full() {
+    let stack = stack().await;
+    let cdc = cdc_stack().await;
+    let table = TABLE
+        .replace("ALTER TABLE customers REPLICA IDENTITY FULL;", "")
+        .replace("version      bigint NOT NULL", "version      bigint");
+    let capture = capture(Converter::JsonWithSchema, "precise", "adaptive");
+    let job = CdcJob::new(&stack, &cdc, &capture, &table).await;
+    job.start_connector(0).await;
+    for id in [1, 2] {
+        sql(&job, &insert(id, "1.00", id)).await;
+    }
+    sql(&job, "UPDATE customers SET version = 2 WHERE id = 1").await;
+    sql(&job, "DELETE FROM customers WHERE id = 1").await;
+    // 2 inserts, an update, a delete and its tombstone.
+    job.captured(5).await;
+    job.run_to_idle(0).await;
+    let expect = Expect {
+        seen_at: SEEN_AT_MICROS,
+    };
+    let got = job.erp().await;
+    assert_eq!(
+        got.keys().copied().collect::<Vec<_>>(),
+        vec![2],
+        "id 1 is deleted; see {}",
+        job.dir().display()
+    );
+    assert_eq!(got[&2], expect.row(2, "1.00", 2, 1, None));
+    let dead = job.dead_letters().await;
+    assert!(dead.is_empty(), "nothing is dead-lettered: {dead:?}");
+    job.cleanup().await;
+}
