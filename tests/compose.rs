@@ -119,6 +119,32 @@ fn compose_host_ports_match_the_local_stack_defaults() {
 }
 
 #[test]
+fn compose_cdc_source_matches_the_local_stack() {
+    let compose = compose();
+    let postgres_port = stack_default("AUTOGLM_POSTGRES_PORT");
+    let connect_port = stack_default("AUTOGLM_CONNECT_PORT");
+    assert!(
+        ports(service(&compose, "postgres")).contains(&format!("{postgres_port}:5432")),
+        "postgres must publish {postgres_port} on the host"
+    );
+    assert!(
+        ports(service(&compose, "connect")).contains(&format!("{connect_port}:8083")),
+        "connect must publish {connect_port} on the host"
+    );
+    let image = service(&compose, "connect")["image"]
+        .as_str()
+        .expect("connect image");
+    assert_eq!(
+        image,
+        format!(
+            "quay.io/debezium/connect:{}",
+            pom_property("debezium.version")
+        ),
+        "the Debezium version matches the local stack's"
+    );
+}
+
+#[test]
 fn compose_broker_settings_match_the_local_stack() {
     let compose = compose();
     let env = environment(service(&compose, "kafka"));

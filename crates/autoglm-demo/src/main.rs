@@ -28,6 +28,9 @@ struct Cli {
         default_value = "postgresql://autoglm@127.0.0.1:35432/crm"
     )]
     postgres_url: String,
+    /// The CRM database as Kafka Connect reaches it, when that differs (Connect in a container).
+    #[arg(long, env = "AUTOGLM_CONNECT_POSTGRES_URL")]
+    connect_postgres_url: Option<String>,
     /// Kafka Connect's REST API.
     #[arg(
         long,
@@ -159,7 +162,10 @@ async fn main() -> anyhow::Result<()> {
 
 fn source(cli: &Cli) -> DebeziumSource {
     DebeziumSource {
-        postgres_url: cli.postgres_url.clone(),
+        postgres_url: cli
+            .connect_postgres_url
+            .clone()
+            .unwrap_or_else(|| cli.postgres_url.clone()),
         topic_prefix: TOPIC_PREFIX.to_owned(),
         converter: Converter::JsonWithSchema,
         decimal_handling_mode: "precise",
