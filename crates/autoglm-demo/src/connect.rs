@@ -256,3 +256,65 @@ impl DebeziumSource {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(converter: Converter) -> DebeziumSource {
+        DebeziumSource {
+            postgres_url: "postgresql://autoglm:secret@db.example:6432/crm".to_owned(),
+            topic_prefix: "crm-eu.1".to_owned(),
+            converter,
+            decimal_handling_mode: "string",
+            time_precision_mode: "connect",
+            registry_v2_url: "http://registry:8080/apis/registry/v2".to_owned(),
+            partitions: 6,
+        }
+    }
+
+    #[test]
+    fn the_config_takes_the_database_from_the_url_and_names_from_the_prefix() {
+        let config = source(Converter::JsonWithoutSchema)
+            .config()
+            .expect("config");
+        assert_eq!(config["database.hostname"], "db.example");
+        assert_eq!(config["database.port"], "6432");
+        assert_eq!(config["database.user"], "autoglm");
+        assert_eq!(config["database.password"], "secret");
+        assert_eq!(config["database.dbname"], "crm");
+        assert_eq!(
+            config["slot.name"], "crm_eu_1_slot",
+            "slot names allow [a-z0-9_] only"
+        );
+        assert_eq!(config["publication.name"], "crm_eu_1_pub");
+        assert_eq!(config["decimal.handling.mode"], "string");
+        assert_eq!(config["time.precision.mode"], "connect");
+        assert_eq!(config["topic.creation.default.partitions"], "6");
+        assert_eq!(config["value.converter.schemas.enable"], "false");
+        assert_eq!(config["key.converter.schemas.enable"], "false");
+        assert_eq!(
+            source(Converter::JsonWithoutSchema).topic(),
+            "crm-eu.1.public.customers"
+        );
+    }
+
+    #[test]
+    fn avro_writes_the_confluent_wire_format_with_content_ids_for_keys_and_values() {
+        let config = source(Converter::Avro).config().expect("config");
+        for side in ["key", "value"] {
+            let get = |k: &str| config[format!("{side}.converter{k}")].clone();
+            assert_eq!(
+                get(""),
+                "io.apicurio.registry.utils.converter.AvroConverter"
+            );
+            assert_eq!(get(".apicurio.registry.as-confluent"), "true");
+            assert_eq!(get(".apicurio.registry.use-id"), "contentId");
+            assert_eq!(get(".apicurio.registry.headers.enabled"), "false");
+            assert_eq!(
+                get(".apicurio.registry.url"),
+                "http://registry:8080/apis/registry/v2"
+            );
+        }
+    }
+}

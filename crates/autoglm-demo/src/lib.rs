@@ -500,3 +500,39 @@ pub async fn wait_for_records(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn received(key: &str, value: Option<Json>) -> Received {
+        Received {
+            partition: 0,
+            offset: 0,
+            key: key.to_owned(),
+            value,
+            headers: BTreeMap::new(),
+            timestamp: None,
+        }
+    }
+
+    #[test]
+    fn latest_keeps_the_last_value_per_id_and_tombstones_remove() {
+        let records = [
+            received("1", Some(json!({"v": 1}))),
+            received(r#"{"id":2}"#, Some(json!({"v": 1}))),
+            received("1", Some(json!({"v": 2}))),
+            received(r#"{"id":2}"#, None),
+            received("3", None),
+        ];
+        let latest = latest(&records).expect("latest");
+        assert_eq!(latest.len(), 1);
+        assert_eq!(latest[&1], json!({"v": 2}));
+    }
+
+    #[test]
+    fn latest_refuses_keys_without_an_integer_id() {
+        let err = latest(&[received(r#"{"name":"x"}"#, None)]).expect_err("no id");
+        assert!(err.to_string().contains("not an integer id"), "{err}");
+    }
+}
