@@ -109,7 +109,9 @@ impl From<KafkaError> for RunError {
 /// How long to run.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Stop after this long without any input record (demos, tests). `None`: run until cancelled.
+    /// Stop after this long without any input record (demos, tests), counted from the last
+    /// record or the last assignment of partitions, whichever is later (a restore is not
+    /// idleness). `None`: run until cancelled.
     pub exit_when_idle: Option<Duration>,
     /// Cancelled on SIGTERM/ctrl-c: the open batch is committed, then the pipeline stops.
     pub shutdown: CancellationToken,
@@ -592,7 +594,15 @@ impl Pipeline {
                     changes
                 }
             };
+            // A newly assigned partition may hold input, and its restore (which may wait for a
+            // stalled owner's transaction, up to 25 s) is not idleness: the idle clock starts
+            // again once the partitions are ready. An instance that took a stalled one's
+            // partitions once stopped right after their restore, with their input unread.
+            let assigned = !changes.assigned.is_empty();
             summary.restored += self.follow_group(guard, changes).await?;
+            if assigned {
+                last_record = Instant::now();
+            }
             let mut current = std::mem::take(&mut next);
             next = std::mem::take(&mut later);
             if current.batch.is_empty() {
