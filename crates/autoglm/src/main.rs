@@ -46,7 +46,8 @@ enum Command {
         /// The config file.
         #[arg(long, short, env = "AUTOGLM_CONFIG", default_value = autoglm_config::DEFAULT_FILE)]
         config: PathBuf,
-        /// Stop after this many seconds without input (for demos and batch jobs).
+        /// Stop after this many seconds without input (for demos and batch jobs), counted from
+        /// the last record or the last assignment of partitions.
         #[arg(long)]
         exit_when_idle_secs: Option<u64>,
         /// Benchmark baseline: copy records unchanged to each route's first target (no decoding,
