@@ -330,6 +330,28 @@ stop_one() {
   rm -f "$pidfile"
 }
 
+# Fault tests: `hard` kills a service ("$1", pid file "$2") with SIGKILL, `clean` stops it; then
+# "$3" starts it again.
+bounce() {
+  local name=$1 pidfile=$2 start=$3 mode=$4 pid started
+  case $mode in
+    hard)
+      if pid_alive "$pidfile"; then
+        pid=$(cat "$pidfile")
+        log "killing $name (pid $pid) with SIGKILL"
+        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+        while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+        rm -f "$pidfile"
+      fi
+      ;;
+    clean) stop_one "$name" "$pidfile" ;;
+    *) die "usage: $0 bounce-${name// /-} hard|clean" ;;
+  esac
+  started=$SECONDS
+  "$start"
+  log "$name back in $((SECONDS - started))s"
+}
+
 status() {
   local ok=0
   if pid_alive "$stack_dir/kafka/kafka.pid" && kafka_ready; then
@@ -383,46 +405,8 @@ case ${1:-} in
     stop_one kafka "$stack_dir/kafka/kafka.pid"
     ;;
   status) status ;;
-  bounce-kafka)
-    # Fault tests: `hard` kills the broker with SIGKILL, `clean` stops it; then it starts again.
-    pidfile=$stack_dir/kafka/kafka.pid
-    case ${2:-} in
-      hard)
-        if pid_alive "$pidfile"; then
-          pid=$(cat "$pidfile")
-          log "killing kafka (pid $pid) with SIGKILL"
-          kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-          while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-          rm -f "$pidfile"
-        fi
-        ;;
-      clean) stop_one kafka "$pidfile" ;;
-      *) die "usage: $0 bounce-kafka hard|clean" ;;
-    esac
-    started=$SECONDS
-    start_kafka
-    log "kafka back in $((SECONDS - started))s"
-    ;;
-  bounce-connect)
-    # Fault tests: `hard` kills the Connect worker with SIGKILL, `clean` stops it; then it starts.
-    pidfile=$stack_dir/connect/connect.pid
-    case ${2:-} in
-      hard)
-        if pid_alive "$pidfile"; then
-          pid=$(cat "$pidfile")
-          log "killing kafka connect (pid $pid) with SIGKILL"
-          kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-          while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-          rm -f "$pidfile"
-        fi
-        ;;
-      clean) stop_one connect "$pidfile" ;;
-      *) die "usage: $0 bounce-connect hard|clean" ;;
-    esac
-    started=$SECONDS
-    start_connect
-    log "kafka connect back in $((SECONDS - started))s"
-    ;;
+  bounce-kafka) bounce kafka "$stack_dir/kafka/kafka.pid" start_kafka "${2:-}" ;;
+  bounce-connect) bounce "kafka connect" "$stack_dir/connect/connect.pid" start_connect "${2:-}" ;;
   psql)
     shift
     psql_cmd -d "$pg_db" "$@"

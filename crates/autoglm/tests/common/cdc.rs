@@ -3,9 +3,8 @@
 //! config whose route reads what the connector writes.
 
 use std::collections::BTreeMap;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use autoglm_demo::connect::{Connect, Converter, DebeziumSource};
@@ -182,20 +181,12 @@ routes:
     /// Starts `autoglm run` (stopping after `idle_secs` without input), logging to
     /// `run-<n>.log`.
     pub fn start(&self, run: usize, idle_secs: u64) -> Child {
-        let log = std::fs::File::create(self.log(run)).expect("log file");
-        Command::new(env!("CARGO_BIN_EXE_autoglm"))
-            .process_group(0)
-            .args([
-                "run",
-                "--exit-when-idle-secs",
-                &idle_secs.to_string(),
-                "--config",
-            ])
-            .arg(self.dir.join("config.yaml"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start autoglm")
+        super::spawn_autoglm(
+            &self.dir.join("config.yaml"),
+            &self.log(run),
+            idle_secs,
+            &[],
+        )
     }
 
     /// Runs `autoglm run` until it is idle for 4 s; panics unless it succeeds.

@@ -295,25 +295,12 @@ routes:
     }
 
     fn start_idle(&self, run: usize, env: &[(&str, &str)], idle_secs: u64) -> Child {
-        let log = std::fs::File::create(self.log(run)).expect("log file");
-        Command::new(env!("CARGO_BIN_EXE_autoglm"))
-            // A process group of its own: had a stopped instance shared the test's group, and
-            // that group been orphaned (a test run from a script whose parent left), the kernel
-            // would hang it up (SIGHUP) when another member exited. A soak run lost an instance
-            // that way.
-            .process_group(0)
-            .args([
-                "run",
-                "--exit-when-idle-secs",
-                &idle_secs.to_string(),
-                "--config",
-            ])
-            .arg(self.dir.join("config.yaml"))
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start autoglm")
+        spawn_autoglm(
+            &self.dir.join("config.yaml"),
+            &self.log(run),
+            idle_secs,
+            env,
+        )
     }
 
     /// The log file of run `run`.
@@ -411,6 +398,30 @@ impl Drop for Job {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Starts the binary: `run --exit-when-idle-secs <idle_secs> --config <config>`, with `env`
+/// added, its stderr to `log`.
+pub fn spawn_autoglm(config: &Path, log: &Path, idle_secs: u64, env: &[(&str, &str)]) -> Child {
+    let log = std::fs::File::create(log).expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_autoglm"))
+        // A process group of its own: had a stopped instance shared the test's group, and
+        // that group been orphaned (a test run from a script whose parent left), the kernel
+        // would hang it up (SIGHUP) when another member exited. A soak run lost an instance
+        // that way.
+        .process_group(0)
+        .args([
+            "run",
+            "--exit-when-idle-secs",
+            &idle_secs.to_string(),
+            "--config",
+        ])
+        .arg(config)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start autoglm")
 }
 
 /// SIGTERM, then the exit: within the default `shutdown_timeout` (30 s) and some slack, or the
