@@ -13,6 +13,7 @@
 
 mod model;
 mod secret;
+mod security;
 mod validate;
 
 use std::path::Path;
@@ -22,6 +23,7 @@ use figment::providers::{Env, Format as _, Yaml};
 
 pub use model::*;
 pub use secret::Secret;
+pub use security::{OAuthConfig, SaslConfig, SaslMechanism, SecurityConfig, TlsConfig};
 pub use validate::Problem;
 
 /// The default config file name.

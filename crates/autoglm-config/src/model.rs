@@ -11,6 +11,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use crate::Secret;
+use crate::security::SecurityConfig;
 
 /// The whole configuration (`open-autoglm-config.yaml`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -51,6 +52,11 @@ pub struct Config {
     /// Prometheus metrics and health probes over HTTP while `run` runs; absent: no server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
+    /// The origin document's allowed APIs per service: the topics this processor may write
+    /// (targets, DLQ and audit topics). Each entry is a topic name, or a prefix ending in `*`.
+    /// A route writing elsewhere is a config error. Absent: no restriction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_targets: Option<Vec<String>>,
     /// The sync routes.
     pub routes: Vec<Route>,
 }
@@ -68,10 +74,14 @@ pub struct KafkaConfig {
     /// A number is taken as text (`AUTOGLM__KAFKA__INSTANCE_ID=1`, a StatefulSet ordinal).
     #[serde(default = "default_instance_id", deserialize_with = "text_or_number")]
     pub instance_id: String,
-    /// SASL password, kept out of logs and `print-config`.
+    /// TLS and authentication, typed (`docs/security.md`).
+    #[serde(default, skip_serializing_if = "SecurityConfig::is_unset")]
+    pub security: SecurityConfig,
+    /// SASL password for a `sasl.username` set in `properties`, kept out of logs and
+    /// `print-config`. Prefer `security.sasl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl_password: Option<Secret>,
-    /// Raw librdkafka properties (security, tuning). Keys the processor owns are rejected.
+    /// Raw librdkafka properties (tuning). Keys the processor or `security` owns are rejected.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub properties: BTreeMap<String, String>,
 }
@@ -243,6 +253,28 @@ pub struct Route {
     /// `traceparent` stay.
     #[serde(default = "default_true")]
     pub lineage_headers: bool,
+    /// The origin document's per-service maximum QPS: at most this many input records per
+    /// second, with bursts. Absent: as fast as it goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A route's rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// The sustained rate, in input records per second.
+    pub records_per_second: u32,
+    /// How many records may go at once after a quiet spell; default: one second's worth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+impl RateLimit {
+    /// The burst, defaulting to one second's worth of records.
+    pub fn burst(&self) -> u32 {
+        self.burst.unwrap_or(self.records_per_second)
+    }
 }
 
 fn default_true() -> bool {
@@ -316,6 +348,28 @@ pub enum DeleteMode {
     Tombstone,
     /// The mapped `before` row, with the header `autoglm.op: d`.
     Record,
+}
+
+impl KafkaConfig {
+    /// Client settings for this cluster: the raw properties, then the typed security settings
+    /// (validation has refused any overlap) and the legacy `sasl_password`.
+    pub fn client_settings(
+        &self,
+        client_id: impl Into<String>,
+    ) -> Result<autoglm_kafka::ClientSettings, autoglm_kafka::SettingsError> {
+        let mut settings =
+            autoglm_kafka::ClientSettings::new(&self.bootstrap_servers).with_client_id(client_id);
+        for (key, value) in &self.properties {
+            settings = settings.with_property(key, value)?;
+        }
+        for (key, value) in self.security.librdkafka_properties() {
+            settings = settings.with_property(key, value)?;
+        }
+        if let Some(password) = &self.sasl_password {
+            settings = settings.with_property("sasl.password", password.expose())?;
+        }
+        Ok(settings)
+    }
 }
 
 impl Config {

@@ -88,10 +88,66 @@ pub(crate) fn validate(config: &Config, base_dir: &Path) -> Vec<Problem> {
     let mut problem = |path: String, reason: String| problems.push(Problem::new(path, reason));
 
     let mut client = ClientSettings::new(&config.kafka.bootstrap_servers);
+    let security = &config.kafka.security;
     for (key, value) in &config.kafka.properties {
+        if security.is_set() && crate::security::owned_by_security(key) {
+            problem(
+                format!("kafka.properties.{key}"),
+                "kafka.security is set: it owns `security.protocol`, `ssl.*` and `sasl.*`; \
+                 set this through kafka.security, or drop kafka.security"
+                    .into(),
+            );
+            continue;
+        }
         match client.clone().with_property(key, value) {
             Ok(next) => client = next,
             Err(e) => problem(format!("kafka.properties.{key}"), e.to_string()),
+        }
+    }
+    for (key, reason) in security.problems() {
+        problem(format!("kafka.security.{key}"), reason);
+    }
+    if security.is_set() && config.kafka.sasl_password.is_some() {
+        problem(
+            "kafka.sasl_password".into(),
+            "kafka.security is set: give the password as kafka.security.sasl.password".into(),
+        );
+    }
+    if let Some(allowed) = &config.allowed_targets {
+        let permitted = |topic: &str| {
+            allowed.iter().any(|entry| match entry.strip_suffix('*') {
+                Some(prefix) => topic.starts_with(prefix),
+                None => topic == entry,
+            })
+        };
+        for (i, route) in config.routes.iter().enumerate() {
+            let written = route
+                .targets
+                .iter()
+                .enumerate()
+                .map(|(t, target)| (format!("routes[{i}].targets[{t}].topic"), &target.topic))
+                .chain(std::iter::once((
+                    format!("routes[{i}].dlq_topic"),
+                    &route.dlq_topic,
+                )))
+                .chain(
+                    route
+                        .audit_topic
+                        .iter()
+                        .map(|topic| (format!("routes[{i}].audit_topic"), topic)),
+                );
+            for (key, topic) in written {
+                if !permitted(topic) {
+                    problem(
+                        key,
+                        format!(
+                            "{topic:?} is not in allowed_targets ({}): this service may not \
+                             write there",
+                            allowed.join(", ")
+                        ),
+                    );
+                }
+            }
         }
     }
     if config.kafka.bootstrap_servers.trim().is_empty() {
@@ -177,6 +233,17 @@ pub(crate) fn validate(config: &Config, base_dir: &Path) -> Vec<Problem> {
         }
         if route.key_fields.is_empty() {
             problem(at("key_fields"), "at least one key field is needed".into());
+        }
+        if let Some(limit) = &route.rate_limit {
+            if limit.records_per_second == 0 {
+                problem(
+                    at("rate_limit.records_per_second"),
+                    "must be at least 1 (remove rate_limit for no limit)".into(),
+                );
+            }
+            if limit.burst == Some(0) {
+                problem(at("rate_limit.burst"), "must be at least 1".into());
+            }
         }
         if route.dlq_topic.trim().is_empty() {
             problem(at("dlq_topic"), "must name a topic".into());

@@ -208,9 +208,11 @@ impl ClientSettings {
     /// A consumer for reading assigned partitions to their end (state restore): it only sees
     /// committed records and never commits. Compare its position with the high watermark of
     /// [`log_end_client`](Self::log_end_client) to know when a partition is read: transaction
-    /// markers are never delivered.
-    pub fn restore_consumer(&self) -> Result<StreamConsumer, KafkaError> {
-        self.restore_config().create()
+    /// markers are never delivered. Its group, `<group_id>-restore`, never commits, but
+    /// librdkafka looks up its coordinator: a principal needs DESCRIBE on it, which a prefixed
+    /// ACL on the processor's group grants.
+    pub fn restore_consumer(&self, group_id: &str) -> Result<StreamConsumer, KafkaError> {
+        self.restore_config(group_id).create()
     }
 
     /// A client whose `fetch_watermarks` gives the log end: the high watermark, past the records
@@ -222,10 +224,10 @@ impl ClientSettings {
         config.create()
     }
 
-    fn restore_config(&self) -> ClientConfig {
+    fn restore_config(&self, group_id: &str) -> ClientConfig {
         let mut config = self.client_config();
         config
-            .set("group.id", format!("{}-restore", self.client_id))
+            .set("group.id", format!("{group_id}-restore"))
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest");
@@ -289,7 +291,7 @@ mod tests {
         assert_eq!(member.get("fetch.queue.backoff.ms"), Some("10"));
         assert_eq!(member.get("group.instance.id"), Some("g-0"));
         assert_eq!(
-            plain.restore_config().get("fetch.queue.backoff.ms"),
+            plain.restore_config("g").get("fetch.queue.backoff.ms"),
             Some("10")
         );
 
@@ -301,7 +303,7 @@ mod tests {
         assert_eq!(member.get("heartbeat.interval.ms"), Some("3000"));
         assert_eq!(member.get("fetch.queue.backoff.ms"), Some("200"));
         assert_eq!(
-            tuned.restore_config().get("fetch.queue.backoff.ms"),
+            tuned.restore_config("g").get("fetch.queue.backoff.ms"),
             Some("200")
         );
     }

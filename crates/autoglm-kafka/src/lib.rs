@@ -16,4 +16,4 @@ mod probe;
 
 pub use classify::{classify, is_fencing};
 pub use client::{ClientSettings, SettingsError};
-pub use probe::{ClusterInfo, probe};
+pub use probe::{ClusterInfo, ProbeError, probe};

@@ -73,8 +73,15 @@ struct State {
     acked: usize,
     /// Set when the batch's last record is sent.
     expected: Option<usize>,
-    failed: Option<KafkaError>,
+    failed: Option<Undelivered>,
     written: Written,
+}
+
+/// A record the broker did not take, and its topic.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Undelivered {
+    pub(crate) error: KafkaError,
+    pub(crate) topic: String,
 }
 
 impl Acks {
@@ -91,7 +98,7 @@ impl Acks {
 
     /// Waits until the `sent` records of the current batch are all acknowledged, and returns
     /// its changelog checkpoints; or the first failure among them.
-    pub(crate) async fn wait(&self, sent: usize) -> Result<Written, KafkaError> {
+    pub(crate) async fn wait(&self, sent: usize) -> Result<Written, Undelivered> {
         self.lock().expected = Some(sent);
         loop {
             // Registered before the check: a report in between still wakes this wait.
@@ -110,7 +117,7 @@ impl Acks {
     }
 
     /// Counts one report: `Ok((partition, offset))` for a record written there.
-    fn report(&self, opaque: usize, outcome: Result<(i32, i64), &KafkaError>) {
+    fn report(&self, opaque: usize, outcome: Result<(i32, i64), (&KafkaError, &str)>) {
         let (ticket, kind) = Ticket::of(opaque);
         let mut state = self.lock();
         if ticket.0 != state.batch {
@@ -126,8 +133,11 @@ impl Acks {
                 *next = (*next).max(offset + 1);
             }
             (Ok(_), Kind::Output) => {}
-            (Err(e), _) => {
-                state.failed.get_or_insert_with(|| e.clone());
+            (Err((error, topic)), _) => {
+                state.failed.get_or_insert_with(|| Undelivered {
+                    error: error.clone(),
+                    topic: topic.to_owned(),
+                });
             }
         }
         if state.failed.is_some() || state.expected == Some(state.acked) {
@@ -148,7 +158,7 @@ impl ProducerContext for Acks {
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         match result {
             Ok(message) => self.report(opaque, Ok((message.partition(), message.offset()))),
-            Err((e, _)) => self.report(opaque, Err(e)),
+            Err((e, message)) => self.report(opaque, Err((e, message.topic()))),
         }
     }
 }
@@ -200,12 +210,13 @@ mod tests {
         let ticket = acks.begin();
         let timed_out = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
         // A report of the aborted batch, even a failure, is not this batch's.
-        acks.report(old.opaque(Kind::Output), Err(&timed_out));
+        acks.report(old.opaque(Kind::Output), Err((&timed_out, "t")));
         acks.report(old.opaque(Kind::Output), Ok((0, 1)));
         acks.report(ticket.opaque(Kind::Output), Ok((0, 2)));
-        acks.report(ticket.opaque(Kind::Output), Err(&timed_out));
+        acks.report(ticket.opaque(Kind::Output), Err((&timed_out, "t")));
         let failed = acks.wait(3).await.expect_err("a record failed");
-        assert_eq!(failed, timed_out);
+        assert_eq!(failed.error, timed_out);
+        assert_eq!(failed.topic, "t");
 
         // Nothing sent: nothing to wait for.
         acks.begin();

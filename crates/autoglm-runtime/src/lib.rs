@@ -54,6 +54,7 @@ mod metrics;
 mod pipeline;
 mod restore;
 mod route;
+mod throttle;
 
 pub use group::GroupContext;
 pub use metrics::Metrics;

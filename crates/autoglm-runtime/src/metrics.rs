@@ -133,6 +133,8 @@ struct RouteCounters {
     dead_lettered: [IntCounter; 3],
     /// In the route's target order.
     emitted: Vec<IntCounter>,
+    /// Seconds the route's partitions spent paused by its rate limit.
+    throttled: prometheus::Counter,
 }
 
 impl Metrics {
@@ -173,9 +175,18 @@ impl Metrics {
             "Version guard decisions of committed batches",
             &["route", "decision"],
         )?;
+        let throttled = prometheus::CounterVec::new(
+            Opts::new(
+                "autoglm_route_throttled_seconds_total",
+                "Seconds the route's partitions spent paused by its rate_limit",
+            ),
+            &["route"],
+        )?;
+        registry.register(Box::new(throttled.clone()))?;
         let routes = routes
             .into_iter()
             .map(|(route, targets)| RouteCounters {
+                throttled: throttled.with_label_values(&[route]),
                 input: input.with_label_values(&[route]),
                 tombstones: tombstones.with_label_values(&[route]),
                 decisions: Decision::ALL.map(|d| decisions.with_label_values(&[route, d.as_str()])),
@@ -322,6 +333,13 @@ impl Metrics {
     }
 
     /// The histogram of commit call latencies, to time the call where it runs.
+    /// Route `route` was paused by its rate limit for `paused`.
+    pub(crate) fn throttled(&self, route: usize, paused: Duration) {
+        if let Some(r) = self.inner.routes.get(route) {
+            r.throttled.inc_by(paused.as_secs_f64());
+        }
+    }
+
     pub(crate) fn commit_seconds(&self) -> Histogram {
         self.inner.commit_seconds.clone()
     }
@@ -696,6 +714,7 @@ mod tests {
                 "autoglm_pipeline_tombstones_skipped_total counter",
                 "autoglm_restore_duration_seconds histogram",
                 "autoglm_restore_records_total counter",
+                "autoglm_route_throttled_seconds_total counter",
                 "autoglm_transaction_aborts_total counter",
                 "autoglm_transaction_commit_duration_seconds histogram",
                 "autoglm_transaction_commits_total counter",

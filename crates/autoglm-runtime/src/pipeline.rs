@@ -26,16 +26,19 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::acks::{AckingProducer, Acks, Kind, Ticket, Written};
+use crate::acks::{AckingProducer, Acks, Kind, Ticket, Undelivered, Written};
 use crate::group::{Changes, GroupContext, Partition};
 use crate::metrics::{Endpoint, Metrics, Tally};
 use crate::restore::restore;
 use crate::route::RouteRuntime;
+use crate::throttle::{Throttle, Throttling};
 
 /// How long closing the Kafka clients at the end of a run may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one blocking transaction call (init, send offsets, commit, abort) may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the connection probe at start may take to get the cluster's metadata.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one Schema Registry request may take.
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -54,6 +57,10 @@ pub enum RunError {
         #[source]
         source: KafkaError,
     },
+    /// The cluster refused this principal: its credentials, its certificates, or a right it
+    /// lacks. The message names which.
+    #[error("kafka access: {0}")]
+    Access(String),
     /// The state changelog holds a record open-autoglm did not write.
     #[error("state changelog: {0}")]
     Changelog(String),
@@ -78,7 +85,7 @@ impl RunError {
     /// Whether retrying can help.
     pub fn class(&self) -> ErrorClass {
         match self {
-            RunError::Config(_) | RunError::Changelog(_) => ErrorClass::Fatal,
+            RunError::Config(_) | RunError::Changelog(_) | RunError::Access(_) => ErrorClass::Fatal,
             RunError::Kafka { class, .. } => *class,
             RunError::State(e) => e.class(),
             RunError::Schema { source, .. } | RunError::Registry(source) => source.class(),
@@ -89,11 +96,21 @@ impl RunError {
 /// What being fenced means ([`is_fencing`]), for the errors that say so only in librdkafka's
 /// words.
 fn fenced_reason(error: &KafkaError) -> &'static str {
-    if error.rdkafka_error_code().is_some_and(is_fencing) {
-        ": fenced: another instance took over this transactional id, or the broker ended this \
-         instance's open transaction (it stalled past transaction.timeout.ms)"
-    } else {
-        ""
+    use RDKafkaErrorCode as C;
+    match error.rdkafka_error_code() {
+        Some(code) if is_fencing(code) => {
+            ": fenced: another instance took over this transactional id, or the broker ended \
+             this instance's open transaction (it stalled past transaction.timeout.ms)"
+        }
+        Some(C::GroupAuthorizationFailed) => {
+            ": the principal lacks READ on the group kafka.group_id, or DESCRIBE on the group \
+             `<group_id>-restore` that the state restore uses (docs/security.md)"
+        }
+        Some(C::TopicAuthorizationFailed) => {
+            ": the principal lacks READ on a source topic, or READ/WRITE on a changelog \
+             (docs/security.md)"
+        }
+        _ => "",
     }
 }
 
@@ -265,18 +282,10 @@ impl std::fmt::Debug for Pipeline {
 impl Pipeline {
     /// Compiles the routes of a validated config.
     pub fn new(config: Config) -> Result<Pipeline, RunError> {
-        let mut settings = ClientSettings::new(&config.kafka.bootstrap_servers)
-            .with_client_id(format!("autoglm-{}", config.kafka.instance_id));
-        for (key, value) in &config.kafka.properties {
-            settings = settings
-                .with_property(key, value)
-                .map_err(|e| RunError::Config(e.to_string()))?;
-        }
-        if let Some(password) = &config.kafka.sasl_password {
-            settings = settings
-                .with_property("sasl.password", password.expose())
-                .map_err(|e| RunError::Config(e.to_string()))?;
-        }
+        let mut settings = config
+            .kafka
+            .client_settings(format!("autoglm-{}", config.kafka.instance_id))
+            .map_err(|e| RunError::Config(e.to_string()))?;
         if config.event_queue.enable_compression
             && !config.kafka.properties.contains_key("compression.type")
         {
@@ -448,7 +457,24 @@ impl Pipeline {
         let mut guard = VersionGuard::new(backend.clone(), self.tombstone_retention_ms())
             .with_cache(self.config.state.cache_entries);
 
-        // The broker may be away at start (a bounce, a rolling restart): wait for it.
+        // The broker may be away at start (a bounce, a rolling restart): wait for it. Refused
+        // credentials or certificates are not waited out: they stop the run here, before it
+        // reads or writes anything.
+        self.retry_transient("connecting to kafka", &options.shutdown, || async {
+            match autoglm_kafka::probe(&self.settings, PROBE_TIMEOUT).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.is_access() => Err(RunError::Access(format!(
+                    "{}: {e}",
+                    self.settings.bootstrap_servers()
+                ))),
+                Err(autoglm_kafka::ProbeError::NoAnswer { source, .. }) => Err(RunError::Kafka {
+                    class: ErrorClass::Transient,
+                    source,
+                }),
+                Err(e) => Err(RunError::Access(e.to_string())),
+            }
+        })
+        .await?;
         self.retry_transient("changelog topic setup", &options.shutdown, || {
             self.ensure_changelogs()
         })
@@ -473,7 +499,7 @@ impl Pipeline {
                     tokio::task::spawn_blocking(move || p.init_transactions(TXN_TIMEOUT))
                         .await
                         .map_err(|e| RunError::Config(format!("init_transactions task: {e}")))?
-                        .map_err(RunError::from)
+                        .map_err(|e| self.access_error(e))
                 }
             })
             .await?;
@@ -556,13 +582,18 @@ impl Pipeline {
         // the loop's future must be `Send`.
         let close_age = AtomicU64::new(micros(limits.flush));
         let mut lead = Duration::ZERO;
+        let throttling = Throttling::new(
+            Throttle::new(self.config.routes.iter().map(|r| r.rate_limit)),
+            &self.routes,
+            &self.metrics,
+        );
         let poll = async |into: &mut Polled, wait, changes: &mut Changes| {
             let shutdown = &options.shutdown;
             let limits = Limits {
                 flush: Duration::from_micros(close_age.load(Ordering::Relaxed)),
                 ..limits
             };
-            poll_batch(consumer, into, wait, limits, shutdown, changes).await
+            poll_batch(consumer, into, wait, limits, shutdown, changes, &throttling).await
         };
         // The next batch: records polled, the first of them maybe prepared already. And the
         // records polled beyond it, if any.
@@ -753,7 +784,13 @@ impl Pipeline {
         let mut restored = 0;
         if !assigned.is_empty() {
             let _restoring = self.metrics.restoring();
-            let stats = restore(&self.settings, backend, &assigned).await?;
+            let stats = restore(
+                &self.settings,
+                &self.config.kafka.group_id,
+                backend,
+                &assigned,
+            )
+            .await?;
             self.metrics.restored(&stats);
             restored = stats.records;
         }
@@ -771,6 +808,26 @@ impl Pipeline {
         b.initial_interval
             .mul_f64(factor.min(1e6))
             .min(b.max_interval)
+    }
+
+    /// A refused right named in ACL terms, with the resource it is refused on; other errors
+    /// as they are.
+    fn access_error(&self, error: KafkaError) -> RunError {
+        use RDKafkaErrorCode as C;
+        let id = self.config.transactional_id();
+        let group = &self.config.kafka.group_id;
+        let right = match error.rdkafka_error_code() {
+            Some(C::TransactionalIdAuthorizationFailed) => {
+                format!("WRITE on TransactionalId {id:?} (and DESCRIBE)")
+            }
+            Some(C::GroupAuthorizationFailed) => format!("READ on Group {group:?}"),
+            Some(C::ClusterAuthorizationFailed) => "IDEMPOTENT_WRITE on the Cluster".to_owned(),
+            Some(C::TopicAuthorizationFailed) => {
+                "READ on the source topics, or WRITE on the targets, DLQ and changelogs".to_owned()
+            }
+            _ => return RunError::from(error),
+        };
+        RunError::Access(format!("the principal lacks {right}: {error}"))
     }
 
     /// Creates each route's compacted changelog topic if it is missing, partitioned like its
@@ -1417,7 +1474,17 @@ impl<'p> Output<'p> {
     /// the first failure fails the batch.
     async fn wait_all(&self) -> Result<Written, BatchError> {
         let acks = self.producer.context();
-        acks.wait(self.sent).await.map_err(BatchError::from)
+        acks.wait(self.sent)
+            .await
+            .map_err(|Undelivered { error, topic }| {
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::TopicAuthorizationFailed) {
+                    BatchError::Fatal(RunError::Access(format!(
+                        "the principal lacks WRITE on topic {topic:?} (and DESCRIBE): {error}"
+                    )))
+                } else {
+                    BatchError::from(error)
+                }
+            })
     }
 }
 
@@ -1593,6 +1660,7 @@ async fn poll_batch(
     limits: Limits,
     shutdown: &CancellationToken,
     changes: &mut Changes,
+    throttling: &Throttling<'_>,
 ) -> Result<(), RunError> {
     let now = tokio::time::Instant::now();
     let cadence = |first: &OwnedMessage| now + limits.flush.saturating_sub(age(first));
@@ -1602,10 +1670,17 @@ async fn poll_batch(
         // Wait up to a second for the first record.
         (Wait::Cadence, None) => now + Duration::from_secs(1),
     };
+    let throttled = !throttling.is_off();
     while !into.is_full(&limits) {
+        // A route paused by its rate limit resumes on time, however long this poll waits.
+        let resume = throttled
+            .then(|| throttling.resume_due(consumer))
+            .flatten()
+            .map(tokio::time::Instant::from_std);
+        let wake = resume.map_or(deadline, |r| r.min(deadline));
         let received = tokio::select! {
             _ = shutdown.cancelled() => None,
-            r = tokio::time::timeout_at(deadline, consumer.recv()) => r.ok(),
+            r = tokio::time::timeout_at(wake, consumer.recv()) => r.ok(),
         };
         let group = consumer.context().take();
         if !group.is_empty() {
@@ -1613,8 +1688,12 @@ async fn poll_batch(
             changes.merge(group);
         }
         match received {
+            None if wake < deadline && !shutdown.is_cancelled() => continue,
             None => break,
             Some(Ok(msg)) => {
+                if throttled {
+                    throttling.polled(consumer, msg.topic());
+                }
                 let msg = msg.detach();
                 if into.batch.is_empty() && wait == Wait::Cadence {
                     deadline = cadence(&msg);

@@ -63,11 +63,12 @@ struct Tail {
 /// Replays each `(changelog topic, partition)` from its checkpoint to its end into `backend`.
 pub async fn restore<B: KvBackend>(
     settings: &ClientSettings,
+    group_id: &str,
     backend: &B,
     partitions: &[(String, i32)],
 ) -> Result<RestoreStats, RunError> {
     let started = Instant::now();
-    let consumer = Arc::new(settings.restore_consumer()?);
+    let consumer = Arc::new(settings.restore_consumer(group_id)?);
     let log_end = Arc::new(settings.log_end_client()?);
     let mut tails: HashMap<(String, i32), Tail> = HashMap::new();
     let mut assignment = TopicPartitionList::new();

@@ -166,6 +166,15 @@ pub fn assert_exactly_once(
     );
 }
 
+/// The names of a job's topics and group.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub source: String,
+    pub target: String,
+    pub dlq: String,
+    pub group: String,
+}
+
 /// One test's topics, group and working directory (config, state, logs).
 pub struct Job {
     pub source: String,
@@ -191,8 +200,43 @@ impl Job {
         max_records: usize,
         partitions: i32,
     ) -> Job {
-        let (source, target, dlq, group) =
-            (unique("in"), unique("out"), unique("dlq"), unique("g"));
+        let names = Names {
+            source: unique("in"),
+            target: unique("out"),
+            dlq: unique("dlq"),
+            group: unique("g"),
+        };
+        let kafka = format!("bootstrap_servers: \"{}\"", stack.bootstrap);
+        Job::with_names(
+            stack,
+            names,
+            &kafka,
+            "",
+            event_queue,
+            max_records,
+            partitions,
+        )
+        .await
+    }
+
+    /// A job on topics and a group named `names` (created over the stack's plaintext
+    /// listener), whose config has `kafka` (YAML flow entries: the address and any security)
+    /// and `route` (more YAML lines of the route, indented by four spaces).
+    pub async fn with_names(
+        stack: &Stack,
+        names: Names,
+        kafka_yaml: &str,
+        route_yaml: &str,
+        event_queue: &str,
+        max_records: usize,
+        partitions: i32,
+    ) -> Job {
+        let Names {
+            source,
+            target,
+            dlq,
+            group,
+        } = names;
         let kafka = stack.kafka();
         recreate_topics(&kafka, &[&source, &target, &dlq], partitions)
             .await
@@ -201,7 +245,7 @@ impl Job {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let yaml = format!(
             r#"
-kafka: {{ bootstrap_servers: "{bootstrap}", group_id: {group}, instance_id: "0" }}
+kafka: {{ {kafka_yaml}, group_id: {group}, instance_id: "0" }}
 event_queue: {{ storage_path: {state}, {event_queue} }}
 commit: {{ max_records: {max_records} }}
 log_level: info
@@ -212,8 +256,7 @@ routes:
     version: {{ column: rev }}
     targets: [ {{ topic: {target}, format: json }} ]
     dlq_topic: {dlq}
-"#,
-            bootstrap = stack.bootstrap,
+{route_yaml}"#,
             state = dir.join("state").display(),
         );
         std::fs::write(dir.join("config.yaml"), yaml).expect("write config");

@@ -1,0 +1,326 @@
+//! The processor against the secured side of the local stack: SASL_SSL with SCRAM-SHA-512, and
+//! OAUTHBEARER with tokens from Keycloak (client credentials, 30-second tokens, re-authentication
+//! every 15 s), under StandardAuthorizer ACLs (`deploy/local/stack.sh`, `docs/security.md`).
+//!
+//! The processor's principals may read `in.*`, write `out.*` and `dlq.*`, use the changelogs
+//! `sec.*`, the groups `sec.*` and the transactional ids `sec.g.*`; nothing more. Each test
+//! names its topics and group to fall inside or outside those grants.
+//!
+//! Positive: exactly-once output over each mechanism, with a `kill -9` in the middle of the run.
+//! Negative: each refusal stops the run with one clear line, writes nothing, and commits no
+//! offset.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use autoglm_demo::read_committed;
+use autoglm_tests::{Stack, stack, unique};
+use common::{Job, Names, assert_exactly_once, expected, input, signal};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// A stack setting from `stack.sh env`; the suite fails without it (it never skips).
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests through `make test` (the stack's `env`)")
+    })
+}
+
+/// Names inside every grant of the processor's principals.
+fn granted() -> Names {
+    Names {
+        source: unique("in.sec"),
+        target: unique("out.sec"),
+        dlq: unique("dlq.sec"),
+        group: unique("sec.g.sec"),
+    }
+}
+
+fn tls(ca: &str) -> String {
+    format!("tls: {{ ca: \"{ca}\" }}")
+}
+
+/// `kafka:` entries for SCRAM-SHA-512 on `bootstrap`, trusting `ca`.
+fn scram(bootstrap: &str, ca: &str, password: &str) -> String {
+    format!(
+        "bootstrap_servers: \"{bootstrap}\", security: {{ {}, sasl: {{ mechanism: scram-sha-512, \
+         username: autoglm, password: \"{password}\" }} }}",
+        tls(ca)
+    )
+}
+
+/// `kafka:` entries for OAUTHBEARER as Keycloak client `client`, asking for `scope` if any.
+fn oauth(client: &str, secret: &str, scope: Option<&str>) -> String {
+    let scope = scope
+        .map(|s| format!(", scope: \"{s}\""))
+        .unwrap_or_default();
+    format!(
+        "bootstrap_servers: \"{}\", security: {{ {}, oauth: {{ client_id: {client}, \
+         client_secret: \"{secret}\", token_endpoint: \"{}\"{scope} }} }}",
+        env("AUTOGLM_KAFKA_OAUTH"),
+        tls(&env("AUTOGLM_TLS_CA")),
+        env("AUTOGLM_OIDC_TOKEN_ENDPOINT"),
+    )
+}
+
+/// Produces `records`, runs the processor over `kafka_yaml`, kills it once output has begun,
+/// runs it again to the end, and checks the output is exactly once. `route_yaml` adds to the
+/// route (a rate limit stretches the run past a token's lifetime).
+async fn exactly_once_over(stack: &Stack, kafka_yaml: &str, route_yaml: &str, records: usize) {
+    let job = Job::with_names(
+        stack,
+        granted(),
+        kafka_yaml,
+        route_yaml,
+        "flush_interval_ms: 100",
+        500,
+        3,
+    )
+    .await;
+    let records = input(7, records, 300, true);
+    job.produce(&records).await;
+
+    let mut first = job.start(0, &[]);
+    // Until some output is committed, then kill -9 in the middle of the run.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, count) = job.output().await;
+        if count > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no output within 120 s; see {}",
+            job.log(0).display()
+        );
+        if let Some(status) = first.try_wait().expect("try_wait") {
+            panic!(
+                "run 0 exited ({status}) before any output; see {}",
+                job.log(0).display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    signal(&first, "-KILL");
+    let _ = first.wait();
+    job.run_to_idle(1).await;
+
+    let (got, count) = job.output().await;
+    assert_exactly_once(&job, &expected(&records), &got, count);
+    assert_eq!(job.dead_letters().await, 0, "nothing is dead-lettered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_over_sasl_ssl_scram() {
+    let stack = stack().await;
+    let kafka = scram(
+        &env("AUTOGLM_KAFKA_SCRAM"),
+        &env("AUTOGLM_TLS_CA"),
+        "autoglm-secret",
+    );
+    exactly_once_over(&stack, &kafka, "", 20_000).await;
+}
+
+/// Tokens live 30 s and the broker makes clients re-authenticate every 15 s; the rate limit
+/// holds the run to about 50 s, so the processor must fetch new tokens from Keycloak and
+/// re-authenticate with them while it runs (a token that expired would end the session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_over_oauthbearer_across_token_refreshes() {
+    let stack = stack().await;
+    let kafka = oauth("autoglm-sync", "autoglm-sync-secret", Some("kafka"));
+    let slow = "    rate_limit: { records_per_second: 200, burst: 200 }\n";
+    let started = std::time::Instant::now();
+    exactly_once_over(&stack, &kafka, slow, 10_000).await;
+    assert!(
+        started.elapsed() > Duration::from_secs(45),
+        "the run must outlive a token: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_over_mutual_tls() {
+    let stack = stack().await;
+    let kafka = format!(
+        "bootstrap_servers: \"{}\", security: {{ tls: {{ ca: \"{}\", certificate: \"{}\", key: \"{}\" }} }}",
+        env("AUTOGLM_KAFKA_MTLS"),
+        env("AUTOGLM_TLS_CA"),
+        env("AUTOGLM_TLS_CLIENT_CERT"),
+        env("AUTOGLM_TLS_CLIENT_KEY"),
+    );
+    exactly_once_over(&stack, &kafka, "", 5_000).await;
+}
+
+/// Runs the processor over `kafka_yaml` with `names` (input produced), expects it to stop by
+/// itself with a line containing `expected`, and checks that it wrote nothing and committed no
+/// offset. Returns the line.
+async fn refused(names: Names, kafka_yaml: &str, expected_line: &str) -> String {
+    let stack = stack().await;
+    let job = Job::with_names(
+        &stack,
+        names,
+        kafka_yaml,
+        "",
+        "flush_interval_ms: 100",
+        500,
+        3,
+    )
+    .await;
+    job.produce(&input(3, 300, 50, false)).await;
+    let child = job.start(0, &[]);
+    let status = job.exit_of(child, 0).await;
+    let log = std::fs::read_to_string(job.log(0)).expect("log");
+    assert!(
+        !status.success(),
+        "the run must fail; see {}",
+        job.log(0).display()
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains(expected_line))
+        .unwrap_or_else(|| {
+            panic!(
+                "no line with {expected_line:?} in {}:\n{log}",
+                job.log(0).display()
+            )
+        })
+        .to_owned();
+    for secret in ["autoglm-secret", "autoglm-sync-secret", "wrong-secret"] {
+        assert!(!log.contains(secret), "the log shows a secret: {secret}");
+    }
+    let (_, written) = job.output().await;
+    assert_eq!(written, 0, "nothing may be written");
+    assert_eq!(
+        committed(&job).await,
+        BTreeMap::new(),
+        "no offset may be committed"
+    );
+    line
+}
+
+/// The group's committed offsets on the source topic, read over the plaintext listener.
+async fn committed(job: &Job) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = job
+        .kafka()
+        .client_config()
+        .set("group.id", &job.group)
+        .create()
+        .expect("consumer");
+    let mut partitions = TopicPartitionList::new();
+    for p in 0..3 {
+        partitions.add_partition(&job.source, p);
+    }
+    let source = job.source.clone();
+    tokio::task::spawn_blocking(move || {
+        consumer
+            .committed_offsets(partitions, Duration::from_secs(10))
+            .expect("committed offsets")
+            .elements_for_topic(&source)
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect()
+    })
+    .await
+    .expect("task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_ca_is_refused() {
+    let kafka = scram(
+        &env("AUTOGLM_KAFKA_SCRAM"),
+        &env("AUTOGLM_TLS_OTHER_CA"),
+        "autoglm-secret",
+    );
+    let line = refused(granted(), &kafka, "TLS handshake failed").await;
+    assert!(line.contains("certificate verify failed"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostname_mismatch_is_refused() {
+    let kafka = scram(
+        &env("AUTOGLM_KAFKA_MISMATCH"),
+        &env("AUTOGLM_TLS_CA"),
+        "autoglm-secret",
+    );
+    refused(granted(), &kafka, "TLS handshake failed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_scram_password_is_refused() {
+    let kafka = scram(
+        &env("AUTOGLM_KAFKA_SCRAM"),
+        &env("AUTOGLM_TLS_CA"),
+        "wrong-secret",
+    );
+    refused(granted(), &kafka, "authentication failed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_client_secret_is_refused() {
+    let kafka = oauth("autoglm-sync", "wrong-secret", Some("kafka"));
+    refused(granted(), &kafka, "authentication failed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_without_the_kafka_scope_and_audience_is_refused() {
+    // Without `scope=kafka` Keycloak leaves the `kafka-broker` audience out of the token, and
+    // the broker validates the audience.
+    let kafka = oauth("autoglm-sync", "autoglm-sync-secret", None);
+    refused(granted(), &kafka, "authentication failed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_client_is_refused() {
+    let kafka = oauth("autoglm-disabled", "autoglm-disabled-secret", Some("kafka"));
+    refused(granted(), &kafka, "authentication failed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_without_the_write_acl_is_refused() {
+    let names = Names {
+        target: unique("nowrite.sec"),
+        ..granted()
+    };
+    let kafka = scram(
+        &env("AUTOGLM_KAFKA_SCRAM"),
+        &env("AUTOGLM_TLS_CA"),
+        "autoglm-secret",
+    );
+    let line = refused(names.clone(), &kafka, "lacks").await;
+    assert!(line.contains("WRITE"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_id_without_its_acl_is_refused() {
+    // The group is granted (`sec.*`), its transactional id `sec.notxn.…-0` is not (`sec.g.*`).
+    let names = Names {
+        group: unique("sec.notxn.sec"),
+        ..granted()
+    };
+    let kafka = scram(
+        &env("AUTOGLM_KAFKA_SCRAM"),
+        &env("AUTOGLM_TLS_CA"),
+        "autoglm-secret",
+    );
+    let line = refused(names, &kafka, "lacks WRITE on TransactionalId").await;
+    assert!(line.contains("sec.notxn.sec-"), "{line}");
+}
+
+/// Sanity of the grants themselves: the plaintext listener (every other test, Connect) keeps
+/// full rights, so the ACLs above restrict only the processor's principals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plaintext_listener_keeps_its_rights() {
+    let stack = stack().await;
+    let topic = unique("nowrite.plain");
+    autoglm_tests::create_topic(&stack, &topic, 1).await;
+    autoglm_tests::produce_plain(&stack.kafka(), &topic, &[("k", Some("v".to_owned()))]).await;
+    let read = read_committed(&stack.kafka(), None, &topic, Duration::from_secs(2))
+        .await
+        .expect("read");
+    assert_eq!(read.len(), 1);
+}
