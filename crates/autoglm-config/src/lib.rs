@@ -289,4 +289,55 @@ routes:
         );
         assert!(!format!("{config:?}").contains("hunter2"));
     }
+
+    #[test]
+    fn typed_security_owns_its_librdkafka_properties() {
+        let text = BASE.replace(
+            "  bootstrap_servers: 127.0.0.1:9092",
+            "  bootstrap_servers: 127.0.0.1:9092\n  security:\n    sasl: { mechanism: scram-sha-512, username: u, password: hunter2 }\n  properties: { sasl.username: v, linger.ms: \"5\" }",
+        );
+        let found = problems(&text).join("\n");
+        assert!(
+            found.contains("kafka.properties.sasl.username: kafka.security is set"),
+            "{found}"
+        );
+        assert!(!found.contains("linger.ms"), "{found}");
+        let fine = BASE.replace(
+            "  bootstrap_servers: 127.0.0.1:9092",
+            "  bootstrap_servers: 127.0.0.1:9092\n  security:\n    sasl: { mechanism: scram-sha-512, username: u, password: hunter2 }",
+        );
+        let config = parse(&fine, "t", repo(), Overrides::None).expect("valid");
+        let printed = serde_yaml::to_string(&config).expect("yaml");
+        assert!(!printed.contains("hunter2") && printed.contains("scram-sha-512"), "{printed}");
+    }
+
+    #[test]
+    fn a_target_outside_allowed_targets_is_named() {
+        let text = format!("{BASE}allowed_targets: [\"erp.*\"]\n");
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("routes[0].dlq_topic: \"crm.customers.dlq\" is not in allowed_targets (erp.*)"),
+            "{found:?}"
+        );
+        let both = format!("{BASE}allowed_targets: [erp.customers, \"crm.*.dlq\", crm.customers.dlq]\n");
+        assert!(problems(&both).is_empty(), "{:?}", problems(&both));
+    }
+
+    #[test]
+    fn a_rate_limit_of_zero_is_refused() {
+        let text = BASE.replace(
+            "    dlq_topic: crm.customers.dlq",
+            "    dlq_topic: crm.customers.dlq\n    rate_limit: { records_per_second: 0, burst: 0 }",
+        );
+        let found = problems(&text).join("\n");
+        assert!(found.contains("routes[0].rate_limit.records_per_second: must be at least 1"), "{found}");
+        assert!(found.contains("routes[0].rate_limit.burst: must be at least 1"), "{found}");
+        let fine = BASE.replace(
+            "    dlq_topic: crm.customers.dlq",
+            "    dlq_topic: crm.customers.dlq\n    rate_limit: { records_per_second: 250 }",
+        );
+        let config = parse(&fine, "t", repo(), Overrides::None).expect("valid");
+        assert_eq!(config.routes[0].rate_limit.map(|r| r.burst()), Some(250));
+    }
 }

@@ -397,6 +397,7 @@ impl Config {
             }
         };
         absolute(&mut self.event_queue.storage_path);
+        self.kafka.security.tls = self.kafka.security.tls.map(|t| t.with_base_dir(base));
         for route in &mut self.routes {
             for target in &mut route.targets {
                 if let Some(schema) = &mut target.schema {

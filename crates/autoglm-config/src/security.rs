@@ -42,6 +42,7 @@ pub struct SecurityConfig {
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM file of the CA(s) that signed the brokers' certificates; absent: the system's CAs.
+    /// Relative paths here are taken from the config file's folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
     /// PEM file of this client's certificate (mutual TLS).
@@ -113,6 +114,21 @@ pub struct OAuthConfig {
 
 fn default_true() -> bool {
     true
+}
+
+impl TlsConfig {
+    /// Resolves relative paths against `base`.
+    pub(crate) fn with_base_dir(mut self, base: &std::path::Path) -> TlsConfig {
+        for file in [&mut self.ca, &mut self.certificate, &mut self.key]
+            .into_iter()
+            .flatten()
+        {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+        self
+    }
 }
 
 impl SecurityConfig {
@@ -194,7 +210,8 @@ impl SecurityConfig {
     }
 
     /// Problems with these settings, as `(key under kafka.security, reason)`.
-    pub(crate) fn problems(&self) -> Vec<(String, String)> {
+    /// Relative file paths are taken from `base_dir` (the config file's folder).
+    pub(crate) fn problems(&self, base_dir: &std::path::Path) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         if self.sasl.is_some() && self.oauth.is_some() {
             problems.push((
@@ -216,7 +233,7 @@ impl SecurityConfig {
                 ("tls.key", &tls.key),
             ] {
                 if let Some(file) = file
-                    && let Err(e) = std::fs::metadata(file)
+                    && let Err(e) = std::fs::metadata(base_dir.join(file))
                 {
                     problems.push((
                         key.to_owned(),
@@ -268,6 +285,8 @@ pub(crate) fn owned_by_security(key: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn security(yaml: &str) -> SecurityConfig {
@@ -308,14 +327,14 @@ mod tests {
         assert_eq!(property(&p, "sasl.oauthbearer.method"), Some("oidc"));
         assert_eq!(property(&p, "sasl.oauthbearer.client.id"), Some("c"));
         assert_eq!(property(&p, "sasl.oauthbearer.scope"), Some("kafka"));
-        assert!(s.problems().is_empty(), "{:?}", s.problems());
+        assert!(s.problems(Path::new("/")).is_empty(), "{:?}", s.problems(Path::new("/")));
     }
 
     #[test]
     fn mtls_alone_is_ssl_and_needs_both_halves() {
         let s = security("tls: { certificate: /c.pem }");
         assert_eq!(s.protocol(), "SSL");
-        let problems = s.problems();
+        let problems = s.problems(Path::new("/"));
         assert!(
             problems
                 .iter()
@@ -329,7 +348,7 @@ mod tests {
         let s = security(
             "sasl: { mechanism: plain, username: u, password: p }\noauth: { client_id: c, client_secret: s, token_endpoint: 'ftp://x' }",
         );
-        let keys: Vec<String> = s.problems().into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<String> = s.problems(Path::new("/")).into_iter().map(|(k, _)| k).collect();
         for key in ["oauth", "sasl.mechanism", "oauth.token_endpoint"] {
             assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
         }

@@ -104,7 +104,7 @@ pub(crate) fn validate(config: &Config, base_dir: &Path) -> Vec<Problem> {
             Err(e) => problem(format!("kafka.properties.{key}"), e.to_string()),
         }
     }
-    for (key, reason) in security.problems() {
+    for (key, reason) in security.problems(base_dir) {
         problem(format!("kafka.security.{key}"), reason);
     }
     if security.is_set() && config.kafka.sasl_password.is_some() {
