@@ -38,6 +38,7 @@ mod encoder;
 mod envelope;
 mod error;
 mod registry;
+mod registry_auth;
 #[cfg(test)]
 mod round_trips;
 mod wire;
@@ -49,4 +50,5 @@ pub use encoder::{AvroTarget, json_to_avro};
 pub use envelope::{BeforeRow, DebeziumEnvelope, Unread, parse_envelope};
 pub use error::CodecError;
 pub use registry::{Compatibility, RegistryClient};
+pub use registry_auth::{BearerTokens, ClientCredentials, RegistryTls};
 pub use wire::{WIRE_HEADER_LEN, schema_id};

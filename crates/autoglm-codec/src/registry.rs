@@ -31,6 +31,7 @@ use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use serde_json::{Value as Json, json};
 
 use crate::CodecError;
+use crate::registry_auth::{BearerMiddleware, BearerTokens, ClientCredentials, RegistryTls};
 
 /// Confluent error code: subject not found.
 const SUBJECT_NOT_FOUND: i64 = 40401;
@@ -53,6 +54,8 @@ pub struct RegistryClient {
     password: Option<String>,
     timeout: Duration,
     http: reqwest::Client,
+    tls: RegistryTls,
+    bearer: Option<BearerTokens>,
 }
 
 impl fmt::Debug for RegistryClient {
@@ -162,7 +165,32 @@ impl RegistryClient {
             password: None,
             timeout,
             http,
+            tls: RegistryTls::default(),
+            bearer: None,
         })
+    }
+
+    /// Trusts the CA and presents the client certificate of `tls`, in every request (and from
+    /// the [`SrSettings`]).
+    pub fn with_tls(mut self, tls: RegistryTls) -> Result<RegistryClient, CodecError> {
+        let unusable = |reason: String| CodecError::RegistrySettings {
+            url: self.shown.clone(),
+            source: reason.into(),
+        };
+        let builder = tls
+            .apply(reqwest::Client::builder().timeout(self.timeout))
+            .map_err(unusable)?;
+        self.http = builder.build().map_err(|e| unusable(e.to_string()))?;
+        self.tls = tls;
+        Ok(self)
+    }
+
+    /// Sends a bearer token from `credentials` (client-credentials grant) with every request
+    /// (and from the [`SrSettings`]), refreshed before it expires.
+    #[must_use]
+    pub fn with_bearer(mut self, credentials: ClientCredentials) -> RegistryClient {
+        self.bearer = Some(BearerTokens::new(credentials, self.http.clone()));
+        self
     }
 
     /// Sends HTTP basic auth with every request (and from the [`SrSettings`]).
@@ -186,10 +214,22 @@ impl RegistryClient {
         if let Some(user) = &self.username {
             builder.set_basic_authorization(user, self.password.as_deref());
         }
-        builder.build().map_err(|e| CodecError::RegistrySettings {
-            url: self.shown.clone(),
-            source: Box::new(e),
-        })
+        if let Some(bearer) = &self.bearer {
+            builder.with_middleware(BearerMiddleware(bearer.clone()));
+        }
+        let client = self
+            .tls
+            .apply(reqwest::Client::builder())
+            .map_err(|reason| CodecError::RegistrySettings {
+                url: self.shown.clone(),
+                source: reason.into(),
+            })?;
+        builder
+            .build_with(client)
+            .map_err(|e| CodecError::RegistrySettings {
+                url: self.shown.clone(),
+                source: Box::new(e),
+            })
     }
 
     /// Whether the Avro `schema` (its JSON text) may be registered under `subject`, by the
@@ -367,6 +407,9 @@ impl RegistryClient {
             );
         if let Some(user) = &self.username {
             request = request.basic_auth(user, self.password.as_deref());
+        }
+        if let Some(bearer) = &self.bearer {
+            request = request.header(reqwest::header::AUTHORIZATION, bearer.header().await?);
         }
         if let Some(body) = body {
             request = request.json(body);

@@ -308,7 +308,10 @@ routes:
         );
         let config = parse(&fine, "t", repo(), Overrides::None).expect("valid");
         let printed = serde_yaml::to_string(&config).expect("yaml");
-        assert!(!printed.contains("hunter2") && printed.contains("scram-sha-512"), "{printed}");
+        assert!(
+            !printed.contains("hunter2") && printed.contains("scram-sha-512"),
+            "{printed}"
+        );
     }
 
     #[test]
@@ -317,10 +320,13 @@ routes:
         let found = problems(&text);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(
-            found[0].starts_with("routes[0].dlq_topic: \"crm.customers.dlq\" is not in allowed_targets (erp.*)"),
+            found[0].starts_with(
+                "routes[0].dlq_topic: \"crm.customers.dlq\" is not in allowed_targets (erp.*)"
+            ),
             "{found:?}"
         );
-        let both = format!("{BASE}allowed_targets: [erp.customers, \"crm.*.dlq\", crm.customers.dlq]\n");
+        let both =
+            format!("{BASE}allowed_targets: [erp.customers, \"crm.*.dlq\", crm.customers.dlq]\n");
         assert!(problems(&both).is_empty(), "{:?}", problems(&both));
     }
 
@@ -331,8 +337,14 @@ routes:
             "    dlq_topic: crm.customers.dlq\n    rate_limit: { records_per_second: 0, burst: 0 }",
         );
         let found = problems(&text).join("\n");
-        assert!(found.contains("routes[0].rate_limit.records_per_second: must be at least 1"), "{found}");
-        assert!(found.contains("routes[0].rate_limit.burst: must be at least 1"), "{found}");
+        assert!(
+            found.contains("routes[0].rate_limit.records_per_second: must be at least 1"),
+            "{found}"
+        );
+        assert!(
+            found.contains("routes[0].rate_limit.burst: must be at least 1"),
+            "{found}"
+        );
         let fine = BASE.replace(
             "    dlq_topic: crm.customers.dlq",
             "    dlq_topic: crm.customers.dlq\n    rate_limit: { records_per_second: 250 }",

@@ -11,7 +11,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use crate::Secret;
-use crate::security::SecurityConfig;
+use crate::security::{OAuthConfig, SecurityConfig, TlsConfig};
 
 /// The whole configuration (`open-autoglm-config.yaml`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -98,6 +98,14 @@ pub struct RegistryConfig {
     /// Basic-auth password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
+    /// TLS to the registry: a CA to trust besides the system's, and a client certificate and
+    /// key for mutual TLS. Needs an https URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// An OAuth2 bearer token by the client-credentials grant, fetched and refreshed by the
+    /// processor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<OAuthConfig>,
 }
 
 /// The origin document's `event_queue` block, mapped onto Kafka.
@@ -398,6 +406,9 @@ impl Config {
         };
         absolute(&mut self.event_queue.storage_path);
         self.kafka.security.tls = self.kafka.security.tls.map(|t| t.with_base_dir(base));
+        if let Some(registry) = &mut self.schema_registry {
+            registry.tls = registry.tls.take().map(|t| t.with_base_dir(base));
+        }
         for route in &mut self.routes {
             for target in &mut route.targets {
                 if let Some(schema) = &mut target.schema {

@@ -327,7 +327,11 @@ mod tests {
         assert_eq!(property(&p, "sasl.oauthbearer.method"), Some("oidc"));
         assert_eq!(property(&p, "sasl.oauthbearer.client.id"), Some("c"));
         assert_eq!(property(&p, "sasl.oauthbearer.scope"), Some("kafka"));
-        assert!(s.problems(Path::new("/")).is_empty(), "{:?}", s.problems(Path::new("/")));
+        assert!(
+            s.problems(Path::new("/")).is_empty(),
+            "{:?}",
+            s.problems(Path::new("/"))
+        );
     }
 
     #[test]
@@ -348,7 +352,11 @@ mod tests {
         let s = security(
             "sasl: { mechanism: plain, username: u, password: p }\noauth: { client_id: c, client_secret: s, token_endpoint: 'ftp://x' }",
         );
-        let keys: Vec<String> = s.problems(Path::new("/")).into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<String> = s
+            .problems(Path::new("/"))
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         for key in ["oauth", "sasl.mechanism", "oauth.token_endpoint"] {
             assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
         }

@@ -113,6 +113,39 @@ pub(crate) fn validate(config: &Config, base_dir: &Path) -> Vec<Problem> {
             "kafka.security is set: give the password as kafka.security.sasl.password".into(),
         );
     }
+    if let Some(registry) = &config.schema_registry {
+        let https = registry.url.starts_with("https://");
+        let as_kafka = crate::SecurityConfig {
+            tls: registry.tls.clone(),
+            sasl: None,
+            oauth: registry.oauth.clone(),
+        };
+        for (key, reason) in as_kafka.problems(base_dir) {
+            // An https URL is TLS without a `tls` block (the system's CAs).
+            if key == "oauth" && https {
+                continue;
+            }
+            problem(format!("schema_registry.{key}"), reason);
+        }
+        if registry.tls.is_some() && !https {
+            problem(
+                "schema_registry.tls".into(),
+                format!("{} is not an https URL", registry.url),
+            );
+        }
+        if registry.tls.as_ref().is_some_and(|t| !t.verify_hostname) {
+            problem(
+                "schema_registry.tls.verify_hostname".into(),
+                "the registry's client always checks the host name".into(),
+            );
+        }
+        if registry.oauth.is_some() && registry.username.is_some() {
+            problem(
+                "schema_registry.oauth".into(),
+                "set either `username`/`password` or `oauth`, not both".into(),
+            );
+        }
+    }
     if let Some(allowed) = &config.allowed_targets {
         let permitted = |topic: &str| {
             allowed.iter().any(|entry| match entry.strip_suffix('*') {

@@ -53,6 +53,7 @@ mod group;
 mod metrics;
 mod pipeline;
 mod restore;
+mod rights;
 mod route;
 mod throttle;
 
@@ -60,4 +61,5 @@ pub use group::GroupContext;
 pub use metrics::Metrics;
 pub use pipeline::{Pipeline, RunError, RunOptions, RunSummary, SchemaCheck};
 pub use restore::{RestoreStats, restore};
+pub use rights::{Finding, Need, Resource, Verdict};
 pub use route::RouteRuntime;

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use autoglm_codec::{CodecError, Compatibility, Decoded, Decoder, RegistryClient, SchemaMissing};
+use autoglm_codec::{
+    ClientCredentials, CodecError, Compatibility, Decoded, Decoder, RegistryClient, RegistryTls,
+    SchemaMissing,
+};
 use autoglm_config::{Config, DeleteMode};
 use autoglm_core::{ChangeEvent, Classify, ErrorClass, Row, chain};
 use autoglm_kafka::{ClientSettings, classify, is_fencing};
@@ -30,6 +33,7 @@ use crate::acks::{AckingProducer, Acks, Kind, Ticket, Undelivered, Written};
 use crate::group::{Changes, GroupContext, Partition};
 use crate::metrics::{Endpoint, Metrics, Tally};
 use crate::restore::restore;
+use crate::rights::{self, Finding, Verdict};
 use crate::route::RouteRuntime;
 use crate::throttle::{Throttle, Throttling};
 
@@ -121,6 +125,32 @@ impl From<KafkaError> for RunError {
             source,
         }
     }
+}
+
+/// The registry's certificates, read from their PEM files.
+fn registry_tls(tls: &autoglm_config::TlsConfig) -> Result<RegistryTls, RunError> {
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            RunError::Config(format!(
+                "schema_registry.tls.{key}: cannot read {}: {e}",
+                path.display()
+            ))
+        })
+    };
+    let ca_pem = tls.ca.as_deref().map(|p| read("ca", p)).transpose()?;
+    let identity_pem = match (&tls.certificate, &tls.key) {
+        (Some(certificate), Some(key)) => {
+            let mut pem = read("certificate", certificate)?;
+            pem.push(b'\n');
+            pem.extend(read("key", key)?);
+            Some(pem)
+        }
+        _ => None,
+    };
+    Ok(RegistryTls {
+        ca_pem,
+        identity_pem,
+    })
 }
 
 /// How long to run.
@@ -308,6 +338,19 @@ impl Pipeline {
                 if let Some(user) = &r.username {
                     client = client.with_basic_auth(user, r.password.as_ref().map(|p| p.expose()));
                 }
+                if let Some(tls) = &r.tls {
+                    client = client
+                        .with_tls(registry_tls(tls)?)
+                        .map_err(registry_error)?;
+                }
+                if let Some(oauth) = &r.oauth {
+                    client = client.with_bearer(ClientCredentials {
+                        client_id: oauth.client_id.clone(),
+                        client_secret: oauth.client_secret.expose().to_owned(),
+                        token_endpoint: oauth.token_endpoint.clone(),
+                        scope: oauth.scope.clone(),
+                    });
+                }
                 Some(client)
             }
             None => None,
@@ -475,6 +518,7 @@ impl Pipeline {
             }
         })
         .await?;
+        self.refuse_missing_rights().await?;
         self.retry_transient("changelog topic setup", &options.shutdown, || {
             self.ensure_changelogs()
         })
@@ -808,6 +852,57 @@ impl Pipeline {
         b.initial_interval
             .mul_f64(factor.min(1e6))
             .min(b.max_interval)
+    }
+
+    /// The Kafka client settings (address, security).
+    pub fn client_settings(&self) -> &ClientSettings {
+        &self.settings
+    }
+
+    /// The registry client, when the config has a registry.
+    pub fn registry(&self) -> Option<&RegistryClient> {
+        self.registry.as_ref()
+    }
+
+    /// What the broker says of each right the config needs (KIP-430; `autoglm check`).
+    pub async fn check_rights(
+        &self,
+        timeout: Duration,
+    ) -> Result<Vec<Finding>, autoglm_rights::RightsError> {
+        rights::check(
+            &self.settings,
+            rights::needs(&self.config, &self.routes),
+            timeout,
+        )
+        .await
+    }
+
+    /// Stops the run, naming every right the principal lacks, before it reads or writes
+    /// anything. A broker that cannot tell does not stop it: a missing right then stops the run
+    /// when the broker first refuses it.
+    async fn refuse_missing_rights(&self) -> Result<(), RunError> {
+        let findings = match self.check_rights(PROBE_TIMEOUT).await {
+            Ok(findings) => findings,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask the broker for this principal's rights (KIP-430); going on");
+                return Ok(());
+            }
+        };
+        let missing: Vec<String> = findings
+            .iter()
+            .filter(|f| matches!(f.verdict, Verdict::Missing(_)))
+            .map(|f| {
+                let n = &f.need;
+                format!("{} on {} {:?} ({})", n.operation, n.resource, n.name, n.why)
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(RunError::Access(format!(
+            "the principal lacks {} (`autoglm check --config …` lists every right)",
+            missing.join("; ")
+        )))
     }
 
     /// A refused right named in ACL terms, with the resource it is refused on; other errors

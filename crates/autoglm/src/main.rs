@@ -60,14 +60,28 @@ enum Command {
         #[command(subcommand)]
         command: SchemasCommand,
     },
-    /// Check that the Kafka cluster and the Schema Registry answer; exit non-zero if either does not.
+    /// Check that the Kafka cluster and the Schema Registry answer; with `--config`, with the
+    /// config's security settings, and whether its principal holds every right the routes need
+    /// (per topic and group). Exit non-zero if anything fails or a right is missing.
     Check {
-        /// Kafka bootstrap servers, `host:port[,host:port…]`.
-        #[arg(long, env = "AUTOGLM_KAFKA_BOOTSTRAP")]
-        bootstrap_servers: String,
-        /// Base URL of a Confluent-compatible Schema Registry API.
-        #[arg(long, env = "AUTOGLM_SCHEMA_REGISTRY_URL")]
-        schema_registry_url: String,
+        /// A config file: its cluster, security, registry and routes (the flags below are then
+        /// ignored).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Kafka bootstrap servers, `host:port[,host:port…]` (without `--config`).
+        #[arg(
+            long,
+            env = "AUTOGLM_KAFKA_BOOTSTRAP",
+            required_unless_present = "config"
+        )]
+        bootstrap_servers: Option<String>,
+        /// Base URL of a Confluent-compatible Schema Registry API (without `--config`).
+        #[arg(
+            long,
+            env = "AUTOGLM_SCHEMA_REGISTRY_URL",
+            required_unless_present = "config"
+        )]
+        schema_registry_url: Option<String>,
         /// How long each service may take to answer.
         #[arg(long, default_value_t = 10)]
         timeout_secs: u64,
@@ -106,7 +120,7 @@ fn main() -> ExitCode {
         Command::Schemas {
             command: SchemasCommand::Register { config } | SchemasCommand::Check { config },
         } => Some(config.as_path()),
-        Command::Check { .. } => None,
+        Command::Check { config, .. } => config.as_deref(),
     }
     .map(load)
     .transpose();
@@ -227,13 +241,17 @@ async fn execute(command: Command, config: Option<Config>) -> anyhow::Result<()>
             },
             Some(config),
         ) => check_schemas(config).await,
+        (Command::Check { timeout_secs, .. }, Some(config)) => {
+            check_config(config, Duration::from_secs(timeout_secs)).await
+        }
         (
             Command::Check {
-                bootstrap_servers,
-                schema_registry_url,
+                bootstrap_servers: Some(bootstrap_servers),
+                schema_registry_url: Some(schema_registry_url),
                 timeout_secs,
+                ..
             },
-            _,
+            None,
         ) => {
             check(
                 &bootstrap_servers,
@@ -314,6 +332,51 @@ async fn check(bootstrap: &str, registry_url: &str, timeout: Duration) -> anyhow
         .await
         .with_context(|| format!("schema registry at {registry_url} did not answer"))?;
     println!("registry  ok  {registry_url}: {} subjects", subjects.len());
+    Ok(())
+}
+
+/// `check --config`: the cluster with the config's security, every right the routes need, and
+/// the registry with its credentials.
+async fn check_config(config: Config, timeout: Duration) -> anyhow::Result<()> {
+    let bootstrap = config.kafka.bootstrap_servers.clone();
+    let pipeline = Pipeline::new(config)?;
+    let cluster = autoglm_kafka::probe(pipeline.client_settings(), timeout)
+        .await
+        .with_context(|| format!("kafka at {bootstrap}"))?;
+    println!(
+        "kafka     ok  {bootstrap}: brokers [{}], {} topics visible to this principal",
+        cluster.brokers.join(", "),
+        cluster.topic_count
+    );
+    let findings = pipeline
+        .check_rights(timeout)
+        .await
+        .with_context(|| format!("kafka at {bootstrap}: the principal's rights (KIP-430)"))?;
+    for finding in &findings {
+        println!("rights    {finding}");
+    }
+    println!(
+        "rights    not checked: WRITE on the transactional id (KIP-430 does not cover it); `run` uses it first, before it reads anything"
+    );
+    let missing = findings
+        .iter()
+        .filter(|f| matches!(f.verdict, autoglm_runtime::Verdict::Missing(_)))
+        .count();
+    if let Some(registry) = pipeline.registry() {
+        let sr = registry.sr_settings()?;
+        let subjects = get_all_subjects(&sr)
+            .await
+            .with_context(|| format!("schema registry at {} did not answer", registry.url()))?;
+        println!(
+            "registry  ok  {}: {} subjects",
+            registry.url(),
+            subjects.len()
+        );
+    }
+    anyhow::ensure!(
+        missing == 0,
+        "the principal lacks {missing} right(s) the config needs"
+    );
     Ok(())
 }
 

@@ -324,3 +324,57 @@ async fn the_plaintext_listener_keeps_its_rights() {
         .expect("read");
     assert_eq!(read.len(), 1);
 }
+
+/// `autoglm check --config` lists, per topic and group, the rights the routes need and whether
+/// the principal holds them, and fails when one is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_each_right_per_topic_and_group() {
+    let stack = stack().await;
+    let names = Names {
+        target: unique("nowrite.sec"),
+        ..granted()
+    };
+    let kafka = scram(
+        &env("AUTOGLM_KAFKA_SCRAM"),
+        &env("AUTOGLM_TLS_CA"),
+        "autoglm-secret",
+    );
+    let job = Job::with_names(&stack, names, &kafka, "", "flush_interval_ms: 100", 500, 3).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_autoglm"))
+        .args(["check", "--config"])
+        .arg(job.dir().join("config.yaml"))
+        .output()
+        .expect("autoglm check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a missing right fails the check:\n{stdout}{stderr}"
+    );
+    let line = |prefix: &str, topic: &str| {
+        stdout
+            .lines()
+            .any(|l| l.starts_with(prefix) && l.contains(&format!("{topic:?}")))
+    };
+    assert!(
+        line("rights    ok       READ on topic", &job.source),
+        "{stdout}"
+    );
+    assert!(
+        line("rights    MISSING  WRITE on topic", &job.target),
+        "{stdout}"
+    );
+    assert!(
+        line("rights    ok       WRITE on topic", &job.dlq),
+        "{stdout}"
+    );
+    assert!(
+        line("rights    ok       READ on group", &job.group),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("unknown  READ on topic"),
+        "the changelog does not exist yet:\n{stdout}"
+    );
+    assert!(stderr.contains("lacks 1 right"), "{stderr}");
+}
