@@ -11,6 +11,20 @@ STACK_ENV = $$($(STACK) env)
 # The demo config (open-autoglm-config.yaml) pointed at the local stack's actual ports.
 DEMO_ENV = AUTOGLM__KAFKA__BOOTSTRAP_SERVERS=$$($(STACK) env | sed -n 's/^AUTOGLM_KAFKA_BOOTSTRAP=//p') \
 	AUTOGLM__SCHEMA_REGISTRY__URL=$$($(STACK) env | sed -n 's/^AUTOGLM_SCHEMA_REGISTRY_URL=//p')
+# `make demo SECURITY=on`: the sync runs over SASL_SSL/OAUTHBEARER, with client-credentials tokens
+# from the stack's Keycloak and the demo's ACLs (docs/security.md).
+SECURITY ?= off
+stack_var = $$($(STACK) env | sed -n 's/^$(1)=//p')
+ifeq ($(SECURITY),on)
+DEMO_ENV += AUTOGLM__KAFKA__BOOTSTRAP_SERVERS=$(call stack_var,AUTOGLM_KAFKA_OAUTH) \
+	AUTOGLM__KAFKA__SECURITY__TLS__CA=$(call stack_var,AUTOGLM_TLS_CA) \
+	AUTOGLM__KAFKA__SECURITY__OAUTH__CLIENT_ID=autoglm-sync \
+	AUTOGLM__KAFKA__SECURITY__OAUTH__CLIENT_SECRET=autoglm-sync-secret \
+	AUTOGLM__KAFKA__SECURITY__OAUTH__TOKEN_ENDPOINT=$(call stack_var,AUTOGLM_OIDC_TOKEN_ENDPOINT) \
+	AUTOGLM__KAFKA__SECURITY__OAUTH__SCOPE=kafka
+else ifneq ($(SECURITY),off)
+$(error SECURITY is on or off, not $(SECURITY))
+endif
 BIN = $(CARGO_TARGET_DIR)/debug
 # One selection for every cargo command: all packages and targets, plus the test-only crash
 # points (inert unless AUTOGLM_CRASH_AT is set), so features unify the same way and
@@ -37,7 +51,7 @@ status: ## Show whether each service of the local stack is ready, and where; Con
 reset: ## Stop the local stack and delete its data and logs
 	@$(STACK) reset
 
-demo: deps up ## Run the CRM → ERP sync: PostgreSQL → Debezium → Kafka → autoglm → ERP topic, compared with the table
+demo: deps up ## Run the CRM → ERP sync: PostgreSQL → Debezium → Kafka → autoglm → ERP topic, compared with the table (SECURITY=on: over OAUTHBEARER)
 	cargo build --quiet $(CARGO_SELECT)
 	@rm -rf .stack/demo
 	@env $(STACK_ENV) $(BIN)/autoglm-demo cdc-setup

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine lacks to build and test open-autoglm: the build
 # dependencies of librdkafka (cmake build with TLS, SASL, zstd, curl for OAUTHBEARER/OIDC) and
-# RocksDB (bindgen needs libclang), Maven, curl and PostgreSQL for the local stack, and rustfmt and
-# clippy.
+# RocksDB (bindgen needs libclang), Maven, curl, PostgreSQL and openssl (certificates) for the
+# local stack, and rustfmt and clippy.
 # `make demo`, `make test` and `.ci/run` call it; it prints what it installs and does nothing
 # when everything is there.
 set -euo pipefail
 
 packages=(cmake clang libclang-dev libssl-dev libsasl2-dev libzstd-dev zlib1g-dev
-  libcurl4-openssl-dev pkg-config maven curl postgresql)
+  libcurl4-openssl-dev pkg-config maven curl postgresql openssl)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -155,6 +155,26 @@ impl SecurityConfig {
         }
     }
 
+    /// How the connection is secured and who it authenticates as, for logs: e.g.
+    /// `SASL_SSL/OAUTHBEARER as client autoglm-sync`. Never a secret.
+    pub fn describe(&self) -> String {
+        let protocol = self.protocol();
+        match (&self.sasl, &self.oauth, &self.tls) {
+            (Some(sasl), _, _) => format!(
+                "{protocol}/{} as user {}",
+                sasl.mechanism.librdkafka_name(),
+                sasl.username
+            ),
+            (None, Some(oauth), _) => {
+                format!("{protocol}/OAUTHBEARER as client {}", oauth.client_id)
+            }
+            (None, None, Some(tls)) if tls.certificate.is_some() => {
+                format!("{protocol} with a client certificate")
+            }
+            _ => protocol.to_owned(),
+        }
+    }
+
     /// The librdkafka properties these settings stand for, secrets included: hand them to the
     /// client only, never to a log.
     pub fn librdkafka_properties(&self) -> Vec<(&'static str, String)> {

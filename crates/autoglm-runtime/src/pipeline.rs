@@ -569,6 +569,8 @@ impl Pipeline {
             routes = self.routes.len(),
             exactly_once,
             transactional_id = %self.config.transactional_id(),
+            kafka = %self.config.kafka.bootstrap_servers,
+            security = %self.config.kafka.security.describe(),
             state = %state_path.display(),
             "pipeline started"
         );
