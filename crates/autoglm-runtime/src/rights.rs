@@ -155,7 +155,7 @@ pub(crate) fn needs(config: &Config, routes: &[RouteRuntime]) -> Vec<Need> {
         Resource::Group,
         &format!("{group}-restore"),
         Operation::Describe,
-        "the state restore's group (it never commits)".to_owned(),
+        "the state restore's group, which never commits".to_owned(),
     );
     needs
 }

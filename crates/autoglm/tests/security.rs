@@ -378,3 +378,68 @@ async fn check_reports_each_right_per_topic_and_group() {
     );
     assert!(stderr.contains("lacks 1 right"), "{stderr}");
 }
+
+/// Runs `autoglm <args> --config open-autoglm-config.yaml` against the stack's HTTPS registry,
+/// which takes only bearer tokens from Keycloak, as client `autoglm-registry` with `secret`.
+fn against_the_secured_registry(args: &[&str], secret: &str) -> std::process::Output {
+    let repo = autoglm_tests::repo_root();
+    std::process::Command::new(env!("CARGO_BIN_EXE_autoglm"))
+        .args(args)
+        .arg("--config")
+        .arg(repo.join("open-autoglm-config.yaml"))
+        .env(
+            "AUTOGLM__KAFKA__BOOTSTRAP_SERVERS",
+            env("AUTOGLM_KAFKA_BOOTSTRAP"),
+        )
+        .env(
+            "AUTOGLM__SCHEMA_REGISTRY__URL",
+            env("AUTOGLM_SECURE_REGISTRY_URL"),
+        )
+        .env("AUTOGLM__SCHEMA_REGISTRY__TLS__CA", env("AUTOGLM_TLS_CA"))
+        .env(
+            "AUTOGLM__SCHEMA_REGISTRY__OAUTH__CLIENT_ID",
+            "autoglm-registry",
+        )
+        .env("AUTOGLM__SCHEMA_REGISTRY__OAUTH__CLIENT_SECRET", secret)
+        .env(
+            "AUTOGLM__SCHEMA_REGISTRY__OAUTH__TOKEN_ENDPOINT",
+            env("AUTOGLM_OIDC_TOKEN_ENDPOINT"),
+        )
+        .output()
+        .expect("autoglm")
+}
+
+/// The registry over HTTPS with the stack's CA and a bearer token: `schemas register` (the
+/// processor's own registry client) and `check --config` (the decoders' client, through the
+/// token middleware) both get in; a wrong client secret is refused with the provider's answer,
+/// and no secret is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_takes_tls_and_a_bearer_token() {
+    let registered =
+        against_the_secured_registry(&["schemas", "register"], "autoglm-registry-secret");
+    let out = String::from_utf8_lossy(&registered.stdout);
+    let err = String::from_utf8_lossy(&registered.stderr);
+    assert!(registered.status.success(), "{out}{err}");
+    assert!(out.contains("erp.customers-value: schema id"), "{out}");
+
+    let checked = against_the_secured_registry(&["check"], "autoglm-registry-secret");
+    let out = String::from_utf8_lossy(&checked.stdout);
+    let err = String::from_utf8_lossy(&checked.stderr);
+    assert!(checked.status.success(), "{out}{err}");
+    assert!(
+        out.lines().any(
+            |l| l.starts_with("registry  ok  https://127.0.0.1:") && !l.contains(" 0 subjects")
+        ),
+        "{out}"
+    );
+
+    let refused = against_the_secured_registry(&["schemas", "register"], "wrong-secret");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains("OAuth token: refused"), "{err}");
+    assert!(err.contains("unauthorized_client"), "{err}");
+    assert!(
+        !err.contains("wrong-secret"),
+        "the secret is printed: {err}"
+    );
+}
