@@ -52,6 +52,8 @@ pub struct ClientSettings {
     extra: Vec<(String, String)>,
     /// Properties only producers take (compression), applied after `extra`.
     producer_extra: Vec<(String, String)>,
+    /// Defaults of the processor's group member only, below the pass-through properties.
+    member_defaults: Vec<(String, String)>,
 }
 
 impl ClientSettings {
@@ -62,6 +64,7 @@ impl ClientSettings {
             client_id: "open-autoglm".to_owned(),
             extra: Vec::new(),
             producer_extra: Vec::new(),
+            member_defaults: Vec::new(),
         }
     }
 
@@ -91,6 +94,13 @@ impl ClientSettings {
         let key = not_owned(key.into())?;
         self.producer_extra.push((key, value.into()));
         Ok(self)
+    }
+
+    /// A default for the processor's group member ([`member_consumer`](Self::member_consumer))
+    /// that a pass-through property of the same key replaces.
+    pub fn with_member_default(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.member_defaults.push((key.into(), value.into()));
+        self
     }
 
     /// The bootstrap servers.
@@ -194,6 +204,9 @@ impl ClientSettings {
             ("queued.max.messages.kbytes", "8192"),
             ("fetch.queue.backoff.ms", "10"),
         ] {
+            set_default(&mut config, key, value);
+        }
+        for (key, value) in &self.member_defaults {
             set_default(&mut config, key, value);
         }
         config

@@ -12,6 +12,8 @@ use common::{Job, Names, input};
 
 const LIMIT: f64 = 400.0;
 const RECORDS: usize = 14_000;
+/// A quarter of a second's worth: a paused route must resume on time, not when the loop next polls.
+const BURST: u32 = 100;
 
 /// `autoglm_pipeline_input_records_total{route="<route>"}` from the metrics page.
 async fn input_total(port: u16, route: &str) -> f64 {
@@ -55,7 +57,7 @@ async fn a_limited_route_keeps_its_rate_and_the_route_beside_it_is_not_slowed() 
     .await;
     let port = free_port();
     let second_route = format!(
-        "    rate_limit: {{ records_per_second: {LIMIT} }}
+        "    rate_limit: {{ records_per_second: {LIMIT}, burst: {BURST} }}
   - name: free
     source: {{ topic: {}, envelope: upsert, encoding: json }}
     key_fields: [id]
