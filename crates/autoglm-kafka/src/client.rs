@@ -319,5 +319,23 @@ mod tests {
             tuned.restore_config("g").get("fetch.queue.backoff.ms"),
             Some("200")
         );
+        assert_eq!(tuned.restore_config("g").get("group.id"), Some("g-restore"));
+
+        // A member default (a rate limit's fetch.wait.max.ms) reaches the member only, below a
+        // pass-through value.
+        let limited = plain.clone().with_member_default("fetch.wait.max.ms", "50");
+        assert_eq!(
+            limited.member_config("g", "g-0").get("fetch.wait.max.ms"),
+            Some("50")
+        );
+        assert_eq!(limited.restore_config("g").get("fetch.wait.max.ms"), None);
+        let chosen = ClientSettings::new("127.0.0.1:9")
+            .with_property("fetch.wait.max.ms", "100")
+            .expect("free property")
+            .with_member_default("fetch.wait.max.ms", "50");
+        assert_eq!(
+            chosen.member_config("g", "g-0").get("fetch.wait.max.ms"),
+            Some("100")
+        );
     }
 }

@@ -12,7 +12,7 @@ use autoglm_codec::{
 };
 use autoglm_config::{Config, DeleteMode};
 use autoglm_core::{ChangeEvent, Classify, ErrorClass, Row, chain};
-use autoglm_kafka::{ClientSettings, classify, is_fencing};
+use autoglm_kafka::{ClientSettings, ProbeError, classify, is_fencing};
 use autoglm_state::{
     Change, Decision, GuardInput, KvBackend, RocksBackend, RocksOptions, StateError, VersionGuard,
     WriteRequest,
@@ -513,15 +513,14 @@ impl Pipeline {
         self.retry_transient("connecting to kafka", &options.shutdown, || async {
             match autoglm_kafka::probe(&self.settings, PROBE_TIMEOUT).await {
                 Ok(_) => Ok(()),
-                Err(e) if e.is_access() => Err(RunError::Access(format!(
+                Err(e @ ProbeError::Access { .. }) => Err(RunError::Access(format!(
                     "{}: {e}",
                     self.settings.bootstrap_servers()
                 ))),
-                Err(autoglm_kafka::ProbeError::NoAnswer { source, .. }) => Err(RunError::Kafka {
+                Err(ProbeError::NoAnswer { source, .. }) => Err(RunError::Kafka {
                     class: ErrorClass::Transient,
                     source,
                 }),
-                Err(e) => Err(RunError::Access(e.to_string())),
             }
         })
         .await?;
