@@ -66,9 +66,16 @@ fn oauth(client: &str, secret: &str, scope: Option<&str>) -> String {
 }
 
 /// Produces `records`, runs the processor over `kafka_yaml`, kills it once output has begun,
-/// runs it again to the end, and checks the output is exactly once. `route_yaml` adds to the
-/// route (a rate limit stretches the run past a token's lifetime).
-async fn exactly_once_over(stack: &Stack, kafka_yaml: &str, route_yaml: &str, records: usize) {
+/// runs it again to the end (with `env`), and checks the output is exactly once. `route_yaml`
+/// adds to the route (a rate limit stretches the run past a token's lifetime). Returns the log
+/// of the second run.
+async fn exactly_once_over(
+    stack: &Stack,
+    kafka_yaml: &str,
+    route_yaml: &str,
+    records: usize,
+    env: &[(&str, &str)],
+) -> String {
     let job = Job::with_names(
         stack,
         granted(),
@@ -83,11 +90,10 @@ async fn exactly_once_over(stack: &Stack, kafka_yaml: &str, route_yaml: &str, re
     job.produce(&records).await;
 
     let mut first = job.start(0, &[]);
-    // Until some output is committed, then kill -9 in the middle of the run.
+    // Until some output is written (committed or not), then kill -9 in the middle of the run.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let (_, count) = job.output().await;
-        if count > 0 {
+        if written(&job).await > 0 {
             break;
         }
         assert!(
@@ -105,11 +111,43 @@ async fn exactly_once_over(stack: &Stack, kafka_yaml: &str, route_yaml: &str, re
     }
     signal(&first, "-KILL");
     let _ = first.wait();
-    job.run_to_idle(1).await;
+    let second = job.start(1, env);
+    let status = job.exit_of(second, 1).await;
+    assert!(
+        status.success(),
+        "run 1 failed ({status}); see {}",
+        job.log(1).display()
+    );
 
     let (got, count) = job.output().await;
     assert_exactly_once(&job, &expected(&records), &got, count);
     assert_eq!(job.dead_letters().await, 0, "nothing is dead-lettered");
+    std::fs::read_to_string(job.log(1)).expect("log of run 1")
+}
+
+/// Records and transaction markers in the job's target: the sum of its high watermarks.
+async fn written(job: &Job) -> i64 {
+    let consumer: BaseConsumer = job.kafka().client_config().create().expect("consumer");
+    let target = job.target.clone();
+    tokio::task::spawn_blocking(move || {
+        (0..3)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(&target, p, Duration::from_secs(5))
+                    .map_or(0, |(_, high)| high)
+            })
+            .sum()
+    })
+    .await
+    .expect("task")
+}
+
+/// Seconds of the day of a log line's timestamp (`2026-12-06T12:42:15.599067Z …`).
+fn seconds(line: &str) -> f64 {
+    let time = line.get(11..26).expect("a timestamped line");
+    time.split(':')
+        .map(|part| part.parse::<f64>().expect("hh:mm:ss.ffffff"))
+        .fold(0.0, |total, part| total * 60.0 + part)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,23 +158,54 @@ async fn exactly_once_over_sasl_ssl_scram() {
         &env("AUTOGLM_TLS_CA"),
         "autoglm-secret",
     );
-    exactly_once_over(&stack, &kafka, "", 20_000).await;
+    exactly_once_over(&stack, &kafka, "", 20_000, &[]).await;
 }
 
 /// Tokens live 30 s and the broker makes clients re-authenticate every 15 s; the rate limit
 /// holds the run to about 50 s, so the processor must fetch new tokens from Keycloak and
-/// re-authenticate with them while it runs (a token that expired would end the session).
+/// re-authenticate with them while it runs (a token that expired would end the session). The
+/// second run logs librdkafka's security events, which show both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_over_oauthbearer_across_token_refreshes() {
     let stack = stack().await;
     let kafka = oauth("autoglm-sync", "autoglm-sync-secret", Some("kafka"));
     let slow = "    rate_limit: { records_per_second: 200, burst: 200 }\n";
     let started = std::time::Instant::now();
-    exactly_once_over(&stack, &kafka, slow, 10_000).await;
+    let log = exactly_once_over(
+        &stack,
+        &kafka,
+        slow,
+        10_000,
+        &[
+            ("RUST_LOG", "info,librdkafka=debug"),
+            ("AUTOGLM__KAFKA__PROPERTIES__DEBUG", "security"),
+        ],
+    )
+    .await;
     assert!(
         started.elapsed() > Duration::from_secs(45),
         "the run must outlive a token: {:?}",
         started.elapsed()
+    );
+    let tokens: Vec<f64> = log
+        .lines()
+        .filter(|l| l.contains("after setting OAUTHBEARER token"))
+        .map(seconds)
+        .collect();
+    let (first, last) = (tokens.first().copied(), tokens.last().copied());
+    let refreshed_after = last.zip(first).map(|(last, first)| last - first);
+    assert!(
+        refreshed_after.is_some_and(|s| s >= 20.0),
+        "a token fetched again at 80% of its 30 s life: tokens set at {tokens:?}"
+    );
+    let reauthentications = log.matches("Auth in state REAUTH").count();
+    assert!(
+        reauthentications >= 2,
+        "{reauthentications} re-authentications"
+    );
+    assert!(
+        !log.contains("autoglm-sync-secret"),
+        "the debug log shows the secret"
     );
 }
 
@@ -150,7 +219,7 @@ async fn exactly_once_over_mutual_tls() {
         env("AUTOGLM_TLS_CLIENT_CERT"),
         env("AUTOGLM_TLS_CLIENT_KEY"),
     );
-    exactly_once_over(&stack, &kafka, "", 5_000).await;
+    exactly_once_over(&stack, &kafka, "", 5_000, &[]).await;
 }
 
 /// Runs the processor over `kafka_yaml` with `names` (input produced), expects it to stop by
