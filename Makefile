@@ -36,10 +36,10 @@ CARGO_SELECT = --workspace --all-targets --features autoglm/failpoints
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-deps: ## Install what a fresh Debian machine lacks (build packages, Maven, PostgreSQL, rustfmt, clippy)
+deps: ## Install what a fresh Debian machine lacks (build packages, Maven, PostgreSQL, openssl, rustfmt, clippy)
 	@bash deploy/local/deps.sh
 
-up: ## Start the local stack: Kafka, Schema Registry, PostgreSQL, Kafka Connect with Debezium (idempotent)
+up: ## Start the local stack: Keycloak, Kafka (plaintext and secured listeners), two Schema Registries, PostgreSQL, Kafka Connect with Debezium (idempotent)
 	@$(STACK) up
 
 down: ## Stop the local stack (data is kept; see `make reset`)
