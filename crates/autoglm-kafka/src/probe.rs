@@ -82,19 +82,40 @@ impl Events {
             return (None, None);
         };
         let access = errors.iter().find_map(|(code, reason)| {
-            let what = match code {
-                Some(
-                    RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed,
-                ) => "authentication",
-                Some(RDKafkaErrorCode::SSL) => "TLS handshake",
-                _ => return None,
-            };
-            Some(ProbeError::Access {
+            refusal(*code, reason).map(|what| ProbeError::Access {
                 what,
                 reason: reason.clone(),
             })
         });
         (access, errors.last().map(|(_, reason)| reason.clone()))
+    }
+}
+
+/// Whether a client error event is a refusal that waiting cannot fix, and of what. A broker or
+/// identity provider that is merely away also raises TLS and authentication events, and those
+/// are waited out like any outage:
+/// - TLS: only a certificate the client rejects (`certificate verify failed`) or one the broker
+///   rejects (a TLS alert); a handshake cut by a restarting broker is not;
+/// - OAUTHBEARER: only an answer of the token endpoint with an OAuth error (RFC 6749 §5.2,
+///   `{"error":…}`: a wrong secret, a disabled client, an invalid scope); a provider that cannot
+///   be reached or answers 5xx is not;
+/// - SASL: a failed authentication (wrong password, a token the broker refuses).
+fn refusal(code: Option<RDKafkaErrorCode>, reason: &str) -> Option<&'static str> {
+    match code? {
+        RDKafkaErrorCode::SSL
+            if reason.contains("certificate verify failed") || reason.contains(" alert ") =>
+        {
+            Some("TLS handshake")
+        }
+        RDKafkaErrorCode::Authentication
+            if reason.contains("OAUTHBEARER token") && !reason.contains("\"error\"") =>
+        {
+            None
+        }
+        RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed => {
+            Some("authentication")
+        }
+        _ => None,
     }
 }
 
@@ -115,23 +136,36 @@ pub async fn probe(
                     source,
                     last_event: None,
                 })?;
-        match client.client().fetch_metadata(None, timeout) {
-            Ok(metadata) => Ok(ClusterInfo {
-                orig_broker: metadata.orig_broker_name().to_owned(),
-                brokers: metadata
-                    .brokers()
-                    .iter()
-                    .map(|b| format!("{}@{}:{}", b.id(), b.host(), b.port()))
-                    .collect(),
-                topic_count: metadata.topics().len(),
-            }),
-            Err(source) => {
-                // The error events wait in the client's queue until it is polled.
-                for _ in 0..16 {
-                    client.poll(Duration::from_millis(50));
+        // In rounds of a second, so that a refusal (an event) ends the probe at once instead of
+        // after the whole timeout.
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let round = deadline
+                .saturating_duration_since(std::time::Instant::now())
+                .min(Duration::from_secs(1));
+            match client.client().fetch_metadata(None, round) {
+                Ok(metadata) => {
+                    return Ok(ClusterInfo {
+                        orig_broker: metadata.orig_broker_name().to_owned(),
+                        brokers: metadata
+                            .brokers()
+                            .iter()
+                            .map(|b| format!("{}@{}:{}", b.id(), b.host(), b.port()))
+                            .collect(),
+                        topic_count: metadata.topics().len(),
+                    });
                 }
-                let (access, last_event) = client.context().verdict();
-                Err(access.unwrap_or(ProbeError::NoAnswer { source, last_event }))
+                Err(source) => {
+                    // The error events wait in the client's queue until it is polled.
+                    client.poll(Duration::from_millis(50));
+                    let (access, last_event) = client.context().verdict();
+                    if let Some(access) = access {
+                        return Err(access);
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        return Err(ProbeError::NoAnswer { source, last_event });
+                    }
+                }
             }
         }
     })
@@ -142,4 +176,57 @@ pub async fn probe(
             last_event: None,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_stop_and_outages_are_waited_out() {
+        use RDKafkaErrorCode as C;
+        // Lines seen in the security tests, and a TLS alert as OpenSSL words it.
+        let refused = [
+            (
+                C::SSL,
+                "sasl_ssl://127.0.0.1:39096/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified",
+            ),
+            (
+                C::SSL,
+                "ssl://127.0.0.1:39098/bootstrap: SSL handshake failed: error:0A00045C:SSL routines::tlsv13 alert certificate required",
+            ),
+            (
+                C::Authentication,
+                "sasl_ssl://127.0.0.1:39096/bootstrap: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512",
+            ),
+            (
+                C::Authentication,
+                "Failed to acquire SASL OAUTHBEARER token: {\"error\":\"unauthorized_client\",\"error_description\":\"Invalid client or Invalid client credentials\"}",
+            ),
+            (
+                C::Authentication,
+                "sasl_ssl://127.0.0.1:39097/bootstrap: SASL authentication error: {\"status\":\"invalid_token\"}",
+            ),
+        ];
+        for (code, reason) in refused {
+            assert!(refusal(Some(code), reason).is_some(), "{reason}");
+        }
+        let away = [
+            (
+                C::SSL,
+                "sasl_ssl://127.0.0.1:39096/bootstrap: SSL handshake failed: Disconnected",
+            ),
+            (
+                C::Authentication,
+                "Failed to acquire SASL OAUTHBEARER token: Failed to retrieve OIDC token from \"http://127.0.0.1:38084/…/token\": Couldn't connect to server",
+            ),
+            (
+                C::BrokerTransportFailure,
+                "127.0.0.1:39092/bootstrap: Connect to ipv4#127.0.0.1:39092 failed: Connection refused",
+            ),
+        ];
+        for (code, reason) in away {
+            assert!(refusal(Some(code), reason).is_none(), "{reason}");
+        }
+    }
 }

@@ -60,12 +60,15 @@ impl Throttling {
         let Some(route) = self.routes.iter().position(|r| r.matches(topic)) else {
             return;
         };
-        let pause = self
-            .throttle
-            .lock()
-            .is_ok_and(|mut t| t.take(route, Instant::now()));
-        if pause {
+        let Ok(mut throttle) = self.throttle.lock() else {
+            return;
+        };
+        if throttle.take(route, Instant::now()) {
+            // Under the lock, so that a resume cannot slip in between: a resume that ran before
+            // this pause would leave the partitions paused for good while the throttle takes the
+            // route for running (a soak run stopped on "no input" that way).
             self.act(consumer, route, true);
+            drop(throttle);
             self.paused.notify_one();
         }
     }
@@ -75,7 +78,8 @@ impl Throttling {
         &self,
         consumer: &impl Consumer<X>,
     ) -> Option<Instant> {
-        let due = self.throttle.lock().ok()?.resume_due(Instant::now());
+        let mut throttle = self.throttle.lock().ok()?;
+        let due = throttle.resume_due(Instant::now());
         for (route, paused) in due.resume {
             self.metrics.throttled(route, paused);
             self.act(consumer, route, false);
@@ -83,7 +87,8 @@ impl Throttling {
         due.next
     }
 
-    /// Pauses or resumes the assigned partitions of `route`.
+    /// Pauses or resumes the assigned partitions of `route`; only with the throttle locked, so
+    /// that the consumer's state follows the throttle's in the same order.
     fn act<X: ConsumerContext>(&self, consumer: &impl Consumer<X>, route: usize, pause: bool) {
         let Some(matcher) = self.routes.get(route) else {
             return;

@@ -343,6 +343,32 @@ async fn a_token_without_the_kafka_scope_and_audience_is_refused() {
     refused(granted(), &kafka, "authentication failed").await;
 }
 
+/// A token nobody signed (librdkafka's unsecured JWT, `alg: none`) that names a granted client
+/// and the right scope: the broker checks the signature against Keycloak's keys and refuses it.
+/// The processor's typed config cannot send one; a raw librdkafka client can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsigned_token_is_refused() {
+    let mut settings = autoglm_kafka::ClientSettings::new(env("AUTOGLM_KAFKA_OAUTH"));
+    for (key, value) in [
+        ("security.protocol", "SASL_SSL".to_owned()),
+        ("sasl.mechanisms", "OAUTHBEARER".to_owned()),
+        ("enable.sasl.oauthbearer.unsecure.jwt", "true".to_owned()),
+        (
+            "sasl.oauthbearer.config",
+            "principal=autoglm-sync scope=kafka".to_owned(),
+        ),
+        ("ssl.ca.location", env("AUTOGLM_TLS_CA")),
+    ] {
+        settings = settings.with_property(key, value).expect("a free property");
+    }
+    let refused = autoglm_kafka::probe(&settings, Duration::from_secs(10))
+        .await
+        .expect_err("an unsigned token is refused");
+    let text = refused.to_string();
+    assert!(refused.is_access(), "{text}");
+    assert!(text.contains("invalid_token"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disabled_client_is_refused() {
     let kafka = oauth("autoglm-disabled", "autoglm-disabled-secret", Some("kafka"));
