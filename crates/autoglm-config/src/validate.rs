@@ -113,75 +113,11 @@ pub(crate) fn validate(config: &Config, base_dir: &Path) -> Vec<Problem> {
             "kafka.security is set: give the password as kafka.security.sasl.password".into(),
         );
     }
-    if let Some(registry) = &config.schema_registry {
-        let https = registry.url.starts_with("https://");
-        let as_kafka = crate::SecurityConfig {
-            tls: registry.tls.clone(),
-            sasl: None,
-            oauth: registry.oauth.clone(),
-        };
-        for (key, reason) in as_kafka.problems(base_dir) {
-            // An https URL is TLS without a `tls` block (the system's CAs).
-            if key == "oauth" && https {
-                continue;
-            }
-            problem(format!("schema_registry.{key}"), reason);
-        }
-        if registry.tls.is_some() && !https {
-            problem(
-                "schema_registry.tls".into(),
-                format!("{} is not an https URL", registry.url),
-            );
-        }
-        if registry.tls.as_ref().is_some_and(|t| !t.verify_hostname) {
-            problem(
-                "schema_registry.tls.verify_hostname".into(),
-                "the registry's client always checks the host name".into(),
-            );
-        }
-        if registry.oauth.is_some() && registry.username.is_some() {
-            problem(
-                "schema_registry.oauth".into(),
-                "set either `username`/`password` or `oauth`, not both".into(),
-            );
-        }
-    }
-    if let Some(allowed) = &config.allowed_targets {
-        let permitted = |topic: &str| {
-            allowed.iter().any(|entry| match entry.strip_suffix('*') {
-                Some(prefix) => topic.starts_with(prefix),
-                None => topic == entry,
-            })
-        };
-        for (i, route) in config.routes.iter().enumerate() {
-            let written = route
-                .targets
-                .iter()
-                .enumerate()
-                .map(|(t, target)| (format!("routes[{i}].targets[{t}].topic"), &target.topic))
-                .chain(std::iter::once((
-                    format!("routes[{i}].dlq_topic"),
-                    &route.dlq_topic,
-                )))
-                .chain(
-                    route
-                        .audit_topic
-                        .iter()
-                        .map(|topic| (format!("routes[{i}].audit_topic"), topic)),
-                );
-            for (key, topic) in written {
-                if !permitted(topic) {
-                    problem(
-                        key,
-                        format!(
-                            "{topic:?} is not in allowed_targets ({}): this service may not \
-                             write there",
-                            allowed.join(", ")
-                        ),
-                    );
-                }
-            }
-        }
+    for (path, reason) in registry_problems(config, base_dir)
+        .into_iter()
+        .chain(outside_allowed_targets(config))
+    {
+        problem(path, reason);
     }
     if config.kafka.bootstrap_servers.trim().is_empty() {
         problem("kafka.bootstrap_servers".into(), "must not be empty".into());
@@ -335,6 +271,91 @@ pub(crate) fn validate(config: &Config, base_dir: &Path) -> Vec<Problem> {
                     }
                 }
                 (Encoding::Json, None) => {}
+            }
+        }
+    }
+    problems
+}
+
+/// `schema_registry.tls` and `.oauth`: what the typed Kafka security refuses, and what an http
+/// URL cannot carry.
+fn registry_problems(config: &Config, base_dir: &Path) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let mut problem = |path: String, reason: String| problems.push((path, reason));
+    if let Some(registry) = &config.schema_registry {
+        let https = registry.url.starts_with("https://");
+        let as_kafka = crate::SecurityConfig {
+            tls: registry.tls.clone(),
+            sasl: None,
+            oauth: registry.oauth.clone(),
+        };
+        for (key, reason) in as_kafka.problems(base_dir) {
+            // An https URL is TLS without a `tls` block (the system's CAs).
+            if key == "oauth" && https {
+                continue;
+            }
+            problem(format!("schema_registry.{key}"), reason);
+        }
+        if registry.tls.is_some() && !https {
+            problem(
+                "schema_registry.tls".into(),
+                format!("{} is not an https URL", registry.url),
+            );
+        }
+        if registry.tls.as_ref().is_some_and(|t| !t.verify_hostname) {
+            problem(
+                "schema_registry.tls.verify_hostname".into(),
+                "the registry's client always checks the host name".into(),
+            );
+        }
+        if registry.oauth.is_some() && registry.username.is_some() {
+            problem(
+                "schema_registry.oauth".into(),
+                "set either `username`/`password` or `oauth`, not both".into(),
+            );
+        }
+    }
+    problems
+}
+
+/// Every topic a route writes (targets, DLQ, audit) that `allowed_targets` does not allow.
+fn outside_allowed_targets(config: &Config) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let mut problem = |path: String, reason: String| problems.push((path, reason));
+    if let Some(allowed) = &config.allowed_targets {
+        let permitted = |topic: &str| {
+            allowed.iter().any(|entry| match entry.strip_suffix('*') {
+                Some(prefix) => topic.starts_with(prefix),
+                None => topic == entry,
+            })
+        };
+        for (i, route) in config.routes.iter().enumerate() {
+            let written = route
+                .targets
+                .iter()
+                .enumerate()
+                .map(|(t, target)| (format!("routes[{i}].targets[{t}].topic"), &target.topic))
+                .chain(std::iter::once((
+                    format!("routes[{i}].dlq_topic"),
+                    &route.dlq_topic,
+                )))
+                .chain(
+                    route
+                        .audit_topic
+                        .iter()
+                        .map(|topic| (format!("routes[{i}].audit_topic"), topic)),
+                );
+            for (key, topic) in written {
+                if !permitted(topic) {
+                    problem(
+                        key,
+                        format!(
+                            "{topic:?} is not in allowed_targets ({}): this service may not \
+                             write there",
+                            allowed.join(", ")
+                        ),
+                    );
+                }
             }
         }
     }
