@@ -31,13 +31,16 @@ BIN = $(CARGO_TARGET_DIR)/debug
 # RocksDB/librdkafka are built once per target directory.
 CARGO_SELECT = --workspace --all-targets --features autoglm/failpoints
 
-.PHONY: help deps up down status reset demo test chaos soak bench microbench fmt lint build
+.PHONY: help deps tools up down status reset demo test chaos soak bench microbench fmt lint build
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 deps: ## Install what a fresh Debian machine lacks (build packages, Maven, PostgreSQL, openssl, rustfmt, clippy)
 	@bash deploy/local/deps.sh
+
+tools: ## Build the Go tools the tests run (helm, promtool, jaeger) from the Go module proxy, once per machine
+	@bash deploy/local/tools.sh >/dev/null
 
 up: ## Start the local stack: Keycloak, Kafka (plaintext and secured listeners), two Schema Registries, PostgreSQL, Kafka Connect with Debezium (idempotent)
 	@$(STACK) up
@@ -70,7 +73,7 @@ lint: ## rustfmt and clippy, as CI runs them
 	cargo fmt --all -- --check
 	cargo clippy $(CARGO_SELECT) -- -D warnings
 
-test: deps up lint ## Start the stack if needed, lint, then run every test (unit and integration)
+test: deps tools up lint ## Start the stack if needed, lint, then run every test (unit and integration)
 	env $(STACK_ENV) cargo test $(CARGO_SELECT) --no-fail-fast
 
 # The chaos test's sizes (make test runs the defaults, the short version).
