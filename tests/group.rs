@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use autoglm_demo::recreate_topics;
 use autoglm_runtime::GroupContext;
 use autoglm_tests::{stack, unique};
-use prometheus::IntGauge;
+use prometheus::{IntGauge, IntGaugeVec, Opts};
 use rdkafka::consumer::Consumer;
 
 /// A member that leaves the group serves its last revoke inside the consumer's close, on the
@@ -22,8 +22,13 @@ async fn a_member_that_owns_partitions_closes_and_says_it_owns_none() {
     recreate_topics(&kafka, &[&topic], 3).await.expect("topic");
     for round in 0..5 {
         let owned = IntGauge::new("assigned_partitions", "partitions owned").expect("gauge");
+        let lag = IntGaugeVec::new(Opts::new("lag", "lag"), &["topic", "partition"]).expect("lag");
         let consumer = kafka
-            .member_consumer(&unique("g"), "member-0", GroupContext::new(owned.clone()))
+            .member_consumer(
+                &unique("g"),
+                "member-0",
+                GroupContext::new(owned.clone(), lag),
+            )
             .expect("consumer");
         consumer.subscribe(&[&topic]).expect("subscribe");
         // recv() serves the rebalance that assigns the partitions.

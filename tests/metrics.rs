@@ -288,3 +288,96 @@ async fn metrics_and_probes_agree_with_the_run_summary() {
     let _ = std::fs::remove_dir_all(&first_state);
     let _ = std::fs::remove_dir_all(&second_state);
 }
+
+/// The lag gauge of a route slowed by its rate limit: it shows the records still to process
+/// of each input partition while they wait, and falls to 0 once all are committed.
+#[tokio::test]
+async fn the_lag_gauge_counts_what_is_left_and_ends_at_zero() {
+    let stack = stack().await;
+    let (source, target, group) = (unique("in"), unique("out"), unique("g"));
+    let kafka = stack.kafka();
+    let dlq = format!("{target}-dlq");
+    recreate_topics(&kafka, &[&source, &target, &dlq], 2)
+        .await
+        .expect("topics");
+    const RECORDS: i64 = 300;
+    let inputs: Vec<(String, Option<String>)> = (0..RECORDS)
+        .map(|i| {
+            let row = serde_json::json!({"id": i, "rev": 1});
+            (i.to_string(), Some(row.to_string()))
+        })
+        .collect();
+    let inputs: Vec<(&str, Option<String>)> = inputs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    produce_plain(&kafka, &source, &inputs).await;
+
+    let state = std::env::temp_dir().join(unique("autoglm-state"));
+    let yaml = format!(
+        r#"
+kafka:
+  bootstrap_servers: "{bootstrap}"
+  group_id: {group}
+  properties: {{ statistics.interval.ms: "200" }}
+event_queue: {{ storage_path: {state} }}
+metrics: {{ listen: "127.0.0.1:0" }}
+routes:
+  - name: accounts
+    source: {{ topic: {source}, envelope: upsert, encoding: json }}
+    key_fields: [id]
+    version: {{ column: rev }}
+    rate_limit: {{ records_per_second: 100, burst: 10 }}
+    targets: [ {{ topic: {target}, format: json }} ]
+    dlq_topic: {dlq}
+"#,
+        bootstrap = stack.bootstrap,
+        state = state.display(),
+    );
+    let config =
+        autoglm_config::parse(&yaml, "test", &repo_root(), Overrides::None).expect("valid");
+    let pipeline = Pipeline::new(config).expect("pipeline");
+    let metrics = pipeline.metrics();
+    let options = RunOptions::default();
+    let shutdown = options.shutdown.clone();
+    let running = tokio::spawn(pipeline.run(options));
+    bound(&metrics).await;
+    let client = reqwest::Client::new();
+
+    // 300 records at 100/s: about 3 s of lag to watch fall.
+    let lag = |text: &str| sum(text, "autoglm_consumer_lag_records", &[("topic", &source)]);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let (_, text) = get(&client, &metrics, "/metrics").await;
+        let partitions = text
+            .lines()
+            .filter(|l| l.starts_with("autoglm_consumer_lag_records{") && l.contains(&source))
+            .count();
+        if partitions == 2 {
+            seen.push(lag(&text));
+        }
+        if sum(&text, "autoglm_pipeline_input_records_total", &[]) >= RECORDS as f64
+            && seen.last() == Some(&0.0)
+        {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "lag seen {seen:?}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    shutdown.cancel();
+    running.await.expect("task").expect("run");
+    let _ = std::fs::remove_dir_all(&state);
+
+    eprintln!("lag seen: {seen:?}");
+    let most = seen.iter().copied().fold(0.0, f64::max);
+    assert!(
+        most > 50.0 && most <= RECORDS as f64,
+        "a lag between 50 and {RECORDS} while the limit held the route back: {seen:?}"
+    );
+    assert!(
+        seen.windows(2).filter(|w| w[1] > w[0]).count() == 0,
+        "nothing new was produced, so the lag never grows: {seen:?}"
+    );
+    assert_eq!(lag(&text), 0.0, "{text}");
+}

@@ -34,7 +34,12 @@ for name in "${names[@]}"; do
   command -v go >/dev/null || { echo "tools: go is missing; install Go 1.26 (https://go.dev/dl)" >&2; exit 1; }
   echo "tools: building $module (a few minutes on 2 cores, once per machine)" >&2
   started=$SECONDS
-  GOBIN=$bin go install "$module" >&2
+  # Built as a tool of a module of its own, not by `go install path@version`: jaeger's go.mod
+  # has replace directives, which `go install` refuses.
+  src=$root/src/$name
+  rm -rf "$src" && mkdir -p "$src"
+  (cd "$src" && go mod init "autoglm-tools/$name" >/dev/null 2>&1 && go get -tool "$module" >&2 &&
+    go build -o "$bin/$name" "${module%@*}" >&2)
   touch "$stamp"
   echo "tools: $name built in $((SECONDS - started))s" >&2
 done

@@ -21,12 +21,21 @@
 //! next owner stays consistent with that late commit because its input offsets are fetched
 //! stable (they wait for the transaction) and its restore reads the changelog to the log end
 //! (it waits too; see `restore`).
+//!
+//! The context also keeps the consumer-lag gauge: librdkafka's statistics (every
+//! `statistics.interval.ms`) give each owned partition's last stable offset, and the lag is that
+//! minus the offset this instance last committed for it ([`GroupContext::committed`]), or,
+//! before its first commit, the group's committed offset fetched at assignment (for a group
+//! that never committed, the position the consumer read to). librdkafka's own
+//! `consumer_lag` cannot serve: offsets committed through the transactional producer never reach
+//! the consumer's bookkeeping.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 
-use prometheus::IntGauge;
+use prometheus::{IntGauge, IntGaugeVec};
 use rdkafka::ClientContext;
+use rdkafka::Statistics;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::topic_partition_list::TopicPartitionList;
 
@@ -77,16 +86,31 @@ pub struct GroupContext {
     owned: Mutex<HashSet<Partition>>,
     /// Kept at the size of `owned` after every rebalance.
     assigned_partitions: IntGauge,
+    /// The next offset to read of each owned partition, as this instance last committed it.
+    committed: Mutex<HashMap<Partition, i64>>,
+    /// Records behind each owned partition's last stable offset, by topic and partition.
+    lag: IntGaugeVec,
 }
 
 impl GroupContext {
-    /// A context that keeps `assigned_partitions` at the member's partition count.
-    pub fn new(assigned_partitions: IntGauge) -> GroupContext {
+    /// A context that keeps `assigned_partitions` at the member's partition count and `lag` per
+    /// owned partition.
+    pub fn new(assigned_partitions: IntGauge, lag: IntGaugeVec) -> GroupContext {
         GroupContext {
             changes: Mutex::default(),
             owned: Mutex::default(),
             assigned_partitions,
+            committed: Mutex::default(),
+            lag,
         }
+    }
+
+    /// Notes the offsets a batch committed (the next offset to read, per partition).
+    pub(crate) fn committed(&self, offsets: impl IntoIterator<Item = (Partition, i64)>) {
+        self.committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(offsets);
     }
 
     /// Takes the changes since the last call.
@@ -106,9 +130,59 @@ impl GroupContext {
         self.assigned_partitions
             .set(i64::try_from(owned.len()).unwrap_or(i64::MAX));
     }
+
+    /// Forgets the lag and the committed offsets of partitions this member gave up.
+    fn forget(&self, partitions: &[Partition]) {
+        let mut committed = self
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (topic, partition) in partitions {
+            committed.remove(&(topic.clone(), *partition));
+            // Absent when no statistics came while it was owned.
+            let _ = self
+                .lag
+                .remove_label_values(&[topic, &partition.to_string()]);
+        }
+    }
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        let owned = self.owned.lock().unwrap_or_else(PoisonError::into_inner);
+        let committed = self
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (topic, stats) in &statistics.topics {
+            for (&partition, p) in &stats.partitions {
+                let key = (topic.clone(), partition);
+                if !owned.contains(&key) {
+                    continue;
+                }
+                let position = committed
+                    .get(&key)
+                    .copied()
+                    .unwrap_or(if p.committed_offset >= 0 {
+                        p.committed_offset
+                    } else {
+                        p.app_offset
+                    });
+                if let Some(lag) = lag(p.ls_offset, position) {
+                    self.lag
+                        .with_label_values(&[topic, &partition.to_string()])
+                        .set(lag);
+                }
+            }
+        }
+    }
+}
+
+/// Records between `position` (the next offset to read) and `end` (the last stable offset);
+/// `None` while either is unknown (librdkafka's logical offsets are negative).
+fn lag(end: i64, position: i64) -> Option<i64> {
+    (end >= 0 && position >= 0).then(|| (end - position).max(0))
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -122,6 +196,7 @@ impl ConsumerContext for GroupContext {
                     owned.remove(p);
                 }
             });
+            self.forget(&partitions);
             self.record(|c| {
                 // A partition revoked and assigned again is restored again.
                 c.assigned.retain(|p| !partitions.contains(p));
@@ -163,6 +238,44 @@ mod tests {
 
     fn p(partition: i32) -> Partition {
         ("in".to_owned(), partition)
+    }
+
+    #[test]
+    fn lag_is_the_distance_to_the_last_stable_offset() {
+        assert_eq!(lag(120, 100), Some(20));
+        assert_eq!(lag(100, 100), Some(0));
+        // A commit seen before the statistics caught up with the log end.
+        assert_eq!(lag(100, 105), Some(0));
+        // OFFSET_INVALID (-1001): not fetched yet, or nothing committed.
+        assert_eq!(lag(-1001, 100), None);
+        assert_eq!(lag(100, -1001), None);
+    }
+
+    #[test]
+    fn a_revoked_partition_leaves_the_lag_gauge() {
+        use prometheus::core::Collector as _;
+
+        let lag = IntGaugeVec::new(prometheus::Opts::new("lag", "lag"), &["topic", "partition"])
+            .expect("gauge");
+        let assigned = IntGauge::new("assigned", "assigned").expect("gauge");
+        let context = GroupContext::new(assigned, lag.clone());
+        context.own(|owned| owned.extend([p(0), p(1)]));
+        context.committed([(p(0), 10), (p(1), 20)]);
+        lag.with_label_values(&["in", "0"]).set(5);
+        lag.with_label_values(&["in", "1"]).set(7);
+        context.forget(&[p(0)]);
+        let left: Vec<_> = lag.collect()[0]
+            .get_metric()
+            .iter()
+            .flat_map(|m| m.get_label().iter().filter(|l| l.name() == "partition"))
+            .map(|l| l.value().to_owned())
+            .collect();
+        assert_eq!(left, ["1"], "only partition 1 is left");
+        let committed = context
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        assert_eq!(committed.keys().collect::<Vec<_>>(), [&p(1)]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //!                        │ aborted   ──► tally dropped, aborts += 1 (the retry counts it again)
 //!  follow_group ──► restore records and duration; first assignment restored ──► ready
 //!  rebalance callback ──► assigned partitions;  every loop turn ──► heartbeat (health)
+//!  librdkafka statistics ──► consumer lag per owned partition (see `group`)
 //!
 //!  Endpoint (its own task on `metrics.listen`):  GET /metrics · GET /health · GET /ready
 //! ```
@@ -15,7 +16,8 @@
 //! aborted and retried counts once, when it finally commits. Each pipeline has its own
 //! registry (never the process-global one), so several pipelines can run in one process.
 //! Labels are bounded: route and target names from the config, the guard's decision, the
-//! error class — never a key, a partition number or an error message.
+//! error class, and for the lag alone the input topic and partition (bounded by the topics'
+//! partition counts) — never a key or an error message.
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
@@ -31,7 +33,9 @@
 //! | `autoglm_transaction_last_commit_timestamp_seconds` | gauge | — |
 //! | `autoglm_restore_records_total` | counter | — |
 //! | `autoglm_restore_duration_seconds` | histogram | — |
+//! | `autoglm_route_throttled_seconds_total` | counter | `route` |
 //! | `autoglm_consumer_assigned_partitions` | gauge | — |
+//! | `autoglm_consumer_lag_records` | gauge | `topic`, `partition` |
 //!
 //! `decision` is `accepted`, `duplicate`, `stale` or `snapshot_superseded`; `class` is
 //! `poison`, or `fatal` for a registry lookup refused with a 4xx (transient failures are
@@ -67,8 +71,8 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
@@ -119,6 +123,7 @@ struct Inner {
     restore_records: IntCounter,
     restore_seconds: Histogram,
     assigned_partitions: IntGauge,
+    consumer_lag: IntGaugeVec,
     probes: Probes,
     local_addr: OnceLock<SocketAddr>,
 }
@@ -246,6 +251,16 @@ impl Metrics {
             "Input partitions assigned to this instance",
         )?;
         registry.register(Box::new(assigned_partitions.clone()))?;
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "autoglm_consumer_lag_records",
+                "Records of an assigned input partition past this instance's last committed \
+                 offset, up to the last stable offset (from librdkafka's statistics, every \
+                 statistics.interval.ms)",
+            ),
+            &["topic", "partition"],
+        )?;
+        registry.register(Box::new(consumer_lag.clone()))?;
         Ok(Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -258,6 +273,7 @@ impl Metrics {
                 restore_records,
                 restore_seconds,
                 assigned_partitions,
+                consumer_lag,
                 probes: Probes::new(stall_after),
                 local_addr: OnceLock::new(),
             }),
@@ -355,6 +371,11 @@ impl Metrics {
     /// The gauge the rebalance callback keeps at the assignment's size.
     pub(crate) fn assigned_partitions(&self) -> IntGauge {
         self.inner.assigned_partitions.clone()
+    }
+
+    /// The consumer-lag gauge, per topic and partition (kept by the group context).
+    pub(crate) fn consumer_lag(&self) -> IntGaugeVec {
+        self.inner.consumer_lag.clone()
     }
 
     /// The loop is alive.

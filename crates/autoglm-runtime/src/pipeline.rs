@@ -323,6 +323,8 @@ impl Pipeline {
             // 50 ms: 388–390.
             settings = settings.with_member_default("fetch.wait.max.ms", "50");
         }
+        // The consumer-lag gauge comes from librdkafka's statistics (group.rs).
+        settings = settings.with_member_default("statistics.interval.ms", "5000");
         if config.event_queue.enable_compression
             && !config.kafka.properties.contains_key("compression.type")
         {
@@ -565,7 +567,10 @@ impl Pipeline {
         let consumer: Arc<Member> = Arc::new(self.settings.member_consumer(
             &self.config.kafka.group_id,
             &self.config.transactional_id(),
-            GroupContext::new(self.metrics.assigned_partitions()),
+            GroupContext::new(
+                self.metrics.assigned_partitions(),
+                self.metrics.consumer_lag(),
+            ),
         )?);
         let subscriptions: Vec<String> =
             self.routes.iter().map(RouteRuntime::subscription).collect();
@@ -1394,6 +1399,11 @@ impl Pipeline {
         fail::fail_point!("after_produce");
         let produced = Instant::now();
         let offsets = next_offsets(batch)?;
+        let positions: Vec<_> = offsets
+            .elements()
+            .iter()
+            .filter_map(|e| Some(((e.topic().to_owned(), e.partition()), e.offset().to_raw()?)))
+            .collect();
         let commit_seconds = self.metrics.commit_seconds();
         if exactly_once {
             let metadata = consumer
@@ -1420,6 +1430,7 @@ impl Pipeline {
             .await?;
         }
         fail::fail_point!("after_commit");
+        consumer.context().committed(positions);
         tracing::debug!(
             records = summary.records,
             process_ms = (produced - started).as_secs_f64() * 1e3,
