@@ -189,6 +189,21 @@ routes:
     }
 
     #[test]
+    fn an_empty_or_spaced_instance_id_is_refused() {
+        for id in ["''", "' '", "'a b'"] {
+            let text = BASE.replace(
+                "bootstrap_servers: 127.0.0.1:9092",
+                &format!("bootstrap_servers: 127.0.0.1:9092\n  instance_id: {id}"),
+            );
+            let found = problems(&text).join("\n");
+            assert!(
+                found.contains("kafka.instance_id") && found.contains("must be a non-empty id"),
+                "{id}: {found}"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_key_names_its_path_and_line() {
         let text = BASE.replace(
             "    key_fields: [id]",

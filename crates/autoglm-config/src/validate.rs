@@ -122,6 +122,17 @@ pub(crate) fn validate(config: &Config, base_dir: &Path) -> Vec<Problem> {
     if config.kafka.bootstrap_servers.trim().is_empty() {
         problem("kafka.bootstrap_servers".into(), "must not be empty".into());
     }
+    let instance_id = &config.kafka.instance_id;
+    if instance_id.trim().is_empty() || instance_id.chars().any(char::is_whitespace) {
+        problem(
+            "kafka.instance_id".into(),
+            format!(
+                "{instance_id:?}: must be a non-empty id without spaces; it makes the \
+                 transactional id `<group_id>-<instance_id>`, which instances must not share \
+                 (an empty AUTOGLM__KAFKA__INSTANCE_ID gives every instance the same one)"
+            ),
+        );
+    }
     if config.event_queue.flush_interval_ms == 0 {
         problem(
             "event_queue.flush_interval_ms".into(),

@@ -37,6 +37,9 @@
 //! | `autoglm_consumer_assigned_partitions` | gauge | — |
 //! | `autoglm_consumer_lag_records` | gauge | `topic`, `partition` |
 //!
+//! Beside them, the standard `process_*` metrics of the process (start time, resident memory,
+//! CPU seconds, open file descriptors).
+//!
 //! `decision` is `accepted`, `duplicate`, `stale` or `snapshot_superseded`; `class` is
 //! `poison`, or `fatal` for a registry lookup refused with a 4xx (transient failures are
 //! retried, never dead-lettered, but the label exists so that the set is fixed).
@@ -261,6 +264,9 @@ impl Metrics {
             &["topic", "partition"],
         )?;
         registry.register(Box::new(consumer_lag.clone()))?;
+        // process_start_time_seconds (a restart is a change of it), resident memory against
+        // the container's limit, CPU seconds, open file descriptors.
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -722,6 +728,7 @@ mod tests {
         let types: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter(|l| l.starts_with("autoglm_"))
             .collect();
         assert_eq!(
             types,
@@ -742,6 +749,14 @@ mod tests {
                 "autoglm_transaction_last_commit_timestamp_seconds gauge",
             ]
         );
+        // The process's own (which of them exist depends on the platform and its limits).
+        for process in [
+            "process_start_time_seconds gauge",
+            "process_resident_memory_bytes gauge",
+            "process_cpu_seconds_total counter",
+        ] {
+            assert!(text.contains(&format!("# TYPE {process}")), "{process}:\n{text}");
+        }
         // Every labelled series exists from the start, at zero.
         assert!(text.contains(
             "autoglm_guard_decisions_total{decision=\"snapshot_superseded\",route=\"orders\"} 0"
