@@ -55,7 +55,7 @@ reset: ## Stop the local stack and delete its data and logs
 	@$(STACK) reset
 
 demo: deps up ## Run the CRM → ERP sync: PostgreSQL → Debezium → Kafka → autoglm → ERP topic, compared with the table (SECURITY=on: over OAUTHBEARER)
-	cargo build --quiet $(CARGO_SELECT)
+	cargo build $(CARGO_SELECT)
 	@rm -rf .stack/demo
 	@env $(STACK_ENV) $(BIN)/autoglm-demo cdc-setup
 	@env $(STACK_ENV) $(DEMO_ENV) $(BIN)/autoglm schemas register
