@@ -8,13 +8,14 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use autoglm_demo::{Received, read_committed, recreate_topics};
+use autoglm_demo::{Received, read_committed, read_uncommitted, recreate_topics};
 use autoglm_tests::{Stack, produce_plain, stack, unique};
 use common::{Job, Names, spawn_autoglm, terminate};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value as Json, json};
 
 /// The route's mapping: `score` must be a number.
@@ -57,14 +58,43 @@ fn row(id: u64, rev: i64, fields: Json) -> (String, Option<String>) {
     (id.to_string(), Some(value.to_string()))
 }
 
+/// Produces `records` to the job's source in order, each acknowledged before the next. A topic
+/// just created may not be known to the broker's partition leader yet: that is retried.
+async fn produce<K: AsRef<str>>(job: &Job, records: &[(K, Option<String>)]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let producer: FutureProducer = job.kafka().client_config().create().expect("producer");
+        let (key, value) = &records[0];
+        let mut record = FutureRecord::to(&job.source).key(key.as_ref());
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        match producer.send(record, Duration::from_secs(30)).await {
+            Ok(_) => break,
+            Err((e, _)) if Instant::now() < deadline => {
+                eprintln!("produce: {e}; again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err((e, _)) => panic!("produce: {e}"),
+        }
+    }
+    produce_plain(job.kafka(), &job.source, &records[1..]).await;
+}
+
 /// Runs `autoglm <args> --config <job's config>`, with only the file as config.
 fn autoglm(job: &Job, args: &[&str]) -> Output {
+    autoglm_with(job, args, &[])
+}
+
+/// [`autoglm`] with more environment (a crash point).
+fn autoglm_with(job: &Job, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_autoglm"))
         .args(args)
         .arg("--config")
         .arg(job.dir().join("config.yaml"))
         .env_clear()
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .output()
         .expect("run autoglm")
 }
@@ -126,7 +156,7 @@ async fn replayed_dead_letters_are_emitted_once_after_a_config_fix_and_a_second_
         row(3, 3, json!({"score": "30"})),
         row(4, 1, json!({"score": "z"})), // poison
     ];
-    produce_plain(job.kafka(), &job.source, &input).await;
+    produce(&job, &input).await;
     job.run_to_idle(1).await;
     let (output, count) = job.output().await;
     assert_eq!(count, 2, "{output:?}");
@@ -334,6 +364,60 @@ async fn replayed_dead_letters_are_emitted_once_after_a_config_fix_and_a_second_
     assert_eq!((&output, count), (&want, 4));
 }
 
+/// Copies of dead letters in the job's source topic: read committed, and read uncommitted.
+async fn copies(stack: &Stack, job: &Job) -> (usize, usize) {
+    let is_copy = |r: &&Received| r.headers.contains_key("autoglm.replay.offset");
+    let committed = read(stack, &job.source).await;
+    let all = read_uncommitted(&stack.kafka(), None, &job.source, Duration::from_secs(2))
+        .await
+        .expect("read uncommitted");
+    (
+        committed.iter().filter(is_copy).count(),
+        all.iter().filter(is_copy).count(),
+    )
+}
+
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_replay_killed_before_its_commit_leaves_nothing_and_the_next_one_replays_once() {
+    let stack = stack().await;
+    let (job, _) = job(&stack, STRICT, 3).await;
+    let input = [
+        row(1, 1, json!({"score": "x"})),
+        row(2, 1, json!({"score": "y"})),
+        row(3, 1, json!({"score": "z"})),
+        row(4, 1, json!({"score": "4"})),
+    ];
+    produce(&job, &input).await;
+    job.run_to_idle(1).await;
+    assert_eq!(job.dead_letters().await, 3);
+    fix(&job, STRICT, FIXED);
+
+    let args = ["dlq", "replay", "--route", "accounts", "--json"];
+    let crashed = autoglm_with(
+        &job,
+        &args,
+        &[("AUTOGLM_CRASH_AT", "dlq_replay_before_commit")],
+    );
+    assert!(
+        !crashed.status.success(),
+        "the crash point aborts the replay"
+    );
+    // The copies were written, in a transaction that never committed.
+    assert_eq!(copies(&stack, &job).await, (0, 3));
+
+    // The next replay aborts that transaction and, its offsets never committed, replays all.
+    let report = json_lines(&job, &args).remove(0);
+    assert_eq!(report["replayed"], 3, "{report}");
+    assert_eq!(copies(&stack, &job).await, (3, 6));
+    job.run_to_idle(2).await;
+    let (output, count) = job.output().await;
+    assert_eq!(count, 4, "{output:?}");
+    assert!(output.values().all(|v| v == &["1"]), "{output:?}");
+    let again = json_lines(&job, &args).remove(0);
+    assert_eq!(again["replayed"], 0, "{again}");
+}
+
 #[tokio::test]
 async fn a_filtered_replay_leaves_the_other_dead_letters_for_a_later_one() {
     let stack = stack().await;
@@ -347,7 +431,7 @@ async fn a_filtered_replay_leaves_the_other_dead_letters_for_a_later_one() {
         row(4, 1, json!({"score": "4", "age": "older"})),
         row(5, 1, json!({"score": "5", "age": "5"})),
     ];
-    produce_plain(job.kafka(), &job.source, &input).await;
+    produce(&job, &input).await;
     job.run_to_idle(1).await;
     assert_eq!(job.dead_letters().await, 4);
     fix(
@@ -415,10 +499,13 @@ async fn a_filtered_replay_leaves_the_other_dead_letters_for_a_later_one() {
     assert!(output.values().all(|v| v == &["1"]), "{output:?}");
 }
 
-/// Polls `state get` until `check` accepts its JSON, for up to 30 s.
-async fn state_until(job: &Job, key: &str, check: impl Fn(&Json) -> bool) -> Json {
+/// Polls `state get` until `check` accepts its JSON, for up to 30 s, while `run` runs.
+async fn state_until(job: &Job, run: &mut Child, key: &str, check: impl Fn(&Json) -> bool) -> Json {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
+        if let Some(status) = run.try_wait().expect("try_wait") {
+            panic!("run stopped ({status}); see {}", job.log(1).display());
+        }
         let got =
             json_lines(job, &["state", "get", "--route", "accounts", key, "--json"]).remove(0);
         if check(&got) {
@@ -439,9 +526,9 @@ async fn state_get_and_stats_read_the_store_while_run_holds_it() {
         row(1, 7, json!({"score": "7"})),
         row(2, 3, json!({"score": "3"})),
     ];
-    produce_plain(job.kafka(), &job.source, &input).await;
+    produce(&job, &input).await;
 
-    let one = state_until(&job, "1", |s| s["entry"]["version"] == "7").await;
+    let one = state_until(&job, &mut run, "1", |s| s["entry"]["version"] == "7").await;
     assert_eq!(one["entry"]["tombstone"], false, "{one}");
     assert_eq!(one["entity_key"], "[1]");
     assert!(
@@ -450,7 +537,10 @@ async fn state_get_and_stats_read_the_store_while_run_holds_it() {
             .is_some_and(|t| t.ends_with('Z')),
         "{one}"
     );
-    let by_object = state_until(&job, r#"{"id": 2}"#, |s| s["entry"]["version"] == "3").await;
+    let by_object = state_until(&job, &mut run, r#"{"id": 2}"#, |s| {
+        s["entry"]["version"] == "3"
+    })
+    .await;
     assert_eq!(by_object["entity_key"], "[2]");
     let absent = json_lines(
         &job,
@@ -464,8 +554,8 @@ async fn state_get_and_stats_read_the_store_while_run_holds_it() {
     );
 
     // A key-only delete: a versioned tombstone at the version it deleted.
-    produce_plain(job.kafka(), &job.source, &[("2", None::<String>)]).await;
-    let deleted = state_until(&job, "2", |s| s["entry"]["tombstone"] == true).await;
+    produce(&job, &[("2", None::<String>)]).await;
+    let deleted = state_until(&job, &mut run, "2", |s| s["entry"]["tombstone"] == true).await;
     assert_eq!(deleted["entry"]["version"], "3", "{deleted}");
     assert!(
         deleted["entry"]["tombstone_expires_at"].is_string(),

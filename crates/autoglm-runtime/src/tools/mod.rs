@@ -2,7 +2,7 @@
 //! show | replay`) and the state store ([`state`]: `autoglm state get | stats`).
 //!
 //! ```text
-//!  autoglm dlq list|show ──► DLQ topic, read_committed, assigned partitions, no group commit
+//!  autoglm dlq list|show ──► DLQ topic, read_committed, assigned partitions, nothing committed
 //!  autoglm dlq replay    ──► DLQ topic ─(one transaction per batch)─► source topic + replay group offsets
 //!  autoglm state get|stats ─► RocksDB secondary instance (read only) + changelog end offsets
 //! ```
@@ -95,7 +95,7 @@ pub(crate) fn route<'p>(pipeline: &'p Pipeline, name: &str) -> Result<&'p RouteR
 }
 
 /// A consumer that reads committed records only and never commits on its own; in `group`, when
-/// given (to read and commit that group's offsets), else in no group at all.
+/// given (assigning partitions needs one), else in no group at all (metadata and end offsets).
 pub(crate) fn reader_config(settings: &ClientSettings, group: Option<&str>) -> ClientConfig {
     let mut config = settings.client_config();
     config
