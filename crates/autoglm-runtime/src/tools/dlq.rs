@@ -769,6 +769,11 @@ impl Tails {
                     let Some(&(_, end)) = self.ranges.get(&partition) else {
                         continue;
                     };
+                    // Written after the read began.
+                    if msg.offset() >= end {
+                        self.ranges.remove(&partition);
+                        continue;
+                    }
                     // The last record may be followed by a commit marker.
                     look = msg.offset() + 2 >= end;
                     if let Read::PartitionDone = each(DeadLetter::from_message(&msg)) {
@@ -788,7 +793,7 @@ impl Tails {
                 });
             }
             if progress.elapsed() > STALL {
-                return Err(ToolError::Replay(format!(
+                return Err(ToolError::Stalled(format!(
                     "reading {topic} made no progress for {} s (partitions {:?} left)",
                     STALL.as_secs(),
                     self.ranges.keys().collect::<Vec<_>>()
@@ -840,8 +845,7 @@ impl Mark {
                 }
             }
         }
-        done.sort_unstable();
-        Mark { next, done }
+        Mark { next, done }.normalized()
     }
 
     /// The commit metadata: the format tag and the ranges.
@@ -878,18 +882,29 @@ impl Mark {
     /// The mark with nothing below `low` (the log start: retention removed the records below
     /// it).
     fn at_least(mut self, low: i64) -> Mark {
-        if self.next >= low {
-            return self;
+        self.next = self.next.max(low);
+        self.normalized()
+    }
+
+    /// Ranges in order, touching ones merged, none below `next` and none starting at it
+    /// (`next` moves past those).
+    fn normalized(mut self) -> Mark {
+        self.done.sort_unstable();
+        let mut merged: Vec<(i64, i64)> = Vec::with_capacity(self.done.len());
+        for (a, b) in self.done {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 + 1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
         }
-        self.next = low;
-        self.done.retain(|&(_, b)| b >= low);
-        // A range that reaches down to `next` is below it now.
-        while let Some(&(a, b)) = self.done.first()
+        merged.retain(|&(_, b)| b >= self.next);
+        while let Some(&(a, b)) = merged.first()
             && a <= self.next
         {
             self.next = self.next.max(b + 1);
-            self.done.remove(0);
+            merged.remove(0);
         }
+        self.done = merged;
         self
     }
 
@@ -932,8 +947,11 @@ pub struct Cursor {
     done: Vec<(i64, i64)>,
     /// A record was left since the last dealt-with one.
     gap: bool,
-    /// The length of the metadata of [`Cursor::mark`].
+    /// The length of the metadata of [`Cursor::mark`], without the ranges of `start` above
+    /// `read_to`.
     metadata_len: usize,
+    /// `start.done[i..]`'s encoded length, each range with its separator, for each `i`.
+    start_tail: Vec<usize>,
     /// Read to its end, or stopped.
     finished: bool,
 }
@@ -941,6 +959,10 @@ pub struct Cursor {
 impl Cursor {
     /// A partition whose committed mark is `start` and whose committed end is `end`.
     pub fn new(start: Mark, end: i64) -> Cursor {
+        let mut start_tail = vec![0; start.done.len() + 1];
+        for (i, &(a, b)) in start.done.iter().enumerate().rev() {
+            start_tail[i] = start_tail[i + 1] + 1 + piece_len(a, b);
+        }
         Cursor {
             read_to: start.next,
             finished: start.next >= end,
@@ -950,6 +972,17 @@ impl Cursor {
             done: Vec::new(),
             gap: false,
             metadata_len: MARK_FORMAT.len(),
+            start_tail,
+        }
+    }
+
+    /// The encoded length of the ranges of `start` at and above `from` (the first one cut to
+    /// start there): what a stop at `from` keeps of them.
+    fn start_tail_len(&self, from: i64) -> usize {
+        let i = self.start.done.partition_point(|&(_, b)| b < from);
+        match self.start.done.get(i) {
+            Some(&(a, b)) => 1 + piece_len(a.max(from), b) + self.start_tail[i + 1],
+            None => 0,
         }
     }
 
@@ -975,7 +1008,8 @@ impl Cursor {
     /// Whether the record at `offset` can be dealt with in this run (its range fits the
     /// commit metadata).
     pub fn can_pass(&self, offset: i64) -> bool {
-        self.metadata_len_after(offset) <= METADATA_MAX
+        // A stop at the next record keeps the ranges of `start` above it too.
+        self.metadata_len_after(offset) + self.start_tail_len(offset + 1) <= METADATA_MAX
     }
 
     /// The record at `offset` was replayed, or is passed over for good.
@@ -1022,10 +1056,22 @@ impl Cursor {
 
     /// The mark to commit now.
     pub fn mark(&self) -> Mark {
+        let mut done = self.done.clone();
+        // What an earlier replay did above what this one read still holds (mid-way, or
+        // stopped early).
+        let at = self.read_to;
+        done.extend(
+            self.start
+                .done
+                .iter()
+                .filter(|&&(_, b)| b >= at)
+                .map(|&(a, b)| (a.max(at), b)),
+        );
         Mark {
             next: self.pending_from.unwrap_or(self.read_to),
-            done: self.done.clone(),
+            done,
         }
+        .normalized()
     }
 }
 
@@ -1454,6 +1500,11 @@ impl Replay {
                     if cursor.is_finished() {
                         continue;
                     }
+                    // Written after the replay began: the next replay takes it.
+                    if msg.offset() >= cursor.end {
+                        cursor.stop();
+                        continue;
+                    }
                     look = msg.offset() + 2 >= cursor.end;
                     let letter = DeadLetter::from_message(&msg);
                     drop(msg);
@@ -1479,8 +1530,8 @@ impl Replay {
                 self.commit(consumer, producer, cursors, committed, batch)?;
             }
             if progress.elapsed() > STALL {
-                return Err(ToolError::Replay(format!(
-                    "reading {topic} made no progress for {} s",
+                return Err(ToolError::Stalled(format!(
+                    "reading {topic} made no progress for {} s; nothing after the last commit was sent",
                     STALL.as_secs()
                 )));
             }
@@ -1934,6 +1985,78 @@ mod tests {
         assert!(cursor.can_pass(2));
         cursor.pass(2);
         assert_eq!(cursor.mark().metadata(), "autoglm-replay/1 1-2");
+    }
+
+    #[test]
+    fn a_mark_mid_way_keeps_what_an_earlier_replay_did_above_what_this_one_read() {
+        let start = Mark {
+            next: 0,
+            done: vec![(3, 3), (5, 6)],
+        };
+        let mut cursor = Cursor::new(start.clone(), 10);
+        assert_eq!(cursor.mark(), start, "nothing read: the mark as committed");
+        cursor.leave(0);
+        cursor.pass(1);
+        assert_eq!(
+            cursor.mark(),
+            Mark {
+                next: 0,
+                done: vec![(1, 1), (3, 3), (5, 6)]
+            }
+        );
+        assert_eq!(
+            Mark::parse(0, "autoglm-replay/1 3,4-6").done,
+            [(3, 6)],
+            "touching ranges merge"
+        );
+    }
+
+    #[test]
+    fn a_partition_stopped_early_keeps_what_an_earlier_replay_did_above_the_stop() {
+        let start = Mark {
+            next: 0,
+            done: vec![(2, 5), (8, 8)],
+        };
+        // Record 0 left, 1 replayed now, 2 replayed before, then a stop at 3.
+        let mut cursor = Cursor::new(start.clone(), 20);
+        cursor.leave(0);
+        cursor.pass(1);
+        assert!(cursor.replayed_before(2));
+        cursor.pass(2);
+        cursor.stop();
+        assert_eq!(
+            cursor.mark(),
+            Mark {
+                next: 0,
+                done: vec![(1, 5), (8, 8)]
+            }
+        );
+        // Nothing left below the stop: the mark moves up to it, and past a range there.
+        let mut clean = Cursor::new(start, 20);
+        clean.pass(0);
+        clean.pass(1);
+        clean.stop();
+        assert_eq!(
+            clean.mark(),
+            Mark {
+                next: 6,
+                done: vec![(8, 8)]
+            }
+        );
+        // The ranges a stop keeps count against the metadata's size.
+        let many: Vec<(i64, i64)> = (0..400)
+            .map(|i| (1_000_000 + 2 * i, 1_000_000 + 2 * i))
+            .collect();
+        let mut full = Cursor::new(
+            Mark {
+                next: 0,
+                done: many,
+            },
+            2_000_000,
+        );
+        full.leave(0);
+        assert!(full.start_tail_len(6) > METADATA_MAX);
+        assert!(!full.can_pass(5));
     }
 
     #[test]

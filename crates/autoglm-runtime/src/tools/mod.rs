@@ -59,6 +59,9 @@ pub enum ToolError {
     /// A replay could not deliver a record; its transaction was aborted.
     #[error("replay: {0}")]
     Replay(String),
+    /// A read made no progress (the broker stopped answering fetches).
+    #[error("{0}")]
+    Stalled(String),
     /// A blocking task of the tool died.
     #[error("blocking task: {0}")]
     Task(String),
