@@ -41,6 +41,9 @@
 //! loop is alive) and `/ready` (producer initialised, first assignment restored) that stops with
 //! the run.
 //!
+//! Operator tools (the [`tools`] module): `autoglm dlq list | show | replay` and `autoglm state
+//! get | stats`, beside the pipeline and never writing its state.
+//!
 //! Failure behaviour: a poison record goes to the route's DLQ in the same transaction and its
 //! offset advances. A transient failure (registry down, broker timeout, abortable transaction
 //! error) aborts the transaction, drops the uncommitted state, rewinds the consumer to the
@@ -56,6 +59,7 @@ mod restore;
 mod rights;
 mod route;
 mod throttle;
+pub mod tools;
 
 pub use group::GroupContext;
 pub use metrics::Metrics;

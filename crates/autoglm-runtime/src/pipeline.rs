@@ -882,6 +882,21 @@ impl Pipeline {
         &self.settings
     }
 
+    /// The config it was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The compiled routes, in config order (the DLQ and state tools).
+    pub(crate) fn routes(&self) -> &[RouteRuntime] {
+        &self.routes
+    }
+
+    /// The decoder of source records (the DLQ tools show values with it).
+    pub(crate) fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
     /// The registry client, when the config has a registry.
     pub fn registry(&self) -> Option<&RegistryClient> {
         self.registry.as_ref()
@@ -1556,7 +1571,11 @@ impl<'p> Output<'p> {
             .insert(header("autoglm.error.rule", rule))
             .insert(header("autoglm.error.field", field))
             .insert(header("autoglm.route", &route.name));
-        let headers = with_traceparent(with_source(headers, msg), msg);
+        let mut headers = with_traceparent(with_source(headers, msg), msg);
+        // The record's own time: `autoglm dlq replay` gives it back to the replayed copy.
+        if let Some(ms) = msg.timestamp().to_millis() {
+            headers = headers.insert(header("autoglm.source.timestamp", &ms.to_string()));
+        }
         self.forward(&route.dlq_topic, msg, headers)
     }
 

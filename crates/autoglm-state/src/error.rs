@@ -59,6 +59,17 @@ pub enum StateError {
         /// Values returned.
         got: usize,
     },
+    /// No state store at the path (`autoglm state` tools read one, they never create one).
+    #[error(
+        "no state store at {path} (is it the config's event_queue.storage_path, on the instance that owns the partitions?)"
+    )]
+    NoStore {
+        /// The directory looked at.
+        path: PathBuf,
+    },
+    /// The scratch directory of a read-only inspection could not be made.
+    #[error("cannot make a scratch directory for the read-only state inspection")]
+    Scratch(#[source] std::io::Error),
     /// A failure injected by [`MemoryBackend`](crate::MemoryBackend) for tests.
     #[error("injected state backend failure")]
     Injected,
@@ -82,7 +93,9 @@ impl Classify for StateError {
             | StateError::MissingColumnFamily(_)
             | StateError::ShortRead { .. }
             | StateError::MalformedEntry { .. }
-            | StateError::MalformedCheckpoint { .. } => ErrorClass::Fatal,
+            | StateError::MalformedCheckpoint { .. }
+            | StateError::NoStore { .. }
+            | StateError::Scratch(_) => ErrorClass::Fatal,
         }
     }
 }

@@ -28,13 +28,17 @@
 //!   [`MemoryBackend`] (tests).
 //! * [`entry`] — [`StateEntry`], its fixed binary encoding and [`state_key`].
 //! * [`guard`] — [`Change`], [`decide`], [`Decision`] and the transactional [`VersionGuard`].
+//! * [`inspect`] — [`StateInspector`]: a read-only view of a store that a running processor
+//!   holds (`autoglm state get | stats`).
 
 pub mod backend;
 pub mod entry;
 mod error;
 pub mod guard;
+pub mod inspect;
 
 pub use backend::{KvBackend, MemoryBackend, RocksBackend, RocksOptions, ScanPage, WriteRequest};
 pub use entry::{StateEntry, route_prefix, state_key};
 pub use error::StateError;
 pub use guard::{BatchOutcome, Change, Decision, DecisionCounts, GuardInput, VersionGuard, decide};
+pub use inspect::{Estimates, PrefixStats, StateInspector};

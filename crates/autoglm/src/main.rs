@@ -86,6 +86,114 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         timeout_secs: u64,
     },
+    /// A route's dead-letter topic: list and show its records, and replay them through the
+    /// route after a config fix (docs/operations.md).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// The state store, read-only and safe while `run` runs: one entity's stored version, or
+    /// the store's counts against the changelog.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+}
+
+/// The config file and a route in it.
+#[derive(Debug, clap::Args)]
+struct RouteArgs {
+    /// The config file.
+    #[arg(long, short, env = "AUTOGLM_CONFIG", default_value = autoglm_config::DEFAULT_FILE)]
+    config: PathBuf,
+    /// The route (its name in the config).
+    #[arg(long)]
+    route: String,
+}
+
+/// Which dead letters.
+#[derive(Debug, clap::Args)]
+struct FilterArgs {
+    /// Only records dead-lettered at or after this time: RFC 3339 (2025-06-01T10:00:00Z,
+    /// 2025-06-01T18:00:00+08:00) or a duration before now (90m, 1h, 2d).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only records whose reason header matches: rule=R, class=C or field=F. Repeated: any
+    /// value of one name, all names.
+    #[arg(long = "where", value_name = "NAME=VALUE")]
+    wheres: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// The route's dead letters with their reasons, read committed from the beginning (or
+    /// --since), earliest first. Joins no consumer group and commits nothing.
+    List {
+        #[command(flatten)]
+        at: RouteArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// At most this many records.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter whole: its headers, key and value (Avro decoded through the registry,
+    /// else JSON, else text, else base64).
+    Show {
+        #[command(flatten)]
+        at: RouteArgs,
+        /// The record, PARTITION:OFFSET, as `dlq list` prints it.
+        record: autoglm_runtime::tools::dlq::RecordRef,
+        /// As one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters back through the route (to the partition they came from), exactly
+    /// once; the route's version guard drops a version older than its state. Reports what it
+    /// did; a second replay sends nothing again.
+    Replay {
+        #[command(flatten)]
+        at: RouteArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// List what would be replayed; send and commit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// One entity's stored version, tombstone and acceptance time.
+    Get {
+        #[command(flatten)]
+        at: RouteArgs,
+        /// The entity key: the plain value of a single key field (42, abc), or a JSON object
+        /// of the key fields ({"id": 42}) or array of their values.
+        key: String,
+        /// As one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keys, tombstones and bytes per route (an exact scan), and each changelog partition's
+    /// checkpoint against the changelog's end.
+    Stats {
+        /// The config file.
+        #[arg(long, short, env = "AUTOGLM_CONFIG", default_value = autoglm_config::DEFAULT_FILE)]
+        config: PathBuf,
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// As one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +229,18 @@ fn main() -> ExitCode {
             command: SchemasCommand::Register { config } | SchemasCommand::Check { config },
         } => Some(config.as_path()),
         Command::Check { config, .. } => config.as_deref(),
+        Command::Dlq {
+            command:
+                DlqCommand::List { at, .. }
+                | DlqCommand::Show { at, .. }
+                | DlqCommand::Replay { at, .. },
+        }
+        | Command::State {
+            command: StateCommand::Get { at, .. },
+        } => Some(at.config.as_path()),
+        Command::State {
+            command: StateCommand::Stats { config, .. },
+        } => Some(config.as_path()),
     }
     .map(load)
     .transpose();
@@ -260,8 +380,86 @@ async fn execute(command: Command, config: Option<Config>) -> anyhow::Result<()>
             )
             .await
         }
+        (Command::Dlq { command }, Some(config)) => dlq(command, config).await,
+        (Command::State { command }, Some(config)) => state(command, config).await,
         (_, None) => anyhow::bail!("this command needs a config file"),
     }
+}
+
+/// `autoglm dlq …`: the work is in `autoglm_runtime::tools::dlq`.
+async fn dlq(command: DlqCommand, config: Config) -> anyhow::Result<()> {
+    use autoglm_runtime::tools::dlq;
+    let pipeline = Pipeline::new(config)?;
+    let filter = |f: &FilterArgs| {
+        dlq::Filter::parse(&f.wheres, f.since.as_deref(), std::time::SystemTime::now())
+    };
+    match command {
+        DlqCommand::List {
+            at,
+            filter: f,
+            limit,
+            json,
+        } => {
+            let letters = dlq::list(&pipeline, &at.route, &filter(&f)?, limit).await?;
+            if json {
+                print!("{}", dlq::list_json(&letters));
+            } else {
+                print!("{}", dlq::list_table(&letters));
+            }
+        }
+        DlqCommand::Show { at, record, json } => {
+            let shown = dlq::show(&pipeline, &at.route, record).await?;
+            if json {
+                println!("{}", shown.to_json());
+            } else {
+                print!("{}", shown.to_text());
+            }
+        }
+        DlqCommand::Replay {
+            at,
+            filter: f,
+            dry_run,
+            json,
+        } => {
+            let options = dlq::ReplayOptions {
+                route: at.route,
+                filter: filter(&f)?,
+                dry_run,
+            };
+            let report = dlq::replay(&pipeline, options).await?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_text());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `autoglm state …`: the work is in `autoglm_runtime::tools::state`.
+async fn state(command: StateCommand, config: Config) -> anyhow::Result<()> {
+    use autoglm_runtime::tools::state;
+    let pipeline = Pipeline::new(config)?;
+    match command {
+        StateCommand::Get { at, key, json } => {
+            let entity = state::get(&pipeline, &at.route, &key).await?;
+            if json {
+                println!("{}", serde_json::to_string(&entity)?);
+            } else {
+                print!("{}", entity.to_text());
+            }
+        }
+        StateCommand::Stats { route, json, .. } => {
+            let stats = state::stats(&pipeline, route.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string(&stats)?);
+            } else {
+                print!("{}", stats.to_text());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One line per Avro target: topic, subject, verdict. Fails when any is incompatible.

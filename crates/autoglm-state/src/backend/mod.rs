@@ -23,6 +23,7 @@ mod rocks;
 use std::future::Future;
 
 pub use memory::MemoryBackend;
+pub(crate) use rocks::{CHECKPOINTS_CF, STATE_CF};
 pub use rocks::{RocksBackend, RocksOptions};
 
 use crate::{StateEntry, StateError};
@@ -100,7 +101,26 @@ fn checkpoint_key(topic: &str, partition: i32) -> Vec<u8> {
     key
 }
 
-fn decode_checkpoint(topic: &str, partition: i32, value: &[u8]) -> Result<i64, StateError> {
+/// The changelog topic and partition of a [`checkpoint_key`]; `None` for a key it did not make.
+pub(crate) fn parse_checkpoint_key(key: &[u8]) -> Option<(String, i32)> {
+    let split = key.len().checked_sub(5)?;
+    let (topic, rest) = key.split_at(split);
+    let (separator, partition) = rest.split_first()?;
+    if *separator != 0 {
+        return None;
+    }
+    let topic = std::str::from_utf8(topic).ok()?;
+    Some((
+        topic.to_owned(),
+        i32::from_be_bytes(partition.try_into().ok()?),
+    ))
+}
+
+pub(crate) fn decode_checkpoint(
+    topic: &str,
+    partition: i32,
+    value: &[u8],
+) -> Result<i64, StateError> {
     let bytes: [u8; 8] = value
         .try_into()
         .map_err(|_| StateError::MalformedCheckpoint {
@@ -129,6 +149,16 @@ mod tests {
         assert_eq!(prefix_successor(&[1, 0xFF]), Some(vec![2]));
         assert_eq!(prefix_successor(&[0xFF, 0xFF]), None);
         assert_eq!(prefix_successor(&[]), None);
+    }
+
+    #[test]
+    fn checkpoint_keys_parse_back() {
+        assert_eq!(
+            parse_checkpoint_key(&checkpoint_key("g-accounts-changelog", 7)),
+            Some(("g-accounts-changelog".to_owned(), 7))
+        );
+        assert_eq!(parse_checkpoint_key(b"t\x01\0\0\0\x01"), None);
+        assert_eq!(parse_checkpoint_key(b"\0\0\0"), None);
     }
 
     #[test]

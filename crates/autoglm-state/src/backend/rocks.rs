@@ -36,8 +36,10 @@ use super::{
 };
 use crate::StateError;
 
-const STATE_CF: &str = "state";
-const CHECKPOINTS_CF: &str = "checkpoints";
+/// The column family of the state entries.
+pub(crate) const STATE_CF: &str = "state";
+/// The column family of the changelog checkpoints.
+pub(crate) const CHECKPOINTS_CF: &str = "checkpoints";
 
 /// Tuning of the RocksDB store. [`Default`] holds every default.
 #[derive(Debug, Clone, PartialEq, Eq)]
