@@ -266,7 +266,9 @@ impl Metrics {
         registry.register(Box::new(consumer_lag.clone()))?;
         // process_start_time_seconds (a restart is a change of it), resident memory against
         // the container's limit, CPU seconds, open file descriptors.
-        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -755,7 +757,10 @@ mod tests {
             "process_resident_memory_bytes gauge",
             "process_cpu_seconds_total counter",
         ] {
-            assert!(text.contains(&format!("# TYPE {process}")), "{process}:\n{text}");
+            assert!(
+                text.contains(&format!("# TYPE {process}")),
+                "{process}:\n{text}"
+            );
         }
         // Every labelled series exists from the start, at zero.
         assert!(text.contains(
