@@ -19,6 +19,11 @@ declare -A modules=(
   [promtool]=github.com/prometheus/prometheus/cmd/promtool@v0.316.0
   [jaeger]=github.com/jaegertracing/jaeger/cmd/jaeger@v1.75.0
 )
+# Modules whose go.mod has replace directives: `go install pkg@version` refuses them, so they are
+# downloaded and built as the main module (their replace directives then apply, as in a release).
+declare -A main_module=(
+  [jaeger]=github.com/jaegertracing/jaeger
+)
 root=${AUTOGLM_TOOLS:-$HOME/.cache/open-autoglm/tools}
 bin=$root/bin
 mkdir -p "$bin"
@@ -34,7 +39,16 @@ for name in "${names[@]}"; do
   command -v go >/dev/null || { echo "tools: go is missing; install Go 1.26 (https://go.dev/dl)" >&2; exit 1; }
   echo "tools: building $module (a few minutes on 2 cores, once per machine)" >&2
   started=$SECONDS
-  GOBIN=$bin go install "$module" >&2
+  if [[ -n ${main_module[$name]:-} ]]; then
+    root_module=${main_module[$name]}
+    version=${module##*@}
+    dir=$(go mod download -json "$root_module@$version" | jq -r .Dir)
+    package=./${module%@*}
+    package=.${package#./"$root_module"}
+    (cd "$dir" && GOBIN=$bin GOFLAGS=-buildvcs=false go install "$package") >&2
+  else
+    GOBIN=$bin go install "$module" >&2
+  fi
   touch "$stamp"
   echo "tools: $name built in $((SECONDS - started))s" >&2
 done
