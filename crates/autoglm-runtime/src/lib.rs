@@ -56,6 +56,7 @@ mod restore;
 mod rights;
 mod route;
 mod throttle;
+pub mod traces;
 
 pub use group::GroupContext;
 pub use metrics::Metrics;
@@ -63,3 +64,4 @@ pub use pipeline::{Pipeline, RunError, RunOptions, RunSummary, SchemaCheck};
 pub use restore::{RestoreStats, restore};
 pub use rights::{Finding, Need, Resource, Verdict};
 pub use route::RouteRuntime;
+pub use traces::{Traces, TracesError};
