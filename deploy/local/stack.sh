@@ -10,8 +10,11 @@
 #     realm-autoglm.json), 30-second access tokens, confidential clients autoglm-sync,
 #     autoglm-registry and autoglm-disabled (disabled), client scope `kafka` (audience kafka-broker);
 #   - a second Apicurio Registry (the same jars), HTTPS only with the broker's certificate, that
-#     wants a bearer token of the realm on every request (the secure registry).
-# The jars come from Maven Central (deploy/local/pom.xml).
+#     wants a bearer token of the realm on every request (the secure registry);
+#   - Jaeger (the v2 binary, built on the OpenTelemetry collector) as the trace collector: OTLP
+#     over HTTP and gRPC in, traces kept in memory (lost when it stops), its query API over HTTP.
+# The jars come from Maven Central (deploy/local/pom.xml); Jaeger is built from the Go module proxy
+# once per machine (deploy/local/tools.sh).
 #
 # The broker's secured side (the same broker; inter-broker and controller traffic stay PLAINTEXT):
 #   SCRAM     SASL_SSL, SCRAM-SHA-512 and SCRAM-SHA-256; users autoglm/autoglm-secret (a processor
@@ -63,6 +66,10 @@
 #   AUTOGLM_CONNECT_PORT     Kafka Connect REST API            (default: 38083)
 #   AUTOGLM_KEYCLOAK_PORT    Keycloak HTTP port                (default: 38084); admin/admin
 #   AUTOGLM_KEYCLOAK_MANAGEMENT_PORT  its management port      (default: 38085)
+#   AUTOGLM_JAEGER_OTLP_PORT  Jaeger's OTLP/HTTP receiver      (default: 38088)
+#   AUTOGLM_JAEGER_OTLP_GRPC_PORT  its OTLP/gRPC receiver      (default: 38089)
+#   AUTOGLM_JAEGER_QUERY_PORT  Jaeger's query API and UI (HTTP) (default: 38090)
+#   AUTOGLM_JAEGER_QUERY_GRPC_PORT  its query API over gRPC    (default: 38091)
 #   AUTOGLM_STACK_TIMEOUT_SECS  readiness timeout per service  (default: 120)
 #   REGISTRY_JAVA_HOME       JDK for Apicurio and Keycloak (needs 21+)
 #                                                              (default: newest Temurin in /usr/lib/jvm)
@@ -88,6 +95,10 @@ keycloak_port=${AUTOGLM_KEYCLOAK_PORT:-38084}
 secure_registry_port=${AUTOGLM_SECURE_REGISTRY_PORT:-38086}
 secure_registry_mgmt_port=${AUTOGLM_SECURE_REGISTRY_MANAGEMENT_PORT:-38087}
 keycloak_mgmt_port=${AUTOGLM_KEYCLOAK_MANAGEMENT_PORT:-38085}
+jaeger_otlp_port=${AUTOGLM_JAEGER_OTLP_PORT:-38088}
+jaeger_otlp_grpc_port=${AUTOGLM_JAEGER_OTLP_GRPC_PORT:-38089}
+jaeger_query_port=${AUTOGLM_JAEGER_QUERY_PORT:-38090}
+jaeger_query_grpc_port=${AUTOGLM_JAEGER_QUERY_GRPC_PORT:-38091}
 timeout_secs=${AUTOGLM_STACK_TIMEOUT_SECS:-120}
 # The CRM database and its superuser (initdb's bootstrap user; it may replicate, as Debezium needs).
 pg_db=crm
@@ -589,6 +600,80 @@ stop_postgres() {
   fi
 }
 
+jaeger_version() { sed -n 's/^ *\[jaeger\]=[^@]*@v//p' "$here/tools.sh"; }
+jaeger_ready() {
+  port_open "$jaeger_otlp_port" && curl -fsS "http://127.0.0.1:$jaeger_query_port/api/services" >/dev/null 2>&1
+}
+
+# Jaeger v2 with a config of its own: every listener it opens on 127.0.0.1 and our ports (none of
+# its defaults: 4317/4318, 16685/16686, 8888, 13133, …), no receivers but OTLP, no self-telemetry
+# port, traces in memory only.
+start_jaeger() {
+  local dir=$stack_dir/jaeger pidfile=$stack_dir/jaeger/jaeger.pid bin
+  if pid_alive "$pidfile" jaeger; then
+    jaeger_ready || wait_ready jaeger jaeger_ready "$dir/jaeger.log" "$pidfile" jaeger
+    log "jaeger already running on 127.0.0.1:$jaeger_otlp_port"
+    return
+  fi
+  local port
+  for port in "$jaeger_otlp_port" "$jaeger_otlp_grpc_port" "$jaeger_query_port" "$jaeger_query_grpc_port"; do
+    port_open "$port" && die "port $port is taken by another process; see AUTOGLM_JAEGER_OTLP_PORT, AUTOGLM_JAEGER_OTLP_GRPC_PORT, AUTOGLM_JAEGER_QUERY_PORT, AUTOGLM_JAEGER_QUERY_GRPC_PORT"
+  done
+  bin=$(bash "$here/tools.sh" jaeger) || die "could not build jaeger (deploy/local/tools.sh jaeger)"
+  mkdir -p "$dir"
+  cat >"$dir/config.yaml" <<YAML
+service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    resource:
+      service.name: jaeger
+    metrics:
+      level: none
+    logs:
+      level: info
+extensions:
+  jaeger_storage:
+    backends:
+      memstore:
+        memory:
+          max_traces: 100000
+  jaeger_query:
+    storage:
+      traces: memstore
+    enable_tracing: false
+    http:
+      endpoint: 127.0.0.1:$jaeger_query_port
+    grpc:
+      endpoint: 127.0.0.1:$jaeger_query_grpc_port
+receivers:
+  otlp:
+    protocols:
+      http:
+        endpoint: 127.0.0.1:$jaeger_otlp_port
+      grpc:
+        endpoint: 127.0.0.1:$jaeger_otlp_grpc_port
+processors:
+  batch:
+    timeout: 200ms
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: memstore
+YAML
+  log "starting jaeger on 127.0.0.1:$jaeger_otlp_port (OTLP/HTTP), query on http://127.0.0.1:$jaeger_query_port (log: $dir/jaeger.log)"
+  setsid nohup "$bin/jaeger" --config "file:$dir/config.yaml" >"$dir/jaeger.log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+}
+
+wait_jaeger() {
+  local dir=$stack_dir/jaeger
+  jaeger_ready || wait_ready jaeger jaeger_ready "$dir/jaeger.log" "$dir/jaeger.pid" jaeger
+}
+
 connect_ready() { curl -fsS "http://127.0.0.1:$connect_port/connector-plugins" 2>/dev/null | grep -q PostgresConnector; }
 
 start_connect() {
@@ -739,6 +824,12 @@ for name, c in sorted(json.load(sys.stdin).items()):
     echo "connect   down     http://127.0.0.1:$connect_port"
     ok=1
   fi
+  if pid_alive "$stack_dir/jaeger/jaeger.pid" jaeger && jaeger_ready; then
+    echo "jaeger    ready    OTLP http://127.0.0.1:$jaeger_otlp_port (grpc 127.0.0.1:$jaeger_otlp_grpc_port), query http://127.0.0.1:$jaeger_query_port (Jaeger $(jaeger_version), in memory)"
+  else
+    echo "jaeger    down     http://127.0.0.1:$jaeger_otlp_port"
+    ok=1
+  fi
   return $ok
 }
 
@@ -748,6 +839,7 @@ case ${1:-} in
     started=$SECONDS
     make_security
     start_keycloak
+    start_jaeger
     start_postgres
     prepare_kafka
     start_registry
@@ -756,9 +848,11 @@ case ${1:-} in
     start_kafka
     start_connect
     wait_secure_registry
+    wait_jaeger
     log "stack ready in $((SECONDS - started))s"
     ;;
   down)
+    stop_one jaeger "$stack_dir/jaeger/jaeger.pid" jaeger
     stop_one connect "$stack_dir/connect/connect.pid"
     stop_postgres
     stop_one registry "$stack_dir/registry/registry.pid"
@@ -782,7 +876,7 @@ case ${1:-} in
   reset)
     "$0" down
     rm -rf "$stack_dir/kafka" "$stack_dir/registry" "$(postgres_dir)" "$stack_dir/postgres" "$stack_dir/connect" \
-      "$stack_dir/keycloak" "$stack_dir/secure-registry" "$security_dir"
+      "$stack_dir/keycloak" "$stack_dir/secure-registry" "$stack_dir/jaeger" "$security_dir"
     ;;
   env)
     echo "AUTOGLM_KAFKA_BOOTSTRAP=127.0.0.1:$kafka_port"
@@ -803,6 +897,8 @@ case ${1:-} in
     echo "AUTOGLM_OIDC_ISSUER=$oidc_issuer"
     echo "AUTOGLM_KEYCLOAK_URL=$keycloak_url"
     echo "AUTOGLM_SECURE_REGISTRY_URL=https://127.0.0.1:$secure_registry_port/apis/ccompat/v7"
+    echo "AUTOGLM_OTLP_ENDPOINT=http://127.0.0.1:$jaeger_otlp_port"
+    echo "AUTOGLM_JAEGER_QUERY_URL=http://127.0.0.1:$jaeger_query_port"
     ;;
   *)
     echo "usage: $0 up|down|status|reset|env|bounce-kafka hard|clean|bounce-connect hard|clean|psql [args]|kafka-tool <class> [args]" >&2

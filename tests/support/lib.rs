@@ -141,6 +141,47 @@ pub async fn cdc_stack() -> CdcStack {
     cdc
 }
 
+/// The stack's trace collector (Jaeger): where to send spans and where to ask for them.
+#[derive(Debug, Clone)]
+pub struct Jaeger {
+    /// Base URL of its OTLP/HTTP receiver (`tracing.otlp_endpoint`).
+    pub otlp_endpoint: String,
+    /// Base URL of its query API (`/api/traces/<trace id>`, `/api/traces?service=…`).
+    pub query_url: String,
+}
+
+/// The stack's Jaeger, after checking that its query API and its OTLP port answer.
+///
+/// # Panics
+///
+/// When either does not answer: the message says how to start the stack.
+pub async fn jaeger() -> Jaeger {
+    let jaeger = Jaeger {
+        otlp_endpoint: address("AUTOGLM_OTLP_ENDPOINT"),
+        query_url: address("AUTOGLM_JAEGER_QUERY_URL"),
+    };
+    let services = reqwest_get(&format!("{}/api/services", jaeger.query_url)).await;
+    if !services
+        .as_deref()
+        .is_ok_and(|body| body.contains("\"data\""))
+    {
+        panic!(
+            "the local stack is not running: Jaeger's query API at {} did not answer ({services:?}); start it with `make up`",
+            jaeger.query_url
+        );
+    }
+    if tokio::net::TcpStream::connect(authority(&jaeger.otlp_endpoint))
+        .await
+        .is_err()
+    {
+        panic!(
+            "the local stack is not running: Jaeger's OTLP receiver at {} did not answer; start it with `make up`",
+            jaeger.otlp_endpoint
+        );
+    }
+    jaeger
+}
+
 async fn reqwest_get(url: &str) -> Result<String, String> {
     let response = reqwest::get(url).await.map_err(|e| e.to_string())?;
     response.text().await.map_err(|e| e.to_string())

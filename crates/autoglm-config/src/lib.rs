@@ -291,6 +291,76 @@ routes:
     }
 
     #[test]
+    fn tracing_is_off_by_default_and_its_keys_are_checked() {
+        let config = parse(BASE, "t", repo(), Overrides::None).expect("valid");
+        assert_eq!(config.tracing, TracingConfig::default());
+        assert!(
+            config.tracing.otlp_endpoint.is_none(),
+            "no endpoint: no export"
+        );
+        assert!(!config.tracing.record_spans);
+        assert_eq!(config.tracing.service_name, "autoglm");
+        let with = |body: &str| format!("{BASE}tracing:\n{body}");
+        let config = parse(
+            &with("  otlp_endpoint: http://127.0.0.1:4318\n  sampling_ratio: 0.25\n  service_name: crm-sync\n  record_spans: true\n"),
+            "t",
+            repo(),
+            Overrides::None,
+        )
+        .expect("valid");
+        assert_eq!(
+            config.tracing.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4318")
+        );
+        assert_eq!(config.tracing.sampling_ratio, 0.25);
+        assert!(config.tracing.record_spans);
+        for (body, key, reason) in [
+            (
+                "  sampling_ratio: 1.5\n",
+                "tracing.sampling_ratio",
+                "between 0 and 1",
+            ),
+            (
+                "  sampling_ratio: -0.1\n",
+                "tracing.sampling_ratio",
+                "between 0 and 1",
+            ),
+            (
+                "  sampling_ratio: .nan\n",
+                "tracing.sampling_ratio",
+                "between 0 and 1",
+            ),
+            (
+                "  otlp_endpoint: collector:4318\n",
+                "tracing.otlp_endpoint",
+                "http(s) URL",
+            ),
+            (
+                "  otlp_endpoint: \"not a url\"\n",
+                "tracing.otlp_endpoint",
+                "is not a URL",
+            ),
+            (
+                "  service_name: \"\"\n",
+                "tracing.service_name",
+                "must not be empty",
+            ),
+        ] {
+            let found = problems(&with(body));
+            assert_eq!(found.len(), 1, "{body}: {found:?}");
+            assert!(
+                found[0].starts_with(&format!("{key}: ")) && found[0].contains(reason),
+                "{body}: {found:?}"
+            );
+        }
+        let found = problems(&with("  endpoint: http://127.0.0.1:4318\n"));
+        assert!(
+            found.len() == 1 && found[0].contains("tracing") && found[0].contains("endpoint"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
     fn secrets_are_masked_when_printed() {
         let text = BASE.replace(
             "  url: http://127.0.0.1:8081",

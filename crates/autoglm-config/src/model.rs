@@ -57,6 +57,10 @@ pub struct Config {
     /// A route writing elsewhere is a config error. Absent: no restriction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_targets: Option<Vec<String>>,
+    /// OpenTelemetry trace export (OTLP over HTTP): a span per transaction and, if asked, per
+    /// record. Without an endpoint (here or in `OTEL_EXPORTER_OTLP_ENDPOINT`) nothing is exported.
+    #[serde(default)]
+    pub tracing: TracingConfig,
     /// The sync routes.
     pub routes: Vec<Route>,
 }
@@ -225,6 +229,37 @@ impl MetricsConfig {
     /// The listen address (validation has checked that it parses).
     pub fn listen_addr(&self) -> Result<SocketAddr, AddrParseError> {
         self.listen.trim().parse()
+    }
+}
+
+/// Trace export. The standard `OTEL_*` environment variables, where set, win over these keys
+/// (docs/configuration.md says which).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// Base URL of an OTLP/HTTP receiver, e.g. `http://collector:4318`; spans go to
+    /// `<otlp_endpoint>/v1/traces`. Absent: no export (unless `OTEL_EXPORTER_OTLP_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` names one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces sampled, 0 to 1 (`ParentBased(TraceIdRatioBased)`): a record
+    /// whose `traceparent` says sampled is always traced, one that says not sampled never.
+    pub sampling_ratio: f64,
+    /// The `service.name` of the spans.
+    pub service_name: String,
+    /// A span per input record, child of its `traceparent`, whose context the output and
+    /// dead-letter records carry on. Off: only a span per transaction.
+    pub record_spans: bool,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            otlp_endpoint: None,
+            sampling_ratio: 1.0,
+            service_name: "autoglm".to_owned(),
+            record_spans: false,
+        }
     }
 }
 

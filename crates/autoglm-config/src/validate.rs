@@ -171,6 +171,9 @@ pub(crate) fn validate(config: &Config, base_dir: &Path) -> Vec<Problem> {
             ),
         );
     }
+    for (path, reason) in tracing_problems(&config.tracing) {
+        problem(path, reason);
+    }
     for (pattern, _) in &config.mapping_rules {
         if let Err(e) = regex::Regex::new(pattern) {
             problem(
@@ -325,6 +328,42 @@ fn registry_problems(config: &Config, base_dir: &Path) -> Vec<(String, String)> 
                 "set either `username`/`password` or `oauth`, not both".into(),
             );
         }
+    }
+    problems
+}
+
+/// `tracing`: an endpoint the exporter can post to, a ratio that is one, a service name.
+fn tracing_problems(tracing: &crate::TracingConfig) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    if let Some(endpoint) = &tracing.otlp_endpoint {
+        match url::Url::parse(endpoint) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
+            Ok(_) => problems.push((
+                "tracing.otlp_endpoint".to_owned(),
+                format!(
+                    "{endpoint:?} is not an http(s) URL of an OTLP/HTTP receiver, e.g. http://collector:4318"
+                ),
+            )),
+            Err(e) => problems.push((
+                "tracing.otlp_endpoint".to_owned(),
+                format!("{endpoint:?} is not a URL ({e}), e.g. http://collector:4318"),
+            )),
+        }
+    }
+    if !(0.0..=1.0).contains(&tracing.sampling_ratio) {
+        problems.push((
+            "tracing.sampling_ratio".to_owned(),
+            format!(
+                "{} is not a share between 0 and 1 (0: no new trace, 1: all of them)",
+                tracing.sampling_ratio
+            ),
+        ));
+    }
+    if tracing.service_name.trim().is_empty() {
+        problems.push((
+            "tracing.service_name".to_owned(),
+            "must not be empty".to_owned(),
+        ));
     }
     problems
 }

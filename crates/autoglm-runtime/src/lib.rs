@@ -60,6 +60,7 @@ mod rights;
 mod route;
 mod throttle;
 pub mod tools;
+pub mod traces;
 
 pub use group::GroupContext;
 pub use metrics::Metrics;
@@ -67,3 +68,4 @@ pub use pipeline::{Pipeline, RunError, RunOptions, RunSummary, SchemaCheck};
 pub use restore::{RestoreStats, restore};
 pub use rights::{Finding, Need, Resource, Verdict};
 pub use route::RouteRuntime;
+pub use traces::{Traces, TracesError};

@@ -28,6 +28,7 @@ use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::acks::{AckingProducer, Acks, Kind, Ticket, Undelivered, Written};
 use crate::group::{Changes, GroupContext, Partition};
@@ -36,6 +37,7 @@ use crate::restore::restore;
 use crate::rights::{self, Finding, Verdict};
 use crate::route::RouteRuntime;
 use crate::throttle::{Throttle, Throttling, resume_on_time};
+use crate::traces::{self, Decided, Propagated, RecordSpans, Traces};
 
 /// How long closing the Kafka clients at the end of a run may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -299,6 +301,8 @@ pub struct Pipeline {
     metrics: Metrics,
     /// Benchmark baseline: copy records unchanged (see [`Pipeline::pass_through`]).
     pass_through: bool,
+    /// Span export (see [`Pipeline::with_traces`]); off by default.
+    traces: Traces,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -396,7 +400,15 @@ impl Pipeline {
             routes,
             registry,
             pass_through: false,
+            traces: Traces::off(),
         })
+    }
+
+    /// Exports a span per transaction through `traces` (and per record, if it says so); the
+    /// output and dead-letter records of a sampled record span carry that span's context.
+    pub fn with_traces(mut self, traces: Traces) -> Pipeline {
+        self.traces = traces;
+        self
     }
 
     /// This pipeline's metrics and probes (what `metrics.listen` serves).
@@ -724,6 +736,9 @@ impl Pipeline {
                 closed,
                 ..
             } = current;
+            // Span::none() and no record spans unless traces are exported.
+            let transaction = self.traces.transaction(&batch, &self.routes, exactly_once);
+            let mut spans = self.traces.records(&transaction, SystemTime::now());
             match self
                 .process(
                     &batch,
@@ -734,10 +749,15 @@ impl Pipeline {
                     guard,
                     exactly_once,
                     &mut tally,
+                    &mut spans,
                 )
+                .instrument(transaction.clone())
                 .await
             {
                 Ok((batch_summary, checkpoints)) => {
+                    traces::committed(&transaction, &batch_summary);
+                    spans.finish("committed", None);
+                    drop(transaction);
                     summary.records += batch_summary.records;
                     summary.emitted += batch_summary.emitted;
                     summary.dropped += batch_summary.dropped;
@@ -782,10 +802,15 @@ impl Pipeline {
                     filled = Some(polled?);
                 }
                 Err(BatchError::Fatal(e)) => {
+                    let reason = chain(&e).to_string();
+                    traces::failed(&transaction, "failed", &reason);
+                    spans.finish("failed", Some(&reason));
                     guard.abort();
                     return Err(e);
                 }
                 Err(BatchError::Transient(Transient(reason))) => {
+                    traces::failed(&transaction, "aborted", &reason);
+                    spans.finish("aborted", Some(&reason));
                     // Abort, rewind to the batch's first offsets and poll again: the records
                     // come back for the partitions this instance still owns.
                     guard.abort();
@@ -799,6 +824,7 @@ impl Pipeline {
                     )?;
                     next = Polled::default();
                     later = Polled::default();
+                    drop(transaction);
                     summary.retries += 1;
                     self.metrics.aborted(&mut tally);
                     let wait = failures.next(self, &reason);
@@ -1196,6 +1222,7 @@ impl Pipeline {
         guard: &mut VersionGuard<RocksBackend>,
         exactly_once: bool,
         tally: &mut Tally,
+        spans: &mut RecordSpans,
     ) -> Result<(RunSummary, Checkpoints), BatchError> {
         let started = Instant::now();
         if exactly_once {
@@ -1238,6 +1265,7 @@ impl Pipeline {
                 }
                 Prepared::Tombstone(route_index) => {
                     tally.input(route_index);
+                    spans.record(msg, &self.routes[route_index], Decided::Tombstone);
                     summary.tombstones += 1;
                     tally.tombstone(route_index);
                 }
@@ -1253,6 +1281,15 @@ impl Pipeline {
                 Prepared::DeadLetter(route_index, poison) => {
                     tally.input(route_index);
                     let route = &self.routes[route_index];
+                    let trace = spans.record(
+                        msg,
+                        route,
+                        Decided::DeadLettered {
+                            class: poison.class.as_str(),
+                            rule: &poison.rule,
+                            message: &poison.message,
+                        },
+                    );
                     out.dead_letter(
                         route,
                         msg,
@@ -1260,6 +1297,7 @@ impl Pipeline {
                         &poison.message,
                         &poison.rule,
                         &poison.field,
+                        trace.as_deref(),
                     )?;
                     summary.dead_lettered += 1;
                     tally.dead_letter(route_index, poison.class);
@@ -1302,6 +1340,14 @@ impl Pipeline {
             let version = version.map_or_else(String::new, |v| route.version_label(v));
             tally.decision(w.route, *decision);
             if *decision != Decision::Accept {
+                spans.record(
+                    msg,
+                    route,
+                    Decided::Dropped {
+                        decision: decision.as_str(),
+                        version: &version,
+                    },
+                );
                 summary.dropped += 1;
                 if let Some(audit) = &route.audit_topic {
                     out.audit(audit, msg, decision.as_str(), &version)?;
@@ -1309,6 +1355,7 @@ impl Pipeline {
                 continue;
             }
             changelog_partition.insert(&w.state_key, (w.route, msg.partition()));
+            let trace = spans.record(msg, route, Decided::Accepted { version: &version });
             let encoded: Vec<Option<Result<Vec<u8>, CodecError>>> = match mapped {
                 Some(Mapped::Encoded(encoded)) => encoded.into_iter().map(Some).collect(),
                 Some(Mapped::Row(row)) => {
@@ -1328,13 +1375,16 @@ impl Pipeline {
                         return Err(BatchError::Transient(Transient(format!("encode: {e}"))));
                     }
                     Some(Err(e)) => {
+                        let message = e.to_string();
+                        spans.dead_lettered_last(target.topic(), e.class().as_str(), &message);
                         out.dead_letter(
                             route,
                             msg,
                             &e.class(),
-                            &e.to_string(),
+                            &message,
                             "encode",
                             target.topic(),
+                            trace.as_deref(),
                         )?;
                         summary.dead_lettered += 1;
                         tally.dead_letter(w.route, e.class());
@@ -1350,6 +1400,7 @@ impl Pipeline {
                     op: w.event.op.as_str(),
                     version: version.clone(),
                     lineage: route.lineage_headers,
+                    trace: trace.clone(),
                 });
                 summary.emitted += 1;
                 tally.emitted(w.route, t);
@@ -1477,6 +1528,8 @@ struct Outgoing<'b> {
     version: String,
     /// Add the source topic, partition and offset headers.
     lineage: bool,
+    /// The record span's context, when it was sampled; else the input's goes on.
+    trace: Option<Arc<Propagated>>,
 }
 
 impl Outgoing<'_> {
@@ -1489,7 +1542,7 @@ impl Outgoing<'_> {
         let headers = headers
             .insert(header("autoglm.version", &self.version))
             .insert(header("autoglm.op", self.op));
-        let headers = with_traceparent(headers, source);
+        let headers = with_trace_context(headers, source, self.trace.as_deref());
         let mut record = BaseRecord::with_opaque_to(self.topic, ticket.opaque(Kind::Output))
             .key(self.key)
             .headers(headers);
@@ -1555,6 +1608,10 @@ impl<'p> Output<'p> {
         }
     }
 
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the DLQ headers: the reason in four parts, the origin, the trace context"
+    )]
     fn dead_letter(
         &mut self,
         route: &RouteRuntime,
@@ -1563,6 +1620,7 @@ impl<'p> Output<'p> {
         message: &str,
         rule: &str,
         field: &str,
+        trace: Option<&Propagated>,
     ) -> Result<(), BatchError> {
         tracing::warn!(route = %route.name, topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), %message, "record dead-lettered");
         let headers = OwnedHeaders::new()
@@ -1571,7 +1629,7 @@ impl<'p> Output<'p> {
             .insert(header("autoglm.error.rule", rule))
             .insert(header("autoglm.error.field", field))
             .insert(header("autoglm.route", &route.name));
-        let mut headers = with_traceparent(with_source(headers, msg), msg);
+        let mut headers = with_trace_context(with_source(headers, msg), msg, trace);
         // The record's own time: `autoglm dlq replay` gives it back to the replayed copy.
         if let Some(ms) = msg.timestamp().to_millis() {
             headers = headers.insert(header("autoglm.source.timestamp", &ms.to_string()));
@@ -1660,21 +1718,30 @@ fn with_source(headers: OwnedHeaders, msg: &OwnedMessage) -> OwnedHeaders {
         .insert(header("autoglm.source.offset", &msg.offset().to_string()))
 }
 
-/// Carries the input record's W3C `traceparent` over, if it had one.
-fn with_traceparent(headers: OwnedHeaders, msg: &OwnedMessage) -> OwnedHeaders {
-    match traceparent(msg) {
-        Some(trace) => headers.insert(header("traceparent", &trace)),
-        None => headers,
+/// Adds the W3C trace context: the record span's (`trace`), or else the input record's
+/// `traceparent` and `tracestate` as they were, if it had them (copied as bytes: nothing is
+/// parsed or allocated).
+fn with_trace_context(
+    headers: OwnedHeaders,
+    msg: &OwnedMessage,
+    trace: Option<&Propagated>,
+) -> OwnedHeaders {
+    if let Some(trace) = trace {
+        return trace.insert_into(headers);
     }
-}
-
-fn traceparent(msg: &OwnedMessage) -> Option<String> {
-    let headers = msg.headers()?;
+    let Some(input) = msg.headers() else {
+        return headers;
+    };
+    let mut headers = headers;
+    for key in ["traceparent", "tracestate"] {
+        if let Some(value) = input.iter().find(|h| h.key == key).and_then(|h| h.value) {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+    }
     headers
-        .iter()
-        .find(|h| h.key == "traceparent")
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// Offsets to commit: the last record of each partition + 1.

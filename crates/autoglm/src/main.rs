@@ -8,10 +8,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use autoglm_config::Config;
 use autoglm_kafka::ClientSettings;
-use autoglm_runtime::{Pipeline, RunOptions};
+use autoglm_runtime::{Pipeline, RunOptions, Traces};
 use clap::{Parser, Subcommand};
 use schema_registry_converter::async_impl::schema_registry::{SrSettings, get_all_subjects};
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -252,12 +255,29 @@ fn main() -> ExitCode {
         }
     };
     let level = config.as_ref().map_or("info", |c| c.log_level.as_str());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
+    // Only `run` exports traces, and only when its config or OTEL_* ask for it.
+    let traces = match (&cli.command, &config) {
+        (Command::Run { .. }, Some(c)) => Traces::new(&c.tracing, &c.transactional_id()),
+        _ => Ok(Traces::off()),
+    };
+    let traces = match traces {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("{:#}", anyhow::Error::new(e));
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
+                .with_filter(tracing_subscriber::filter::filter_fn(
+                    autoglm_runtime::traces::logged,
+                )),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with(traces.layer())
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -266,9 +286,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(execute(cli.command, config));
+    let result = runtime.block_on(execute(cli.command, config, traces.clone()));
     // Blocking librdkafka calls of an overrun shutdown may still run: do not wait for them.
     runtime.shutdown_timeout(Duration::from_secs(1));
+    // The spans still queued, the last transaction's among them, go out before the exit.
+    traces.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -282,7 +304,7 @@ fn load(path: &Path) -> anyhow::Result<Config> {
     Ok(autoglm_config::load(path)?)
 }
 
-async fn execute(command: Command, config: Option<Config>) -> anyhow::Result<()> {
+async fn execute(command: Command, config: Option<Config>, traces: Traces) -> anyhow::Result<()> {
     match (command, config) {
         (Command::Validate { file }, Some(config)) => {
             println!(
@@ -310,7 +332,7 @@ async fn execute(command: Command, config: Option<Config>) -> anyhow::Result<()>
             Some(config),
         ) => {
             let deadline = config.shutdown_timeout;
-            let mut pipeline = Pipeline::new(config)?;
+            let mut pipeline = Pipeline::new(config)?.with_traces(traces);
             if pass_through {
                 pipeline = pipeline.pass_through();
             }
