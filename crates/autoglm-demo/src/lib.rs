@@ -18,10 +18,11 @@ use futures::StreamExt as _;
 use rdkafka::Message as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::Consumer as _;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::Headers as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use serde_json::{Value as Json, json};
 
@@ -262,11 +263,54 @@ pub async fn recreate_topics(
             })
             .collect();
         if pending.is_empty() {
-            return Ok(());
+            return await_leaders(settings, topics, partitions).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     anyhow::bail!("topics {topics:?} could not be recreated")
+}
+
+/// Waits (up to 30 s) until the broker's metadata shows every one of `topics` with `partitions`
+/// partitions, each with a leader. The controller answers CreateTopics before the broker has
+/// the new topics: a client that asked at once was told they do not exist.
+async fn await_leaders(
+    settings: &ClientSettings,
+    topics: &[&str],
+    partitions: i32,
+) -> anyhow::Result<()> {
+    use rdkafka::producer::{BaseProducer, Producer as _};
+    let client: BaseProducer = settings.client_config().create()?;
+    let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let waiting: Vec<&str> = topics
+                .iter()
+                .filter(|topic| {
+                    let ready = client
+                        .client()
+                        .fetch_metadata(Some(topic), Duration::from_secs(5))
+                        .is_ok_and(|metadata| {
+                            metadata.topics().iter().any(|t| {
+                                t.error().is_none()
+                                    && t.partitions().len() == partitions as usize
+                                    && t.partitions().iter().all(|p| p.leader() >= 0)
+                            })
+                        });
+                    !ready
+                })
+                .map(String::as_str)
+                .collect();
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("topics {waiting:?} were created but have no leaders after 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await?
 }
 
 /// Deletes a consumer group (its committed offsets); a group that does not exist is already
@@ -403,12 +447,30 @@ async fn read(
     } else {
         settings.read_uncommitted_consumer(&group)?
     };
-    consumer.subscribe(&[topic])?;
+    // Assigned, not subscribed: a group join on a busy broker outlasted `quiet`, and the read
+    // ended before the first record.
+    let ends = partition_ends(&consumer, topic)?;
+    let mut assignment = TopicPartitionList::new();
+    for (partition, _) in &ends {
+        assignment.add_partition_offset(topic, *partition, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let patience = quiet.max(Duration::from_secs(60));
+    let deadline = tokio::time::Instant::now() + patience;
     let decoder = Decoder::new(registry);
     let mut out = Vec::new();
     let mut stream = consumer.stream();
-    while let Ok(Some(message)) = tokio::time::timeout(quiet, stream.next()).await {
-        let message = message?;
+    loop {
+        let message = match tokio::time::timeout(quiet, stream.next()).await {
+            Ok(Some(message)) => message?,
+            Ok(None) => break,
+            // Quiet, and at least as far as the ends seen at the start (or out of time).
+            Err(_) if read_to(&consumer, topic, &ends) => break,
+            Err(_) if tokio::time::Instant::now() > deadline => {
+                anyhow::bail!("{topic}: not read to its ends {ends:?} within {patience:?}")
+            }
+            Err(_) => continue,
+        };
         let value = match message.payload() {
             None => None,
             Some(bytes) => Some(
@@ -445,6 +507,42 @@ async fn read(
         });
     }
     Ok(out)
+}
+
+/// Each partition of `topic` and the offset a reader has read it all at: the high watermark
+/// (the last stable offset for a `read_committed` consumer), or none when it is empty.
+fn partition_ends(
+    consumer: &StreamConsumer,
+    topic: &str,
+) -> anyhow::Result<Vec<(i32, Option<i64>)>> {
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()));
+    partitions
+        .map(|partition| {
+            let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+            Ok((partition, (high > low).then_some(high)))
+        })
+        .collect()
+}
+
+/// Whether `consumer` has read each partition of `topic` up to its end in `ends`. Its position
+/// passes transaction markers and aborted records.
+fn read_to(consumer: &StreamConsumer, topic: &str, ends: &[(i32, Option<i64>)]) -> bool {
+    let Ok(positions) = consumer.position() else {
+        return false;
+    };
+    ends.iter().all(|(partition, end)| {
+        let Some(end) = end else { return true };
+        matches!(
+            positions.find_partition(topic, *partition).map(|p| p.offset()),
+            Some(Offset::Offset(at)) if at >= *end
+        )
+    })
 }
 
 fn rand_suffix() -> u64 {

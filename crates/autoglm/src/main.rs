@@ -272,10 +272,11 @@ fn main() -> ExitCode {
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
-                .with_filter(tracing_subscriber::filter::filter_fn(
-                    autoglm_runtime::traces::logged,
-                )),
+                .with_filter(
+                    EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| level.into())
+                        .add_directive(autoglm_runtime::traces::unlogged()),
+                ),
         )
         .with(traces.layer())
         .init();
