@@ -39,8 +39,8 @@
 //! Failure behaviour: traces never stop or slow the sync. A collector that is down or slow costs
 //! spans, not records: the processor's queue is bounded (`OTEL_BSP_MAX_QUEUE_SIZE`, 2048) and
 //! drops spans when full, and the SDK logs export failures (target `opentelemetry_sdk`). A setting
-//! the SDK cannot use (an endpoint that is not a URI, `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`: only
-//! HTTP/protobuf is built in) stops `autoglm run` at start, naming it. On exit (SIGTERM, idle,
+//! that cannot work (an endpoint that is not a URI, `OTEL_EXPORTER_OTLP_PROTOCOL` other than
+//! `http/protobuf`: only that is built in) stops `autoglm run` at start, naming it. On exit (SIGTERM, idle,
 //! a fatal error) [`Traces::shutdown`] exports what is queued, the last transaction's spans too,
 //! within [`SHUTDOWN_TIMEOUT`].
 
@@ -150,6 +150,21 @@ fn plan(
             return Err(TracesError::Environment {
                 variable: "OTEL_TRACES_EXPORTER",
                 reason: format!("{other:?}: only `otlp` (or `none`) is built in"),
+            });
+        }
+    }
+    // Only HTTP/protobuf is built in; the SDK would ignore another protocol and post protobuf to
+    // an endpoint that expects something else.
+    for variable in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Some(protocol) = env(variable)
+            && protocol.trim() != "http/protobuf"
+        {
+            return Err(TracesError::Environment {
+                variable,
+                reason: format!("{protocol:?}: only `http/protobuf` is built in"),
             });
         }
     }
@@ -704,6 +719,14 @@ mod tests {
             error.to_string().starts_with("OTEL_TRACES_EXPORTER: "),
             "{error}"
         );
+        for variable in [
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        ] {
+            let error = plan(&config(on), "g", &env(&[(variable, "grpc")])).expect_err("grpc");
+            assert!(error.to_string().starts_with(variable), "{error}");
+        }
+        assert!(plan_of(on, &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]).is_some());
         for bad in ["1.5", "-1", "half"] {
             let error =
                 plan(&config(on), "g", &env(&[("OTEL_TRACES_SAMPLER_ARG", bad)])).expect_err(bad);
