@@ -54,6 +54,20 @@ pub enum DemoValue {
     Raw(Vec<u8>),
 }
 
+/// The time the scenario's changes start at: an hour before this process first asked, on the
+/// minute. Recent, because the records are stamped with it and a broker deletes records older
+/// than its retention (7 days by default): a fixed date once made a replay vanish between two
+/// runs. The same for the whole process, so that two calls of [`scenario`] agree.
+pub fn t0_ms() -> i64 {
+    static T0: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        (now - 3_600_000) / 60_000 * 60_000
+    });
+    *T0
+}
+
 /// A CRM customer row.
 pub fn customer(
     id: i64,
@@ -66,7 +80,7 @@ pub fn customer(
     json!({
         "id": id, "usr_name": name, "Email": email, "tax_id": tax_id,
         "credit_limit": credit, "password_hash": "x9f…", "region": "cn-east",
-        "updated_at": 1_795_600_000_000i64 + version * 60_000, "version": version
+        "updated_at": t0_ms() + version * 60_000, "version": version
     })
 }
 
@@ -79,10 +93,10 @@ pub fn envelope(
     snapshot: bool,
 ) -> Json {
     json!({
-        "before": before, "after": after, "op": op, "ts_ms": 1_795_600_000_000i64 + lsn,
+        "before": before, "after": after, "op": op, "ts_ms": t0_ms() + lsn,
         "source": {
             "version": "3.1.0.Final", "connector": "postgresql", "name": "crm",
-            "ts_ms": 1_795_600_000_000i64 + lsn, "snapshot": if snapshot { "true" } else { "false" },
+            "ts_ms": t0_ms() + lsn, "snapshot": if snapshot { "true" } else { "false" },
             "db": "crm", "schema": "public", "table": "customers",
             "lsn": lsn, "sequence": format!("[\"{}\",\"{lsn}\"]", lsn - 1)
         }
