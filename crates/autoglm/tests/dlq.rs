@@ -29,12 +29,7 @@ async fn job(stack: &Stack, mapping: &str, partitions: i32) -> (Job, String) {
     recreate_topics(&stack.kafka(), &[&audit], partitions)
         .await
         .expect("audit topic");
-    let names = Names {
-        source: unique("in"),
-        target: unique("out"),
-        dlq: unique("dlq"),
-        group: unique("g"),
-    };
+    let names = Names::fresh();
     let kafka = format!("bootstrap_servers: \"{}\"", stack.bootstrap);
     let route = format!("{mapping}\n    audit_topic: {audit}\n");
     let job = Job::with_names(stack, names, &kafka, &route, "", 100, partitions).await;

@@ -175,12 +175,7 @@ async fn produce(
 async fn record_spans_continue_the_input_trace_and_output_records_carry_them_on() {
     let stack = stack().await;
     let jaeger = jaeger().await;
-    let names = Names {
-        source: unique("in"),
-        target: unique("out"),
-        dlq: unique("dlq"),
-        group: unique("g"),
-    };
+    let names = Names::fresh();
     let kafka = format!("bootstrap_servers: \"{}\"", stack.bootstrap);
     let job = Job::with_names(&stack, names, &kafka, "", "flush_interval_ms: 100", 100, 3).await;
     // A service name of this run's own: its transaction spans are found by it.

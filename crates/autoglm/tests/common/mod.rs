@@ -175,6 +175,18 @@ pub struct Names {
     pub group: String,
 }
 
+impl Names {
+    /// Unique names: `in-…`, `out-…`, `dlq-…` and the group `g-…`.
+    pub fn fresh() -> Names {
+        Names {
+            source: unique("in"),
+            target: unique("out"),
+            dlq: unique("dlq"),
+            group: unique("g"),
+        }
+    }
+}
+
 /// One test's topics, group and working directory (config, state, logs).
 pub struct Job {
     pub source: String,
@@ -200,16 +212,10 @@ impl Job {
         max_records: usize,
         partitions: i32,
     ) -> Job {
-        let names = Names {
-            source: unique("in"),
-            target: unique("out"),
-            dlq: unique("dlq"),
-            group: unique("g"),
-        };
         let kafka = format!("bootstrap_servers: \"{}\"", stack.bootstrap);
         Job::with_names(
             stack,
-            names,
+            Names::fresh(),
             &kafka,
             "",
             event_queue,
