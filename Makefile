@@ -106,16 +106,16 @@ BENCH_KEY_SCALES ?= 10000,1000000
 BENCH_INSTANCES ?= 1,2,3
 BENCH_RESTORE_KEYS ?= 1000000
 BENCH_LATENCY_SECS ?= 15
-BENCH_PHASES ?= ceiling,modes,latency,keys,instances,restore
+BENCH_PHASES ?= ceiling,modes,json,latency,keys,instances,restore
 BENCH_OUT ?= bench/results
 BENCH_ARGS ?=
 
-bench: up ## Throughput vs the broker, latency, key/instance scaling, restore; JSON + PNG in bench/results: make bench BENCH_KEY_SCALES=10000,1000000,10000000
+bench: up ## Throughput vs the broker, Avro and JSON input, latency, key/instance scaling, restore; JSON + PNG in bench/results: make bench BENCH_KEY_SCALES=10000,1000000,10000000
 	cargo build --release --bin autoglm --bin autoglm-bench
 	env $(STACK_ENV) $(CARGO_TARGET_DIR)/release/autoglm-bench --records $(BENCH_RECORDS) \
 	  --keys $(BENCH_KEYS) --partitions $(BENCH_PARTITIONS) --key-scales $(BENCH_KEY_SCALES) \
 	  --instances $(BENCH_INSTANCES) --restore-keys $(BENCH_RESTORE_KEYS) \
 	  --latency-secs $(BENCH_LATENCY_SECS) --phases $(BENCH_PHASES) --out $(BENCH_OUT) $(BENCH_ARGS)
 
-microbench: ## criterion, per record on the bench's records: decode (3 ways, then to the event), version guard, mapping, encode
+microbench: ## criterion, per record on the bench's records: decode (3 ways, then to the event; JSON with and without the wrapper), version guard, mapping, encode
 	cargo bench -p autoglm-codec -p autoglm-state -p autoglm-mapping --bench codec --bench guard --bench mapping

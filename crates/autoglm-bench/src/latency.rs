@@ -25,7 +25,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::processor::{self, Spec};
-use crate::workload::Encoded;
+use crate::workload::{Encoded, Input};
 use crate::{Bench, Progress};
 
 /// How long the reader waits for the last outputs once the input has ended.
@@ -78,6 +78,8 @@ pub async fn run(
     let mut instance = processor::start(
         bench,
         &Spec {
+            binary: &bench.binary,
+            input: Input::Avro,
             group: &group,
             instance: 0,
             source: &source,

@@ -12,6 +12,10 @@
 //!    (b) autoglm run --pass-through, at least once   (c) the same, exactly once
 //!    (d) the full pipeline, at least once            (e) the full pipeline, exactly once
 //!    ratios: R_txn = c / b, R_proc = e / c
+//!  json: (e) on the same changes as Debezium's JSON converter writes them, with the Connect
+//!    schema wrapper (its default) and without; JSON out. Ratio: JSON (e) / Avro (e)
+//!  ab (only when asked): (e) of another binary (A) and this build (B) in alternating pairs,
+//!    medians and B/A: the same-run A/B of an optimisation
 //!  latency: an open-loop input at 50% and 80% of (e) into a fresh exactly-once processor;
 //!    now − record timestamp at a read_committed reader of the target; p50/p99/p99.9/max
 //!  scaling: (e) with 10k and 1M keys in the state (the update phase after every key was
@@ -54,8 +58,10 @@ use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use latency::LatencyRun;
 use processor::{Spec, Start, Template, Trace, Window};
 pub use progress::Progress;
-use report::{InstanceRun, KeyScaleRun, RecordShape, Report, RestartRun, RestoreReport, Run};
-use workload::Workload;
+use report::{
+    AbReport, InstanceRun, KeyScaleRun, RecordShape, Report, RestartRun, RestoreReport, Run,
+};
+use workload::{Encoder, Input, Workload};
 
 /// Benchmark the processor against the broker's own ceiling.
 #[derive(Debug, Parser)]
@@ -96,9 +102,19 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "ceiling,modes,latency,keys,instances,restore"
+        default_value = "ceiling,modes,json,latency,keys,instances,restore"
     )]
     phases: Vec<Phase>,
+    /// The `ab` phase's A: another `autoglm` binary (say, a build of the commit before an
+    /// optimisation); B is the one next to this bench.
+    #[arg(long)]
+    ab_binary: Option<PathBuf>,
+    /// Alternating pairs of (e) runs in the `ab` phase.
+    #[arg(long, default_value_t = 5)]
+    ab_pairs: usize,
+    /// The input of the `ab` phase.
+    #[arg(long, value_enum, default_value = "json")]
+    ab_input: Input,
     /// Keep the run's topics and state directories (and the processor logs).
     #[arg(long)]
     keep: bool,
@@ -119,6 +135,10 @@ enum Phase {
     Ceiling,
     /// (b)–(e)
     Modes,
+    /// (e) on the same changes in Debezium JSON, with and without the schema wrapper
+    Json,
+    /// (e) of --ab-binary (A) and this build (B) in alternating pairs
+    Ab,
     /// open-loop latency at fractions of (e)
     Latency,
     /// (e) with more keys in the state
@@ -142,7 +162,7 @@ pub struct Bench {
     stamp: u64,
     binary: PathBuf,
     http: reqwest::Client,
-    avro: AvroTarget,
+    encoder: Encoder,
     topics: Mutex<Vec<String>>,
     groups: Mutex<Vec<String>>,
 }
@@ -194,6 +214,7 @@ impl Bench {
 #[derive(Debug, Clone)]
 struct Loaded {
     topic: String,
+    input: Input,
     creates: u64,
     records: u64,
     bytes: u64,
@@ -205,31 +226,46 @@ impl Loaded {
     }
 }
 
-/// Source topics by (creates, updates), each loaded once.
+/// Source topics by (creates, updates, encoding), each loaded once.
 #[derive(Debug, Default)]
-struct Sources(HashMap<(u64, u64), Loaded>);
+struct Sources(HashMap<(u64, u64, Input), Loaded>);
 
 impl Sources {
+    /// Avro input of `creates` creates, then `updates` updates.
     async fn get(&mut self, bench: &Bench, creates: u64, updates: u64) -> anyhow::Result<Loaded> {
-        if let Some(loaded) = self.0.get(&(creates, updates)) {
+        self.get_as(bench, creates, updates, Input::Avro).await
+    }
+
+    /// The same changes, encoded as `input`.
+    async fn get_as(
+        &mut self,
+        bench: &Bench,
+        creates: u64,
+        updates: u64,
+        input: Input,
+    ) -> anyhow::Result<Loaded> {
+        if let Some(loaded) = self.0.get(&(creates, updates, input)) {
             return Ok(loaded.clone());
         }
-        let topic = bench.topic(&format!("crm-{creates}-{updates}"));
+        let topic = bench.topic(&format!("crm-{creates}-{updates}-{}", input.label()));
         eprintln!(
-            "bench: preloading {topic}: {creates} creates, then {updates} updates ({} partitions)",
-            bench.partitions
+            "bench: preloading {topic}: {creates} creates, then {updates} updates ({} partitions, {})",
+            bench.partitions,
+            input.label()
         );
         bench.create_topics(&[&topic]).await?;
         let workload = Workload::new(creates, updates)?;
         let records = workload.len();
-        let bytes = workload::preload(&bench.settings, &bench.avro, &topic, workload).await?;
+        let bytes =
+            workload::preload(&bench.settings, (&bench.encoder, input), &topic, workload).await?;
         let loaded = Loaded {
             topic,
+            input,
             creates,
             records,
             bytes,
         };
-        self.0.insert((creates, updates), loaded.clone());
+        self.0.insert((creates, updates, input), loaded.clone());
         Ok(loaded)
     }
 }
@@ -269,13 +305,13 @@ fn setup(args: &Args) -> anyhow::Result<Bench> {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()?,
-        // Every input record is encoded under this one subject; the processor decodes by
+        // Every Avro input record is encoded under this one subject; the processor decodes by
         // schema id, whatever the topic.
-        avro: AvroTarget::new(
+        encoder: Encoder::new(AvroTarget::new(
             registry,
             &format!("bench-{stamp}-crm"),
             workload::SOURCE_SCHEMA,
-        )?,
+        )?)?,
         repo,
         topics: Mutex::default(),
         groups: Mutex::default(),
@@ -313,30 +349,40 @@ async fn bench_all(bench: &Bench, args: &Args) -> anyhow::Result<()> {
         ];
         for (name, what, pass_through, exactly_once) in modes {
             eprintln!("bench: ({name}) {what}");
-            let run = group_run(
-                bench,
-                name,
-                &main,
-                1,
-                (pass_through, exactly_once),
-                Start::FirstCommit,
-                false,
-            )
-            .await
-            .with_context(|| format!("run ({name})"))?;
-            let trace = run.trace;
-            let window = Window::between(&trace.first, &trace.end);
-            eprintln!("bench: ({name}) {:.0} records/s", window.rate());
-            runs.push(Run {
-                name,
-                what,
-                records_per_sec: window.rate(),
-                mb_per_sec: window.rate() * avg / 1e6,
-                processor_cpu_us_per_record: Some(window.processor_us_per_record),
-                broker_cpu_us_per_record: window.broker_us_per_record,
-                peak_rss_mib: Some(trace.peak_rss_kib as f64 / 1024.0),
-            });
+            let mode = Mode {
+                binary: &bench.binary,
+                pass_through,
+                exactly_once,
+            };
+            runs.push(mode_run(bench, (name, what), &main, mode).await?);
         }
+    }
+    if phase(Phase::Json) {
+        let inputs: [(&'static str, &'static str, Input); 2] = [
+            ("e-json", "(e), JSON with the schema wrapper", Input::Json),
+            ("e-json-plain", "(e), JSON without the wrapper", Input::JsonPlain),
+        ];
+        for (name, what, input) in inputs {
+            let source = sources
+                .get_as(bench, main.creates, main.records - main.creates, input)
+                .await?;
+            eprintln!(
+                "bench: ({name}) {what}, {:.0} bytes per record",
+                source.avg_bytes()
+            );
+            runs.push(mode_run(bench, (name, what), &source, Mode::full(&bench.binary)).await?);
+        }
+    }
+    let mut ab = None;
+    if phase(Phase::Ab) {
+        let other = args
+            .ab_binary
+            .as_deref()
+            .context("the `ab` phase needs --ab-binary")?;
+        let source = sources
+            .get_as(bench, main.creates, main.records - main.creates, args.ab_input)
+            .await?;
+        ab = Some(ab_phase(bench, &source, other, args.ab_pairs).await?);
     }
     let rate = |name: &str| {
         runs.iter()
@@ -394,6 +440,9 @@ async fn bench_all(bench: &Bench, args: &Args) -> anyhow::Result<()> {
         avg_record_bytes,
         r_txn: ratio("c", "b"),
         r_proc: ratio("e", "c"),
+        json_vs_avro: ratio("e-json", "e"),
+        json_plain_vs_avro: ratio("e-json-plain", "e"),
+        ab,
         runs,
         record: RecordShape {
             source_row_fields: workload::ROW_FIELDS,
@@ -428,6 +477,69 @@ async fn bench_all(bench: &Bench, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One throughput run of a single instance over `source`, from its first commit to the end.
+async fn mode_run(
+    bench: &Bench,
+    (name, what): (&'static str, &'static str),
+    source: &Loaded,
+    mode: Mode<'_>,
+) -> anyhow::Result<Run> {
+    eprintln!("bench: ({name}) {what}");
+    let run = group_run(bench, name, source, 1, mode, Start::FirstCommit, false)
+        .await
+        .with_context(|| format!("run ({name})"))?;
+    let trace = run.trace;
+    let window = Window::between(&trace.first, &trace.end);
+    eprintln!("bench: ({name}) {:.0} records/s", window.rate());
+    Ok(Run {
+        name,
+        what,
+        records_per_sec: window.rate(),
+        mb_per_sec: window.rate() * source.avg_bytes() / 1e6,
+        processor_cpu_us_per_record: Some(window.processor_us_per_record),
+        broker_cpu_us_per_record: window.broker_us_per_record,
+        peak_rss_mib: Some(trace.peak_rss_kib as f64 / 1024.0),
+    })
+}
+
+/// (e) of this build's binary (B) and of `other` (A), in `pairs` alternating pairs over
+/// `source`: the same-run A/B of an optimisation. Each run gets a fresh group and target.
+async fn ab_phase(
+    bench: &Bench,
+    source: &Loaded,
+    other: &Path,
+    pairs: usize,
+) -> anyhow::Result<AbReport> {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let (mut a_cpu, mut b_cpu) = (Vec::new(), Vec::new());
+    for pair in 0..pairs {
+        // Alternate which goes first, so that neither always runs on a warmer broker.
+        let order = if pair % 2 == 0 { [true, false] } else { [false, true] };
+        for is_a in order {
+            let (binary, name) = if is_a {
+                (other, "ab-a")
+            } else {
+                (bench.binary.as_path(), "ab-b")
+            };
+            let run = mode_run(bench, (name, "A/B"), source, Mode::full(binary)).await?;
+            let cpu = run.processor_cpu_us_per_record.unwrap_or(f64::NAN);
+            if is_a {
+                a.push(run.records_per_sec);
+                a_cpu.push(cpu);
+            } else {
+                b.push(run.records_per_sec);
+                b_cpu.push(cpu);
+            }
+        }
+    }
+    let report = AbReport::new(other, &bench.binary, source.input, (a, b), (a_cpu, b_cpu));
+    eprintln!(
+        "bench: A/B over {pairs} pairs: A {:.0} records/s, B {:.0} records/s (medians), B/A = {:.3}",
+        report.a_median, report.b_median, report.b_over_a
+    );
+    Ok(report)
+}
+
 /// A finished (or SIGKILLed) run of one group.
 #[derive(Debug)]
 struct GroupRun {
@@ -438,6 +550,25 @@ struct GroupRun {
     dir: PathBuf,
 }
 
+/// What a run starts: which binary, and how.
+#[derive(Debug, Clone, Copy)]
+struct Mode<'a> {
+    binary: &'a Path,
+    pass_through: bool,
+    exactly_once: bool,
+}
+
+impl<'a> Mode<'a> {
+    /// (e): the full pipeline, exactly once, of `binary`.
+    fn full(binary: &'a Path) -> Mode<'a> {
+        Mode {
+            binary,
+            pass_through: false,
+            exactly_once: true,
+        }
+    }
+}
+
 /// Starts `count` instances of a fresh group on `source` and follows them to its end. Unless
 /// `kill`, they then exit on their own (3 s idle, 15 s for several); with `kill` they are
 /// SIGKILLed at once.
@@ -446,7 +577,7 @@ async fn group_run(
     name: &str,
     source: &Loaded,
     count: usize,
-    (pass_through, exactly_once): (bool, bool),
+    mode: Mode<'_>,
     start: Start,
     kill: bool,
 ) -> anyhow::Result<GroupRun> {
@@ -462,13 +593,15 @@ async fn group_run(
         instances.push(processor::start(
             bench,
             &Spec {
+                binary: mode.binary,
+                input: source.input,
                 group: &group,
                 instance: i,
                 source: &source.topic,
                 target: &target,
                 state: &state,
-                exactly_once,
-                pass_through,
+                exactly_once: mode.exactly_once,
+                pass_through: mode.pass_through,
                 // Several members join one after another, and the rebalances may leave one
                 // without partitions for more than 3 s: it must not leave for want of input.
                 exit_when_idle_secs: Some(if count > 1 { 15 } else { 3 }),
@@ -509,7 +642,7 @@ async fn key_run(
         &name,
         source,
         1,
-        (false, true),
+        Mode::full(&bench.binary),
         Start::Committed(i64::try_from(keys)?),
         kill,
     )
@@ -543,7 +676,7 @@ async fn instance_run(bench: &Bench, source: &Loaded, count: usize) -> anyhow::R
         &name,
         source,
         count,
-        (false, true),
+        Mode::full(&bench.binary),
         Start::Settled,
         false,
     )
@@ -575,7 +708,7 @@ async fn latency_phase(
     let creates = args.keys.min(needed).max(1);
     eprintln!("bench: latency: encoding {needed} records");
     let records = workload::encode_all(
-        &bench.avro,
+        &bench.encoder.avro,
         Workload::new(creates, needed.saturating_sub(creates))?,
     )
     .await?;
@@ -619,6 +752,8 @@ async fn restart(bench: &Bench, run: &GroupRun, state: &Path) -> anyhow::Result<
     let mut instance = processor::start(
         bench,
         &Spec {
+            binary: &bench.binary,
+            input: Input::Avro,
             group: &run.group,
             instance: 0,
             source: &run.source,

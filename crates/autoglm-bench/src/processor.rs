@@ -12,6 +12,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_yaml::Value as Yaml;
 
+use crate::workload::Input;
 use crate::{Bench, Progress};
 
 /// A run with no committed progress for this long has stalled.
@@ -20,6 +21,10 @@ const STALL: Duration = Duration::from_secs(120);
 /// One processor instance to start.
 #[derive(Debug, Clone)]
 pub struct Spec<'a> {
+    /// The `autoglm` binary to run.
+    pub binary: &'a Path,
+    /// How the source topic is encoded; JSON input is written out as JSON too.
+    pub input: Input,
     pub group: &'a str,
     pub instance: usize,
     pub source: &'a str,
@@ -57,7 +62,7 @@ pub fn start(bench: &Bench, spec: &Spec<'_>) -> anyhow::Result<Instance> {
     std::fs::write(&config_file, bench.template.render(spec, port)?)?;
     // Appended: a restart on the same state directory keeps the log of the run before.
     let log = dir.join(format!("{name}.log"));
-    let mut command = Command::new(&bench.binary);
+    let mut command = Command::new(spec.binary);
     command
         .arg("run")
         .arg("--config")
@@ -77,7 +82,7 @@ pub fn start(bench: &Bench, spec: &Spec<'_>) -> anyhow::Result<Instance> {
     }
     let child = command
         .spawn()
-        .with_context(|| format!("start {}", bench.binary.display()))?;
+        .with_context(|| format!("start {}", spec.binary.display()))?;
     Ok(Instance { child, port, log })
 }
 
@@ -108,7 +113,8 @@ impl Template {
     /// The bench config with the keys of `spec` set.
     fn render(&self, spec: &Spec<'_>, port: u16) -> anyhow::Result<String> {
         let mut doc = self.yaml.clone();
-        let sets: [(&str, Yaml); 11] = [
+        let format = spec.input.encoding();
+        let sets: [(&str, Yaml); 13] = [
             ("kafka.bootstrap_servers", self.bootstrap.as_str().into()),
             ("kafka.group_id", spec.group.into()),
             ("kafka.instance_id", spec.instance.to_string().into()),
@@ -120,6 +126,8 @@ impl Template {
             ),
             ("metrics.listen", format!("127.0.0.1:{port}").into()),
             ("routes.0.source.topic", spec.source.into()),
+            ("routes.0.source.encoding", format.into()),
+            ("routes.0.targets.0.format", format.into()),
             ("routes.0.targets.0.topic", spec.target.into()),
             (
                 "routes.0.targets.0.schema",
@@ -500,6 +508,8 @@ mod tests {
         let template = Template::load(&repo, "127.0.0.1:1", "http://127.0.0.1:2/apis/ccompat/v7")
             .expect("the bench config");
         let spec = Spec {
+            binary: Path::new("autoglm"),
+            input: Input::Avro,
             group: "bench-1-e",
             instance: 2,
             source: "bench-1-crm",
@@ -527,5 +537,18 @@ mod tests {
         let route = &config.routes[0];
         assert_eq!(route.source.topic.as_deref(), Some("bench-1-crm"));
         assert_eq!(route.dlq_topic, "bench-1-e-erp.dlq");
+
+        // JSON in, JSON out.
+        let spec = Spec {
+            input: Input::Json,
+            ..spec
+        };
+        let text = template.render(&spec, 4242).expect("render");
+        let config =
+            autoglm_config::parse(&text, "rendered", &repo, autoglm_config::Overrides::None)
+                .expect("a valid config");
+        let route = &config.routes[0];
+        assert_eq!(route.source.encoding, autoglm_codec::Encoding::Json);
+        assert_eq!(route.targets[0].format, autoglm_codec::Encoding::Json);
     }
 }

@@ -90,12 +90,68 @@ pub struct Report {
     pub runs: Vec<Run>,
     pub r_txn: Option<f64>,
     pub r_proc: Option<f64>,
+    /// (e) with JSON input (and output) over (e) with Avro, same changes.
+    pub json_vs_avro: Option<f64>,
+    pub json_plain_vs_avro: Option<f64>,
+    pub ab: Option<AbReport>,
     pub record: RecordShape,
     pub latency: Vec<LatencyRun>,
     pub key_scaling: Vec<KeyScaleRun>,
     pub instance_scaling: Vec<InstanceRun>,
     pub restore: Option<RestoreReport>,
     pub plot: Option<PathBuf>,
+}
+
+/// (e) of two binaries in alternating pairs.
+#[derive(Debug, Serialize)]
+pub struct AbReport {
+    pub a_binary: PathBuf,
+    pub b_binary: PathBuf,
+    pub input: &'static str,
+    /// Records/s of each run, in pair order.
+    pub a_records_per_sec: Vec<f64>,
+    pub b_records_per_sec: Vec<f64>,
+    pub a_median: f64,
+    pub b_median: f64,
+    /// b_median / a_median.
+    pub b_over_a: f64,
+    pub a_cpu_us_per_record_median: f64,
+    pub b_cpu_us_per_record_median: f64,
+}
+
+impl AbReport {
+    pub fn new(
+        a_binary: &std::path::Path,
+        b_binary: &std::path::Path,
+        input: crate::workload::Input,
+        (a, b): (Vec<f64>, Vec<f64>),
+        (a_cpu, b_cpu): (Vec<f64>, Vec<f64>),
+    ) -> AbReport {
+        let (a_median, b_median) = (median(&a), median(&b));
+        AbReport {
+            a_binary: a_binary.to_owned(),
+            b_binary: b_binary.to_owned(),
+            input: input.label(),
+            a_records_per_sec: a,
+            b_records_per_sec: b,
+            a_median,
+            b_median,
+            b_over_a: b_median / a_median,
+            a_cpu_us_per_record_median: median(&a_cpu),
+            b_cpu_us_per_record_median: median(&b_cpu),
+        }
+    }
+}
+
+/// The median (the mean of the middle two for an even count); NaN for none.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 pub fn plot_title(report: &Report) -> String {
@@ -176,12 +232,12 @@ pub fn print_tables(report: &Report) {
     );
     if !report.runs.is_empty() {
         println!(
-            "{:<10} {:<34} {:>12} {:>8} {:>12} {:>12} {:>9}",
+            "{:<13} {:<34} {:>12} {:>8} {:>12} {:>12} {:>9}",
             "run", "what", "records/s", "MB/s", "cpu µs/rec", "broker µs", "RSS MiB"
         );
         for run in &report.runs {
             println!(
-                "{:<10} {:<34} {:>12.0} {:>8.1} {:>12} {:>12} {:>9}",
+                "{:<13} {:<34} {:>12.0} {:>8.1} {:>12} {:>12} {:>9}",
                 run.name,
                 run.what,
                 run.records_per_sec,
@@ -196,6 +252,32 @@ pub fn print_tables(report: &Report) {
             "R_txn = c/b = {}   R_proc = e/c = {}",
             ratio(report.r_txn),
             ratio(report.r_proc)
+        );
+        if report.json_vs_avro.is_some() {
+            println!(
+                "JSON (e) / Avro (e) = {} with the schema wrapper, {} without (target: ≥ 0.8)",
+                ratio(report.json_vs_avro),
+                ratio(report.json_plain_vs_avro)
+            );
+        }
+    }
+    if let Some(ab) = &report.ab {
+        println!(
+            "\nA/B, (e) on {} input, alternating pairs: A = {}, B = {}",
+            ab.input,
+            ab.a_binary.display(),
+            ab.b_binary.display()
+        );
+        let rates = |v: &[f64]| v.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" ");
+        println!("A records/s: {}", rates(&ab.a_records_per_sec));
+        println!("B records/s: {}", rates(&ab.b_records_per_sec));
+        println!(
+            "medians: A {:.0}, B {:.0} records/s; B/A = {:.3}; cpu µs/rec A {:.1}, B {:.1}",
+            ab.a_median,
+            ab.b_median,
+            ab.b_over_a,
+            ab.a_cpu_us_per_record_median,
+            ab.b_cpu_us_per_record_median
         );
     }
     if !report.latency.is_empty() {

@@ -1,5 +1,6 @@
 //! The bench's input: Debezium (MySQL connector) change events of a wide CRM `customers` row,
-//! Avro-encoded in the Confluent wire format.
+//! Avro-encoded in the Confluent wire format, or JSON as Debezium's JSON converter writes it
+//! (see [`Input`]).
 //!
 //! ```text
 //!  creates: each key once, op=c, version 1            (the state fills with `creates` keys)
@@ -25,6 +26,9 @@ use crate::Progress;
 /// The source schema: a Debezium envelope around the wide row.
 pub const SOURCE_SCHEMA: &str =
     include_str!("../../../bench/schemas/crm.customers_wide-value.avsc");
+/// The source schema as Kafka Connect's JSON converter writes it in every record.
+pub const SOURCE_CONNECT_SCHEMA: &str =
+    include_str!("../../../bench/schemas/crm.customers_wide-value.connect.json");
 /// Columns of the source row.
 pub const ROW_FIELDS: usize = 16;
 /// Fields of the target record.
@@ -35,6 +39,81 @@ const T0_MS: i64 = 1_795_478_400_000;
 const CITIES: [&str; 8] = [
     "Shanghai", "Beijing", "Shenzhen", "Hangzhou", "Chengdu", "Suzhou", "Nanjing", "Wuhan",
 ];
+
+/// How the source records are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Input {
+    /// Avro in the Confluent wire format (Debezium's Avro converter).
+    Avro,
+    /// JSON in Connect's `schema`/`payload` wrapper, decimals as base64 bytes: Debezium's JSON
+    /// converter as it comes (`schemas.enable=true`). The key is wrapped too.
+    Json,
+    /// JSON without the wrapper (`schemas.enable=false`), decimals as strings
+    /// (`decimal.handling.mode=string`).
+    JsonPlain,
+}
+
+impl Input {
+    /// The route's `source.encoding` (and its target's `format`).
+    pub fn encoding(self) -> &'static str {
+        match self {
+            Input::Avro => "avro",
+            Input::Json | Input::JsonPlain => "json",
+        }
+    }
+
+    /// The name in run and topic names.
+    pub fn label(self) -> &'static str {
+        match self {
+            Input::Avro => "avro",
+            Input::Json => "json",
+            Input::JsonPlain => "json-plain",
+        }
+    }
+}
+
+/// Writes changes as [`Input`] says.
+#[derive(Debug)]
+pub struct Encoder {
+    pub avro: AvroTarget,
+    connect_value: Json,
+    connect_key: Json,
+}
+
+impl Encoder {
+    pub fn new(avro: AvroTarget) -> anyhow::Result<Encoder> {
+        Ok(Encoder {
+            avro,
+            connect_value: serde_json::from_str(SOURCE_CONNECT_SCHEMA)
+                .context("bench/schemas/crm.customers_wide-value.connect.json")?,
+            connect_key: json!({
+                "type": "struct", "optional": false, "name": "crm.public.customers_wide.Key",
+                "fields": [{"type": "int64", "optional": false, "field": "id"}]
+            }),
+        })
+    }
+
+    /// The key and value bytes of one change.
+    pub async fn encode(
+        &self,
+        input: Input,
+        id: i64,
+        event: serde_json::Map<String, Json>,
+    ) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+        let key = json!({ "id": id });
+        Ok(match input {
+            Input::Avro => (key.to_string().into_bytes(), self.avro.encode(&event).await?),
+            Input::Json => (
+                serde_json::to_vec(&autoglm_codec::connect_wrap(&key, &self.connect_key))?,
+                serde_json::to_vec(&autoglm_codec::connect_wrap(
+                    &Json::Object(event),
+                    &self.connect_value,
+                ))?,
+            ),
+            Input::JsonPlain => (key.to_string().into_bytes(), serde_json::to_vec(&event)?),
+        })
+    }
+}
 
 /// One change: which key, which version, and whether the version guard will accept it.
 #[derive(Debug, Clone, Copy)]
@@ -75,8 +154,8 @@ impl Workload {
         self.remaining
     }
 
-    /// The Kafka key and the Debezium envelope of one change.
-    pub fn event(&mut self, change: Change) -> (String, serde_json::Map<String, Json>) {
+    /// The entity id and the Debezium envelope of one change.
+    pub fn event(&mut self, change: Change) -> (i64, serde_json::Map<String, Json>) {
         self.seq += 1;
         let id = i64::try_from(change.id).unwrap_or(i64::MAX);
         let (op, before) = if change.create {
@@ -97,7 +176,7 @@ impl Workload {
         let Json::Object(event) = event else {
             unreachable!("json! of an object literal is an object")
         };
-        (format!("{{\"id\":{id}}}"), event)
+        (id, event)
     }
 }
 
@@ -172,9 +251,9 @@ pub async fn encode_all(avro: &AvroTarget, mut workload: Workload) -> anyhow::Re
     let mut progress = Progress::new("encode", workload.len());
     let mut out = Vec::with_capacity(usize::try_from(workload.len())?);
     while let Some(change) = workload.next() {
-        let (key, event) = workload.event(change);
+        let (id, event) = workload.event(change);
         out.push(Encoded {
-            key,
+            key: format!("{{\"id\":{id}}}"),
             payload: avro.encode(&event).await?,
             accepted: change.accepted,
         });
@@ -183,10 +262,11 @@ pub async fn encode_all(avro: &AvroTarget, mut workload: Workload) -> anyhow::Re
     Ok(out)
 }
 
-/// Produces the workload to `topic` as fast as the broker takes it. Returns the payload bytes.
+/// Produces the workload to `topic`, encoded as `input`, as fast as the broker takes it.
+/// Returns the payload bytes.
 pub async fn preload(
     settings: &ClientSettings,
-    avro: &AvroTarget,
+    (encoder, input): (&Encoder, Input),
     topic: &str,
     mut workload: Workload,
 ) -> anyhow::Result<u64> {
@@ -201,8 +281,8 @@ pub async fn preload(
     let mut sent = 0;
     let mut pending = Vec::with_capacity(10_000);
     while let Some(change) = workload.next() {
-        let (key, event) = workload.event(change);
-        let payload = avro.encode(&event).await?;
+        let (id, event) = workload.event(change);
+        let (key, payload) = encoder.encode(input, id, event).await?;
         bytes += payload.len() as u64;
         let record = FutureRecord::to(topic).key(&key).payload(&payload);
         pending.push(
@@ -238,6 +318,39 @@ mod tests {
         assert_eq!(changes[999].id, 999);
         let dropped = changes[1000..].iter().filter(|c| !c.accepted).count();
         assert!((4000..6000).contains(&dropped), "{dropped} dropped");
+    }
+
+    #[tokio::test]
+    async fn json_records_decode_to_the_changes_the_avro_ones_carry() {
+        let avro = AvroTarget::new(
+            schema_registry_converter::async_impl::schema_registry::SrSettings::new(
+                "http://registry.invalid".into(),
+            ),
+            "bench",
+            SOURCE_SCHEMA,
+        )
+        .expect("schema");
+        let encoder = Encoder::new(avro).expect("connect schema");
+        let decoder = autoglm_codec::Decoder::new(None);
+        let mut workload = Workload::new(3, 3).expect("workload");
+        while let Some(change) = workload.next() {
+            let (id, event) = workload.event(change);
+            let mut decoded = Vec::new();
+            for input in [Input::Json, Input::JsonPlain] {
+                let (key, value) = encoder.encode(input, id, event.clone()).await.expect("encodes");
+                let decoded_event = decoder
+                    .decode(autoglm_codec::Envelope::Debezium, autoglm_codec::Encoding::Json, Some(&key), Some(&value))
+                    .await
+                    .expect("decodes");
+                decoded.push(decoded_event);
+            }
+            let autoglm_codec::Decoded::Event(wrapped) = &decoded[0] else {
+                panic!("an event")
+            };
+            assert_eq!(wrapped.after.as_ref(), event["after"].as_object(), "the wrapped row");
+            assert_eq!(wrapped.key.as_ref().map(|k| k["id"].clone()), Some(json!(id)));
+            assert_eq!(decoded[0], decoded[1], "wrapped and plain read the same");
+        }
     }
 
     #[test]

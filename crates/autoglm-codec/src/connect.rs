@@ -1,10 +1,19 @@
 //! Kafka Connect JSON (`{"schema": …, "payload": …}`): unwrap the payload and, guided by the Connect
 //! schema, turn `org.apache.kafka.connect.data.Decimal` (base64 bytes) and
 //! `io.debezium.data.VariableScaleDecimal` into decimal strings.
+//!
+//! Connect's JSON converter repeats the whole schema in every record: about three quarters of a
+//! Debezium record's bytes. [`unwrap`] reads a tree of it all, the reference path; [`Schemas`]
+//! borrows the schema's text unparsed ([`Wrapped`]) and parses each distinct schema once.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use autoglm_core::Row;
 use base64::Engine as _;
 use num_bigint::BigInt;
 use serde_json::Value as Json;
+use serde_json::value::RawValue;
 
 use crate::avro_json::format_decimal;
 
@@ -22,6 +31,169 @@ pub(crate) fn unwrap(value: Json) -> Json {
             convert(payload, &schema)
         }
         other => other,
+    }
+}
+
+/// A Connect wrapper as read without a tree for its schema: the schema's text is borrowed from
+/// the record. Exactly the two fields, as [`unwrap`] requires; anything else fails to
+/// deserialize, and the caller takes the reference path.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Wrapped<'a, P> {
+    #[serde(borrow)]
+    pub(crate) schema: &'a RawValue,
+    pub(crate) payload: P,
+}
+
+/// Whether a JSON text's first field is `schema` or `payload`: worth reading as a [`Wrapped`].
+/// Only a hint: the deserializer decides.
+pub(crate) fn looks_wrapped(bytes: &[u8]) -> bool {
+    let mut rest = bytes.trim_ascii_start();
+    let Some(after_brace) = rest.strip_prefix(b"{") else {
+        return false;
+    };
+    rest = after_brace.trim_ascii_start();
+    rest.starts_with(b"\"schema\"") || rest.starts_with(b"\"payload\"")
+}
+
+/// A wrapper's schema, parsed.
+#[derive(Debug)]
+pub(crate) struct Schema {
+    tree: Json,
+    /// Whether a value of this schema may hold a decimal to convert; if not, its payload is
+    /// taken as it is.
+    converts: bool,
+    /// The schemas of a Debezium envelope's rows, where its conversions lie in them alone.
+    rows: Option<EnvelopeRows>,
+}
+
+/// The schemas of an envelope's `before` and `after` fields.
+#[derive(Debug)]
+struct EnvelopeRows {
+    before: Option<Json>,
+    after: Option<Json>,
+}
+
+/// One of a Debezium envelope's rows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum EnvelopeRow {
+    Before,
+    After,
+}
+
+impl Schema {
+    fn parse(raw: &RawValue) -> Option<Schema> {
+        let tree: Json = serde_json::from_str(raw.get()).ok()?;
+        Some(Schema {
+            converts: names_a_decimal(&tree),
+            rows: envelope_rows(&tree),
+            tree,
+        })
+    }
+
+    /// The payload converted as [`unwrap`] converts it.
+    pub(crate) fn convert(&self, payload: Json) -> Json {
+        if self.converts {
+            convert(payload, &self.tree)
+        } else {
+            payload
+        }
+    }
+
+    /// An envelope's row converted as [`unwrap`] converts it inside the whole payload; `None`
+    /// where that cannot be done row by row (this schema converts something outside `before`
+    /// and `after`, is not a plain struct, or lists a field twice).
+    pub(crate) fn convert_row(&self, which: EnvelopeRow, row: Row) -> Option<Row> {
+        if !self.converts {
+            return Some(row);
+        }
+        let rows = self.rows.as_ref()?;
+        let schema = match which {
+            EnvelopeRow::Before => &rows.before,
+            EnvelopeRow::After => &rows.after,
+        };
+        let Some(schema) = schema else {
+            return Some(row);
+        };
+        match convert(Json::Object(row), schema) {
+            Json::Object(row) => Some(row),
+            _ => None,
+        }
+    }
+}
+
+/// The row schemas of `schema`, an envelope whose conversions all lie in `before` and `after`.
+fn envelope_rows(schema: &Json) -> Option<EnvelopeRows> {
+    let name = schema.get("name").and_then(Json::as_str);
+    if matches!(name, Some(DECIMAL | VARIABLE_SCALE_DECIMAL))
+        || schema.get("type").and_then(Json::as_str) != Some("struct")
+    {
+        return None;
+    }
+    let mut rows = EnvelopeRows {
+        before: None,
+        after: None,
+    };
+    let mut seen = Vec::new();
+    for field in schema.get("fields")?.as_array()? {
+        let name = field.get("field").and_then(Json::as_str);
+        if seen.contains(&name) {
+            return None;
+        }
+        seen.push(name);
+        match name {
+            Some("before") => rows.before = Some(field.clone()),
+            Some("after") => rows.after = Some(field.clone()),
+            _ if names_a_decimal(field) => return None,
+            _ => {}
+        }
+    }
+    Some(rows)
+}
+
+/// Whether `schema` or anything in it is named as a Connect or Debezium decimal.
+fn names_a_decimal(schema: &Json) -> bool {
+    match schema {
+        Json::Object(map) => {
+            matches!(
+                map.get("name").and_then(Json::as_str),
+                Some(DECIMAL | VARIABLE_SCALE_DECIMAL)
+            ) || map.values().any(names_a_decimal)
+        }
+        Json::Array(items) => items.iter().any(names_a_decimal),
+        _ => false,
+    }
+}
+
+/// The Connect schemas seen so far, by their text. Bounded: past [`Schemas::MAX`] distinct
+/// schemas, a new one is parsed for its record and not kept.
+#[derive(Debug, Default)]
+pub(crate) struct Schemas(Mutex<HashMap<Box<str>, Arc<Schema>, foldhash::fast::RandomState>>);
+
+impl Schemas {
+    const MAX: usize = 1024;
+
+    /// The parsed schema of `raw`; `None` if it is not JSON (the reference path says why).
+    pub(crate) fn get(&self, raw: &RawValue) -> Option<Arc<Schema>> {
+        let mut cache = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(schema) = cache.get(raw.get()) {
+            return Some(Arc::clone(schema));
+        }
+        let schema = Arc::new(Schema::parse(raw)?);
+        if cache.len() < Self::MAX {
+            cache.insert(raw.get().into(), Arc::clone(&schema));
+        }
+        Some(schema)
+    }
+
+    /// What [`unwrap`] makes of `bytes`, read with the cached schema; `None` where `bytes` is
+    /// not a well-formed wrapper, for the reference path to read.
+    pub(crate) fn unwrap(&self, bytes: &[u8]) -> Option<Json> {
+        if !looks_wrapped(bytes) {
+            return None;
+        }
+        let wrapped: Wrapped<'_, Json> = serde_json::from_slice(bytes).ok()?;
+        Some(self.get(wrapped.schema)?.convert(wrapped.payload))
     }
 }
 
@@ -73,6 +245,58 @@ fn convert(value: Json, schema: &Json) -> Json {
     }
 }
 
+/// `payload` as Kafka Connect's JSON converter writes it under `schema` with
+/// `schemas.enable=true`: the `schema`/`payload` wrapper, with the decimal strings of `Decimal`
+/// fields as base64 two's complement. What the decoder reads back; for benchmarks and tests.
+/// A decimal string that does not fit its field's scale is left as it is.
+pub fn wrap(payload: &Json, schema: &Json) -> Json {
+    serde_json::json!({"schema": schema, "payload": to_connect(payload, schema)})
+}
+
+fn to_connect(value: &Json, schema: &Json) -> Json {
+    if schema.get("name").and_then(Json::as_str) == Some(DECIMAL) {
+        let scale = schema
+            .pointer("/parameters/scale")
+            .and_then(Json::as_str)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        return value
+            .as_str()
+            .and_then(|text| unscaled(text, scale))
+            .map_or_else(
+                || value.clone(),
+                |unscaled| {
+                    let bytes = unscaled.to_signed_bytes_be();
+                    Json::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+                },
+            );
+    }
+    match (value, schema.get("fields").and_then(Json::as_array)) {
+        (Json::Object(map), Some(fields)) => Json::Object(
+            map.iter()
+                .map(|(name, v)| {
+                    let field = fields
+                        .iter()
+                        .find(|f| f.get("field").and_then(Json::as_str) == Some(name));
+                    let v = field.map_or_else(|| v.clone(), |field| to_connect(v, field));
+                    (name.clone(), v)
+                })
+                .collect(),
+        ),
+        _ => value.clone(),
+    }
+}
+
+/// The unscaled integer of a decimal string at `scale`: `"123.4"`, 2 → 12340.
+fn unscaled(text: &str, scale: usize) -> Option<BigInt> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if fraction.len() > scale || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits = format!("{whole}{fraction:0<scale$}");
+    digits.parse().ok()
+}
+
 fn decimal_from_base64(value: &Json, scale: usize) -> Option<Json> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(value.as_str()?)
@@ -102,6 +326,41 @@ mod tests {
             unwrap(wrapped),
             json!({"after": {"id": 1, "credit": "123.45"}})
         );
+    }
+
+    #[test]
+    fn wrap_writes_decimals_as_connect_does_and_unwrap_reads_them_back() {
+        let schema = json!({"type": "struct", "fields": [
+            {"type": "int64", "field": "id"},
+            {"type": "bytes", "field": "credit", "name": DECIMAL, "parameters": {"scale": "2"}},
+            {"type": "bytes", "field": "debt", "name": DECIMAL, "parameters": {"scale": "3"}}
+        ]});
+        let row = json!({"id": 1, "credit": "123.45", "debt": "-0.5"});
+        let wrapped = wrap(&row, &schema);
+        // Java: new BigDecimal("123.45").unscaledValue().toByteArray() = [0x30, 0x39].
+        assert_eq!(wrapped["payload"]["credit"], "MDk=");
+        assert_eq!(unwrap(wrapped), json!({"id": 1, "credit": "123.45", "debt": "-0.500"}));
+        assert_eq!(unscaled("1.234", 2), None, "more digits than the scale");
+    }
+
+    #[test]
+    fn the_cached_schema_unwraps_as_the_tree_does() {
+        let schemas = Schemas::default();
+        let wrapped = json!({
+            "schema": {"type": "struct", "fields": [
+                {"type": "bytes", "field": "credit", "name": DECIMAL, "parameters": {"scale": "2"}}
+            ]},
+            "payload": {"credit": "MDk="}
+        });
+        let bytes = serde_json::to_vec(&wrapped).expect("json");
+        for _ in 0..2 {
+            assert_eq!(schemas.unwrap(&bytes), Some(unwrap(wrapped.clone())));
+        }
+        assert_eq!(schemas.0.lock().expect("lock").len(), 1, "parsed once");
+        // Not a wrapper, or not exactly one: left to the reference path.
+        assert_eq!(schemas.unwrap(br#"{"id": 1}"#), None);
+        assert_eq!(schemas.unwrap(br#"{"schema": {}, "payload": 1, "x": 2}"#), None);
+        assert_eq!(schemas.unwrap(br#"{"schema": {}}"#), None);
     }
 
     #[test]

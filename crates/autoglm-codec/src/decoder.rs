@@ -10,6 +10,8 @@ use schema_registry_converter::error::SRCError;
 use serde_json::Value as Json;
 
 use crate::avro_json::WriterSchema;
+use crate::connect::{EnvelopeRow, Wrapped};
+use crate::envelope::{DebeziumEnvelope, Unread};
 use crate::{CodecError, connect, envelope, wire};
 
 /// How the source topic's values are laid out.
@@ -79,6 +81,8 @@ impl AvroDatum<'_> {
 pub struct Decoder {
     avro: Option<AvroDecoder>,
     schemas: Mutex<HashMap<u32, Arc<WriterSchema>>>,
+    /// The Connect JSON schemas seen, parsed once each.
+    connect_schemas: connect::Schemas,
     /// Events with an `after` row keep their `before` row too (see [`Decoder::after_only`]).
     before_with_after: bool,
 }
@@ -97,6 +101,7 @@ impl Decoder {
         Decoder {
             avro: registry.map(AvroDecoder::new),
             schemas: Mutex::new(HashMap::new()),
+            connect_schemas: connect::Schemas::default(),
             before_with_after: true,
         }
     }
@@ -162,9 +167,17 @@ impl Decoder {
             }));
         };
         let tree = match encoding {
-            Encoding::Json => serde_json::from_slice(value)
-                .map(connect::unwrap)
-                .map_err(CodecError::Json),
+            Encoding::Json => {
+                // Straight into the envelope's fields, the wrapper's schema parsed once per
+                // distinct schema. Where that cannot read the record, the reference path (a
+                // tree of it all) does, or says why it is poison.
+                if envelope == Envelope::Debezium
+                    && let Some(event) = self.debezium_json(value, &mut key)
+                {
+                    return Ok(Ok(Decoded::Event(event)));
+                }
+                self.unwrap_json(value)
+            }
             Encoding::Avro => match self.avro_datum(value)? {
                 Err(e) => Err(e),
                 Ok(avro) if envelope == Envelope::Debezium => {
@@ -194,19 +207,68 @@ impl Decoder {
     /// A Debezium Avro envelope read by serde straight into its fields; `None` where that path
     /// cannot read the datum or the envelope is invalid.
     fn debezium_fast(&self, avro: &AvroDatum<'_>, key: &mut Option<Row>) -> Option<ChangeEvent> {
-        use envelope::{DebeziumEnvelope, Unread};
+        self.debezium_fields(
+            key,
+            || avro.schema.decode_fast_as(avro.datum),
+            || avro.schema.decode_fast_as(avro.datum),
+        )
+    }
+
+    /// A Debezium JSON envelope, with or without the Connect wrapper, read by serde straight
+    /// into its fields; `None` where that path cannot read the record or the envelope is
+    /// invalid.
+    fn debezium_json(&self, value: &[u8], key: &mut Option<Row>) -> Option<ChangeEvent> {
+        if !connect::looks_wrapped(value) {
+            return self.debezium_fields(
+                key,
+                || serde_json::from_slice(value).ok(),
+                || serde_json::from_slice(value).ok(),
+            );
+        }
+        self.debezium_fields(
+            key,
+            || {
+                let wrapped: Wrapped<'_, DebeziumEnvelope<Unread>> =
+                    serde_json::from_slice(value).ok()?;
+                let schema = self.connect_schemas.get(wrapped.schema)?;
+                (wrapped.payload).convert_after(|row| schema.convert_row(EnvelopeRow::After, row))
+            },
+            || {
+                let wrapped: Wrapped<'_, DebeziumEnvelope> = serde_json::from_slice(value).ok()?;
+                let schema = self.connect_schemas.get(wrapped.schema)?;
+                (wrapped.payload)
+                    .convert_after(|row| schema.convert_row(EnvelopeRow::After, row))?
+                    .convert_before(|row| schema.convert_row(EnvelopeRow::Before, row))
+            },
+        )
+    }
+
+    /// The event of an envelope read by `lean` (`before` skipped), when `before` is not wanted
+    /// and there is an `after`; else by `whole`.
+    fn debezium_fields(
+        &self,
+        key: &mut Option<Row>,
+        lean: impl FnOnce() -> Option<DebeziumEnvelope<Unread>>,
+        whole: impl FnOnce() -> Option<DebeziumEnvelope>,
+    ) -> Option<ChangeEvent> {
         if !self.before_with_after {
-            // `before` skipped; a delete (no `after`) is read again, whole.
-            let lean = avro
-                .schema
-                .decode_fast_as::<DebeziumEnvelope<Unread>>(avro.datum)?;
+            // A delete (no `after`) is read again, whole.
+            let lean = lean()?;
             if lean.has_after() {
                 return lean.into_event(key);
             }
         }
-        avro.schema
-            .decode_fast_as::<DebeziumEnvelope>(avro.datum)?
-            .into_event(key)
+        whole()?.into_event(key)
+    }
+
+    /// A JSON value, its Connect wrapper (if any) unwrapped.
+    fn unwrap_json(&self, bytes: &[u8]) -> Result<Json, CodecError> {
+        match self.connect_schemas.unwrap(bytes) {
+            Some(payload) => Ok(payload),
+            None => serde_json::from_slice(bytes)
+                .map(connect::unwrap)
+                .map_err(CodecError::Json),
+        }
     }
 
     fn decode_key(
@@ -224,8 +286,8 @@ impl Decoder {
                     Err(e) => return Ok(Err(e)),
                 }
             }
-            _ => match serde_json::from_slice::<Json>(bytes) {
-                Ok(tree) => connect::unwrap(tree),
+            _ => match self.unwrap_json(bytes) {
+                Ok(tree) => tree,
                 // A plain string key, such as Kafka Connect's StringConverter writes.
                 Err(_) => Json::String(String::from_utf8_lossy(bytes).into_owned()),
             },

@@ -135,6 +135,26 @@ impl BeforeRow for Unread {
     }
 }
 
+impl<B> DebeziumEnvelope<B> {
+    /// The envelope with its `after` row replaced by `convert`'s; `None` if that fails.
+    pub(crate) fn convert_after(mut self, convert: impl FnOnce(Row) -> Option<Row>) -> Option<Self> {
+        if let Some(after) = self.after.take() {
+            self.after = Some(convert(after)?);
+        }
+        Some(self)
+    }
+}
+
+impl DebeziumEnvelope {
+    /// The envelope with its `before` row replaced by `convert`'s; `None` if that fails.
+    pub(crate) fn convert_before(mut self, convert: impl FnOnce(Row) -> Option<Row>) -> Option<Self> {
+        if let Some(before) = self.before.take() {
+            self.before = Some(convert(before)?);
+        }
+        Some(self)
+    }
+}
+
 impl<B: BeforeRow> DebeziumEnvelope<B> {
     /// Whether the envelope has an `after` row.
     pub fn has_after(&self) -> bool {

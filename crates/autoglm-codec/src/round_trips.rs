@@ -6,6 +6,8 @@
 //!        (and apache-avro's writer gives the same datum for the value it read)
 //!  (b) row ─► Connect {schema, payload} JSON bytes (decimals as base64 two's complement,
 //!        Decimal and VariableScaleDecimal) ─► Decoder::decode(Json) ══ row, decimals as strings
+//!  (c) Debezium JSON, wrapped or not, valid or not ─► Decoder (no tree of the schema or the
+//!        envelope) ══ the reference path: one JSON tree, connect::unwrap, parse_envelope
 //! ```
 //!
 //! Expected decimal strings are built here with integer arithmetic, not with the crate's
@@ -419,6 +421,172 @@ proptest! {
         prop_assert_eq!(event.before.map(Json::Object), Some(object(&before, |f| &f.decoded)));
         prop_assert_eq!(event.after.map(Json::Object), Some(object(&after, |f| &f.decoded)));
         prop_assert_eq!(event.ts_ms, Some(1_700_000_000_000));
+    }
+}
+
+/// How a generated JSON record is laid out.
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    /// The envelope alone (`schemas.enable=false`).
+    Plain,
+    /// `{"schema", "payload"}`, as Connect writes it.
+    Wrapped,
+    /// `{"payload", "schema"}`.
+    PayloadFirst,
+    /// The wrapper with a third field: not a wrapper, to the reference path.
+    ExtraField,
+    /// The wrapper with a decimal in the `source` block's schema.
+    DecimalInSource,
+}
+
+/// A change to the JSON text that the typed path must not read differently.
+#[derive(Debug, Clone, Copy)]
+enum Hostile {
+    None,
+    /// An `op` before the record's own first field: a duplicate field (or a wrapper's third).
+    DuplicateOp,
+    /// `after` is a string.
+    AfterNotAnObject,
+    /// `ts_ms` is a float.
+    FloatTsMs,
+    /// The text is cut short.
+    Truncated,
+}
+
+prop_compose! {
+    fn debezium_json()(
+        before in proptest::option::of(connect_row()),
+        after in proptest::option::of(connect_row()),
+        op in prop_oneof![Just("c"), Just("u"), Just("d"), Just("r"), Just("x")],
+        layout in prop_oneof![
+            Just(Layout::Plain), Just(Layout::Wrapped), Just(Layout::PayloadFirst),
+            Just(Layout::ExtraField), Just(Layout::DecimalInSource),
+        ],
+        hostile in prop_oneof![
+            4 => Just(Hostile::None), 1 => Just(Hostile::DuplicateOp),
+            1 => Just(Hostile::AfterNotAnObject), 1 => Just(Hostile::FloatTsMs),
+            1 => Just(Hostile::Truncated),
+        ],
+        lsn in any::<i64>(),
+    ) -> Vec<u8> {
+        let row_schema = |row: &Option<Vec<ConnectField>>, field| {
+            struct_schema(row.as_deref().unwrap_or_default(), "test.Row", true, Some(field))
+        };
+        let row = |row: &Option<Vec<ConnectField>>| row.as_ref().map(|r| object(r, |f| &f.payload));
+        let mut payload = json!({
+            "before": row(&before), "after": row(&after), "op": op, "ts_ms": 1_700_000_000_000i64,
+            "source": {"connector": "postgresql", "lsn": lsn, "snapshot": "false"}
+        });
+        match hostile {
+            Hostile::AfterNotAnObject => payload["after"] = json!("not a row"),
+            Hostile::FloatTsMs => payload["ts_ms"] = json!(1.5),
+            _ => {}
+        }
+        let lsn_schema = match layout {
+            Layout::DecimalInSource => json!({
+                "field": "lsn", "type": "bytes", "optional": true,
+                "name": "org.apache.kafka.connect.data.Decimal", "parameters": {"scale": "0"}
+            }),
+            _ => json!({"field": "lsn", "type": "int64", "optional": true}),
+        };
+        let schema = json!({"type": "struct", "name": "test.Envelope", "optional": false, "fields": [
+            row_schema(&before, "before"), row_schema(&after, "after"),
+            {"field": "source", "type": "struct", "optional": false, "fields": [
+                {"field": "connector", "type": "string", "optional": false}, lsn_schema,
+                {"field": "snapshot", "type": "string", "optional": true}
+            ]},
+            {"field": "op", "type": "string", "optional": false},
+            {"field": "ts_ms", "type": "int64", "optional": true}
+        ]});
+        let text = match layout {
+            Layout::Plain => payload.to_string(),
+            Layout::Wrapped | Layout::DecimalInSource => json!({"schema": schema, "payload": payload}).to_string(),
+            // serde_json's maps keep their fields sorted: write this order by hand.
+            Layout::PayloadFirst => format!(r#"{{"payload":{payload},"schema":{schema}}}"#),
+            Layout::ExtraField => json!({"schema": schema, "payload": payload, "x": 1}).to_string(),
+        };
+        let mut bytes = text.into_bytes();
+        match hostile {
+            Hostile::DuplicateOp => {
+                bytes.splice(1..1, br#""op":"d","#.iter().copied());
+            }
+            Hostile::Truncated => bytes.truncate(bytes.len() / 2),
+            _ => {}
+        }
+        bytes
+    }
+}
+
+/// The key of a generated record: none, a plain JSON row, a Connect-wrapped one, or a string.
+fn json_key() -> impl Strategy<Value = Option<Vec<u8>>> {
+    prop_oneof![
+        Just(None),
+        any::<i64>().prop_map(|id| Some(format!(r#"{{"id":{id}}}"#).into_bytes())),
+        any::<i64>().prop_map(|id| Some(
+            json!({
+                "schema": {"type": "struct", "fields": [{"field": "id", "type": "int64"}]},
+                "payload": {"id": id}
+            })
+            .to_string()
+            .into_bytes()
+        )),
+        "[a-z]{1,8}".prop_map(|s| Some(s.into_bytes())),
+    ]
+}
+
+/// What the decoder made of a JSON record before it had a typed path: one tree of the whole
+/// record, unwrapped, then the envelope read from the tree.
+fn reference_json(
+    envelope: Envelope,
+    after_only: bool,
+    key: Option<&[u8]>,
+    value: &[u8],
+) -> Result<Decoded, String> {
+    let key = key.map(|bytes| {
+        match serde_json::from_slice::<Json>(bytes) {
+            Ok(tree) => crate::connect::unwrap(tree),
+            Err(_) => Json::String(String::from_utf8_lossy(bytes).into_owned()),
+        }
+    });
+    let key = key.map(|tree| match tree {
+        Json::Object(row) => row,
+        other => Map::from_iter([("key".to_owned(), other)]),
+    });
+    serde_json::from_slice(value)
+        .map(crate::connect::unwrap)
+        .map_err(crate::CodecError::Json)
+        .and_then(|tree| crate::parse_envelope(envelope, key, tree))
+        .map(|mut event| {
+            if after_only && event.after.is_some() {
+                event.before = None;
+            }
+            Decoded::Event(event)
+        })
+        .map_err(|e| e.to_string())
+}
+
+proptest! {
+    #[test]
+    fn json_records_decode_as_the_reference_path_decodes_them(
+        value in debezium_json(),
+        key in json_key(),
+        after_only in any::<bool>(),
+        upsert in proptest::bool::weighted(0.2),
+    ) {
+        let envelope = if upsert { Envelope::Upsert } else { Envelope::Debezium };
+        let mut decoder = Decoder::new(None);
+        if after_only {
+            decoder = decoder.after_only();
+        }
+        let want = reference_json(envelope, after_only, key.as_deref(), &value);
+        // Twice: the second read takes the schema from the cache.
+        for _ in 0..2 {
+            let got = decoder
+                .decode_cached(envelope, Encoding::Json, key.as_deref(), Some(&value))
+                .expect("JSON needs no registry")
+                .map_err(|e| e.to_string());
+            prop_assert_eq!(&got, &want, "{}", String::from_utf8_lossy(&value));
+        }
     }
 }
 
