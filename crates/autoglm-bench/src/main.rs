@@ -360,7 +360,11 @@ async fn bench_all(bench: &Bench, args: &Args) -> anyhow::Result<()> {
     if phase(Phase::Json) {
         let inputs: [(&'static str, &'static str, Input); 2] = [
             ("e-json", "(e), JSON with the schema wrapper", Input::Json),
-            ("e-json-plain", "(e), JSON without the wrapper", Input::JsonPlain),
+            (
+                "e-json-plain",
+                "(e), JSON without the wrapper",
+                Input::JsonPlain,
+            ),
         ];
         for (name, what, input) in inputs {
             let source = sources
@@ -380,7 +384,12 @@ async fn bench_all(bench: &Bench, args: &Args) -> anyhow::Result<()> {
             .as_deref()
             .context("the `ab` phase needs --ab-binary")?;
         let source = sources
-            .get_as(bench, main.creates, main.records - main.creates, args.ab_input)
+            .get_as(
+                bench,
+                main.creates,
+                main.records - main.creates,
+                args.ab_input,
+            )
             .await?;
         ab = Some(ab_phase(bench, &source, other, args.ab_pairs).await?);
     }
@@ -514,7 +523,11 @@ async fn ab_phase(
     let (mut a_cpu, mut b_cpu) = (Vec::new(), Vec::new());
     for pair in 0..pairs {
         // Alternate which goes first, so that neither always runs on a warmer broker.
-        let order = if pair % 2 == 0 { [true, false] } else { [false, true] };
+        let order = if pair % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
         for is_a in order {
             let (binary, name) = if is_a {
                 (other, "ab-a")

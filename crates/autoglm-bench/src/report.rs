@@ -268,7 +268,12 @@ pub fn print_tables(report: &Report) {
             ab.a_binary.display(),
             ab.b_binary.display()
         );
-        let rates = |v: &[f64]| v.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" ");
+        let rates = |v: &[f64]| {
+            v.iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         println!("A records/s: {}", rates(&ab.a_records_per_sec));
         println!("B records/s: {}", rates(&ab.b_records_per_sec));
         println!(

@@ -102,7 +102,10 @@ impl Encoder {
     ) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
         let key = json!({ "id": id });
         Ok(match input {
-            Input::Avro => (key.to_string().into_bytes(), self.avro.encode(&event).await?),
+            Input::Avro => (
+                key.to_string().into_bytes(),
+                self.avro.encode(&event).await?,
+            ),
             Input::Json => (
                 serde_json::to_vec(&autoglm_codec::connect_wrap(&key, &self.connect_key))?,
                 serde_json::to_vec(&autoglm_codec::connect_wrap(
@@ -337,9 +340,17 @@ mod tests {
             let (id, event) = workload.event(change);
             let mut decoded = Vec::new();
             for input in [Input::Json, Input::JsonPlain] {
-                let (key, value) = encoder.encode(input, id, event.clone()).await.expect("encodes");
+                let (key, value) = encoder
+                    .encode(input, id, event.clone())
+                    .await
+                    .expect("encodes");
                 let decoded_event = decoder
-                    .decode(autoglm_codec::Envelope::Debezium, autoglm_codec::Encoding::Json, Some(&key), Some(&value))
+                    .decode(
+                        autoglm_codec::Envelope::Debezium,
+                        autoglm_codec::Encoding::Json,
+                        Some(&key),
+                        Some(&value),
+                    )
                     .await
                     .expect("decodes");
                 decoded.push(decoded_event);
@@ -347,8 +358,15 @@ mod tests {
             let autoglm_codec::Decoded::Event(wrapped) = &decoded[0] else {
                 panic!("an event")
             };
-            assert_eq!(wrapped.after.as_ref(), event["after"].as_object(), "the wrapped row");
-            assert_eq!(wrapped.key.as_ref().map(|k| k["id"].clone()), Some(json!(id)));
+            assert_eq!(
+                wrapped.after.as_ref(),
+                event["after"].as_object(),
+                "the wrapped row"
+            );
+            assert_eq!(
+                wrapped.key.as_ref().map(|k| k["id"].clone()),
+                Some(json!(id))
+            );
             assert_eq!(decoded[0], decoded[1], "wrapped and plain read the same");
         }
     }

@@ -17,7 +17,7 @@ use std::hint::black_box;
 use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
 use autoglm_codec::{
-    AvroTarget, Decoded, Decoder, DebeziumEnvelope, Encoding, Envelope, Unread, WriterSchema,
+    AvroTarget, DebeziumEnvelope, Decoded, Decoder, Encoding, Envelope, Unread, WriterSchema,
     connect_wrap, parse_envelope,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -146,11 +146,14 @@ fn bench_decode_json(c: &mut Criterion) {
         plain.len()
     );
     let decoder = Decoder::new(None).after_only();
-    let decode = |bytes: &[u8]| {
-        match decoder.decode_cached(Envelope::Debezium, Encoding::Json, None, Some(bytes)) {
-            Ok(Ok(Decoded::Event(event))) => event,
-            other => panic!("not an event: {other:?}"),
-        }
+    let decode = |bytes: &[u8]| match decoder.decode_cached(
+        Envelope::Debezium,
+        Encoding::Json,
+        None,
+        Some(bytes),
+    ) {
+        Ok(Ok(Decoded::Event(event))) => event,
+        other => panic!("not an event: {other:?}"),
     };
     assert_eq!(decode(&wrapped), decode(&plain), "both read the same event");
 

@@ -339,7 +339,10 @@ mod tests {
         let wrapped = wrap(&row, &schema);
         // Java: new BigDecimal("123.45").unscaledValue().toByteArray() = [0x30, 0x39].
         assert_eq!(wrapped["payload"]["credit"], "MDk=");
-        assert_eq!(unwrap(wrapped), json!({"id": 1, "credit": "123.45", "debt": "-0.500"}));
+        assert_eq!(
+            unwrap(wrapped),
+            json!({"id": 1, "credit": "123.45", "debt": "-0.500"})
+        );
         assert_eq!(unscaled("1.234", 2), None, "more digits than the scale");
     }
 
@@ -359,7 +362,10 @@ mod tests {
         assert_eq!(schemas.0.lock().expect("lock").len(), 1, "parsed once");
         // Not a wrapper, or not exactly one: left to the reference path.
         assert_eq!(schemas.unwrap(br#"{"id": 1}"#), None);
-        assert_eq!(schemas.unwrap(br#"{"schema": {}, "payload": 1, "x": 2}"#), None);
+        assert_eq!(
+            schemas.unwrap(br#"{"schema": {}, "payload": 1, "x": 2}"#),
+            None
+        );
         assert_eq!(schemas.unwrap(br#"{"schema": {}}"#), None);
     }
 

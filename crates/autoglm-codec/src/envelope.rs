@@ -137,7 +137,10 @@ impl BeforeRow for Unread {
 
 impl<B> DebeziumEnvelope<B> {
     /// The envelope with its `after` row replaced by `convert`'s; `None` if that fails.
-    pub(crate) fn convert_after(mut self, convert: impl FnOnce(Row) -> Option<Row>) -> Option<Self> {
+    pub(crate) fn convert_after(
+        mut self,
+        convert: impl FnOnce(Row) -> Option<Row>,
+    ) -> Option<Self> {
         if let Some(after) = self.after.take() {
             self.after = Some(convert(after)?);
         }
@@ -147,7 +150,10 @@ impl<B> DebeziumEnvelope<B> {
 
 impl DebeziumEnvelope {
     /// The envelope with its `before` row replaced by `convert`'s; `None` if that fails.
-    pub(crate) fn convert_before(mut self, convert: impl FnOnce(Row) -> Option<Row>) -> Option<Self> {
+    pub(crate) fn convert_before(
+        mut self,
+        convert: impl FnOnce(Row) -> Option<Row>,
+    ) -> Option<Self> {
         if let Some(before) = self.before.take() {
             self.before = Some(convert(before)?);
         }

@@ -44,8 +44,8 @@ mod round_trips;
 mod wire;
 
 pub use autoglm_core::ChangeEvent;
-pub use connect::wrap as connect_wrap;
 pub use avro_json::WriterSchema;
+pub use connect::wrap as connect_wrap;
 pub use decoder::{Decoded, Decoder, Encoding, Envelope, SchemaMissing};
 pub use encoder::{AvroTarget, json_to_avro};
 pub use envelope::{BeforeRow, DebeziumEnvelope, Unread, parse_envelope};

@@ -542,11 +542,9 @@ fn reference_json(
     key: Option<&[u8]>,
     value: &[u8],
 ) -> Result<Decoded, String> {
-    let key = key.map(|bytes| {
-        match serde_json::from_slice::<Json>(bytes) {
-            Ok(tree) => crate::connect::unwrap(tree),
-            Err(_) => Json::String(String::from_utf8_lossy(bytes).into_owned()),
-        }
+    let key = key.map(|bytes| match serde_json::from_slice::<Json>(bytes) {
+        Ok(tree) => crate::connect::unwrap(tree),
+        Err(_) => Json::String(String::from_utf8_lossy(bytes).into_owned()),
     });
     let key = key.map(|tree| match tree {
         Json::Object(row) => row,
