@@ -231,6 +231,15 @@ async fn metrics_and_probes_agree_with_the_run_summary() {
         count("autoglm_transaction_commit_duration_seconds_count", &[]),
         summary.commits
     );
+    // Every committed batch's steps after its close, once each; the fill and the queue of
+    // every batch processed.
+    let stage = "autoglm_pipeline_stage_duration_seconds_count";
+    for name in ["route", "guard", "send", "acks", "commit", "state_write"] {
+        assert_eq!(count(stage, &[("stage", name)]), summary.commits, "{name}");
+    }
+    for name in ["fill", "queue"] {
+        assert!(count(stage, &[("stage", name)]) >= 1, "{name}");
+    }
     assert_eq!(
         count("autoglm_restore_records_total", &[]),
         summary.restored

@@ -16,8 +16,9 @@
 //!    schema wrapper (its default) and without; JSON out. Ratio: JSON (e) / Avro (e)
 //!  ab (only when asked): (e) of another binary (A) and this build (B) in alternating pairs,
 //!    medians and B/A: the same-run A/B of an optimisation
-//!  latency: an open-loop input at 50% and 80% of (e) into a fresh exactly-once processor;
-//!    now − record timestamp at a read_committed reader of the target; p50/p99/p99.9/max
+//!  latency: an open-loop input at 50%, 80% and 90% of (e) into a fresh exactly-once processor;
+//!    now − record timestamp at a read_committed reader of the target; p50/p99/p99.9/max; and
+//!    the processor's batches step by step (its autoglm_pipeline_stage_duration_seconds)
 //!  scaling: (e) with 10k and 1M keys in the state (the update phase after every key was
 //!    created, with peak RSS), and with 1, 2 and 3 instances in one group (from the moment
 //!    the group has settled)
@@ -86,7 +87,7 @@ struct Args {
     #[arg(long, default_value_t = 1_000_000)]
     restore_keys: u64,
     /// Open-loop loads of the latency runs, as fractions of the max rate.
-    #[arg(long, value_delimiter = ',', default_value = "0.5,0.8")]
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.8,0.9")]
     latency_loads: Vec<f64>,
     /// The max rate (records/s) the loads are fractions of; default: what (e) measured.
     #[arg(long)]

@@ -203,17 +203,21 @@ impl Instance {
 
     /// The value of an unlabelled series on `/metrics` (`name value`).
     pub async fn metric(&self, http: &reqwest::Client, name: &str) -> Option<f64> {
-        let text = http
-            .get(format!("http://127.0.0.1:{}/metrics", self.port))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = metrics_text(http, self.port).await?;
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
+}
+
+/// The `/metrics` page of the instance on `port`.
+pub async fn metrics_text(http: &reqwest::Client, port: u16) -> Option<String> {
+    http.get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
 }
 
 /// Waits until every instance is ready and the group's partitions are spread over all of them

@@ -318,6 +318,33 @@ pub fn print_tables(report: &Report) {
             );
         }
     }
+    if report.latency.iter().any(|r| !r.stages.is_empty()) {
+        println!(
+            "\nthe processor's batches step by step, in the measured window: mean ms (p99 at most)"
+        );
+        print!("{:<12}", "stage");
+        for run in &report.latency {
+            print!(" {:>18}", format!("{:.0}%", run.load * 100.0));
+        }
+        println!();
+        let names = report
+            .latency
+            .iter()
+            .find(|r| !r.stages.is_empty())
+            .map(|r| r.stages.iter().map(|s| s.stage).collect::<Vec<_>>())
+            .unwrap_or_default();
+        for name in &names {
+            print!("{name:<12}");
+            for run in &report.latency {
+                let cell = run.stages.iter().find(|s| s.stage == *name).map_or_else(
+                    || "-".to_owned(),
+                    |s| format!("{:.1} ({:.0})", s.mean_ms, s.p99_ms_at_most),
+                );
+                print!(" {cell:>18}");
+            }
+            println!();
+        }
+    }
     if !report.key_scaling.is_empty() {
         println!(
             "\n(e) with keys in the state (the target: a peak RSS of 256 MiB or less with 1M keys)"

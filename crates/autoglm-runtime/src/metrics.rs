@@ -26,6 +26,7 @@
 //! | `autoglm_pipeline_dead_lettered_records_total` | counter | `route`, `class` |
 //! | `autoglm_pipeline_tombstones_skipped_total` | counter | `route` |
 //! | `autoglm_pipeline_batch_duration_seconds` | histogram | — |
+//! | `autoglm_pipeline_stage_duration_seconds` | histogram | `stage` |
 //! | `autoglm_guard_decisions_total` | counter | `route`, `decision` |
 //! | `autoglm_transaction_commits_total` | counter | — |
 //! | `autoglm_transaction_aborts_total` | counter | — |
@@ -39,6 +40,9 @@
 //!
 //! Beside them, the standard `process_*` metrics of the process (start time, resident memory,
 //! CPU seconds, open file descriptors).
+//!
+//! `stage` splits a committed batch's way into its steps, in order (see [`Stage`]): `fill`,
+//! `queue`, `route`, `guard`, `send`, `acks`, `commit` and `state_write`.
 //!
 //! `decision` is `accepted`, `duplicate`, `stale` or `snapshot_superseded`; `class` is
 //! `poison`, or `fatal` for a registry lookup refused with a 4xx (transient failures are
@@ -74,8 +78,8 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
@@ -115,10 +119,63 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// A step of a batch's way, in order: what `autoglm_pipeline_stage_duration_seconds` splits
+/// the end-to-end latency into. `fill` and `queue` count every batch processed, the others the
+/// committed ones. The next batch is polled and prepared during `acks` and `state_write`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// From the batch's first polled record until the batch closed (`flush_interval_ms` less
+    /// the lead of the last batches, or full by `commit.max_records` or `.max_bytes`).
+    Fill,
+    /// From its close until its processing started: the wait for the batch before it.
+    Queue,
+    /// The transaction begun, and each record routed: forwarded, dead-lettered or kept.
+    Route,
+    /// The version guard's reads and decisions for the whole batch.
+    Guard,
+    /// Encoding what the mapping did not, and handing every record to the producer.
+    Send,
+    /// Until every record was acknowledged.
+    Acks,
+    /// The offsets sent and the transaction committed (the offset commit when at least once).
+    Commit,
+    /// The accepted versions written to the state store, after the commit.
+    StateWrite,
+}
+
+impl Stage {
+    const ALL: [Stage; 8] = [
+        Stage::Fill,
+        Stage::Queue,
+        Stage::Route,
+        Stage::Guard,
+        Stage::Send,
+        Stage::Acks,
+        Stage::Commit,
+        Stage::StateWrite,
+    ];
+
+    /// The `stage` label.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Stage::Fill => "fill",
+            Stage::Queue => "queue",
+            Stage::Route => "route",
+            Stage::Guard => "guard",
+            Stage::Send => "send",
+            Stage::Acks => "acks",
+            Stage::Commit => "commit",
+            Stage::StateWrite => "state_write",
+        }
+    }
+}
+
 struct Inner {
     registry: Registry,
     routes: Vec<RouteCounters>,
     batch_seconds: Histogram,
+    /// By [`Stage`], in its order.
+    stage_seconds: Vec<Histogram>,
     commits: IntCounter,
     aborts: IntCounter,
     commit_seconds: Histogram,
@@ -222,6 +279,19 @@ impl Metrics {
             "From a committed batch's first polled record to its commit and state write",
             prometheus::exponential_buckets(0.005, 2.0, 14)?,
         )?;
+        let stages = HistogramVec::new(
+            HistogramOpts::new(
+                "autoglm_pipeline_stage_duration_seconds",
+                "Each step of a batch, from its first polled record to its state write",
+            )
+            .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14)?),
+            &["stage"],
+        )?;
+        registry.register(Box::new(stages.clone()))?;
+        let stage_seconds = Stage::ALL
+            .iter()
+            .map(|stage| stages.get_metric_with_label_values(&[stage.as_str()]))
+            .collect::<Result<_, _>>()?;
         let commits = counter(
             "autoglm_transaction_commits_total",
             "Committed transactions (offset commits when at least once)",
@@ -274,6 +344,7 @@ impl Metrics {
                 registry,
                 routes,
                 batch_seconds,
+                stage_seconds,
                 commits,
                 aborts,
                 commit_seconds,
@@ -347,6 +418,13 @@ impl Metrics {
             self.inner
                 .batch_seconds
                 .observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// A batch spent `took` in `stage`.
+    pub(crate) fn stage(&self, stage: Stage, took: Duration) {
+        if let Some(histogram) = self.inner.stage_seconds.get(stage as usize) {
+            histogram.observe(took.as_secs_f64());
         }
     }
 
@@ -741,6 +819,7 @@ mod tests {
                 "autoglm_pipeline_dead_lettered_records_total counter",
                 "autoglm_pipeline_emitted_records_total counter",
                 "autoglm_pipeline_input_records_total counter",
+                "autoglm_pipeline_stage_duration_seconds histogram",
                 "autoglm_pipeline_tombstones_skipped_total counter",
                 "autoglm_restore_duration_seconds histogram",
                 "autoglm_restore_records_total counter",

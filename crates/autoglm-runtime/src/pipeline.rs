@@ -32,7 +32,7 @@ use tracing::Instrument as _;
 
 use crate::acks::{AckingProducer, Acks, Kind, Ticket, Undelivered, Written};
 use crate::group::{Changes, GroupContext, Partition};
-use crate::metrics::{Endpoint, Metrics, Tally};
+use crate::metrics::{Endpoint, Metrics, Stage, Tally};
 use crate::restore::restore;
 use crate::rights::{self, Finding, Verdict};
 use crate::route::RouteRuntime;
@@ -736,6 +736,10 @@ impl Pipeline {
                 closed,
                 ..
             } = current;
+            if let (Some(started), Some(closed)) = (started, closed) {
+                self.metrics.stage(Stage::Fill, closed - started);
+                self.metrics.stage(Stage::Queue, closed.elapsed());
+            }
             // Span::none() and no record spans unless traces are exported.
             let transaction = self.traces.transaction(&batch, &self.routes, exactly_once);
             let mut spans = self.traces.records(&transaction, SystemTime::now());
@@ -776,7 +780,12 @@ impl Pipeline {
                     // on its way before the prepare takes the cores. This batch's records go
                     // first: three batches at once would raise the peak memory.
                     drop(batch);
-                    let (written, polled) = tokio::join!(guard.commit(checkpoints), async {
+                    let write = async {
+                        let started = Instant::now();
+                        let written = guard.commit(checkpoints).await;
+                        (written, started.elapsed())
+                    };
+                    let ((written, writing), polled) = tokio::join!(write, async {
                         let mut changes = Changes::default();
                         poll(&mut next, Wait::Cadence, &mut changes).await?;
                         self.prepare_rest(&mut next);
@@ -798,6 +807,7 @@ impl Pipeline {
                         guard.abort();
                         return Err(e.into());
                     }
+                    self.metrics.stage(Stage::StateWrite, writing);
                     fail::fail_point!("after_state_write");
                     filled = Some(polled?);
                 }
@@ -1497,6 +1507,16 @@ impl Pipeline {
         }
         fail::fail_point!("after_commit");
         consumer.context().committed(positions);
+        let committed = produced.elapsed();
+        for (stage, took) in [
+            (Stage::Route, guarded_at - started),
+            (Stage::Guard, decided_at - guarded_at),
+            (Stage::Send, sent_at - decided_at),
+            (Stage::Acks, produced - sent_at),
+            (Stage::Commit, committed),
+        ] {
+            self.metrics.stage(stage, took);
+        }
         tracing::debug!(
             records = summary.records,
             process_ms = (produced - started).as_secs_f64() * 1e3,
@@ -1505,7 +1525,7 @@ impl Pipeline {
             send_ms = (sent_at - decided_at).as_secs_f64() * 1e3,
             acks_ms = (produced - sent_at).as_secs_f64() * 1e3,
             next_prepare_ms = preparing.as_secs_f64() * 1e3,
-            commit_ms = produced.elapsed().as_secs_f64() * 1e3,
+            commit_ms = committed.as_secs_f64() * 1e3,
             "batch committed"
         );
         let checkpoints = checkpoints
