@@ -355,7 +355,7 @@ async fn bench_all(bench: &Bench, args: &Args) -> anyhow::Result<()> {
                 pass_through,
                 exactly_once,
             };
-            runs.push(mode_run(bench, (name, what), &main, mode).await?);
+            runs.push(mode_run(bench, (name, what), name, &main, mode).await?);
         }
     }
     if phase(Phase::Json) {
@@ -375,7 +375,16 @@ async fn bench_all(bench: &Bench, args: &Args) -> anyhow::Result<()> {
                 "bench: ({name}) {what}, {:.0} bytes per record",
                 source.avg_bytes()
             );
-            runs.push(mode_run(bench, (name, what), &source, Mode::full(&bench.binary)).await?);
+            runs.push(
+                mode_run(
+                    bench,
+                    (name, what),
+                    name,
+                    &source,
+                    Mode::full(&bench.binary),
+                )
+                .await?,
+            );
         }
     }
     let mut ab = None;
@@ -487,17 +496,19 @@ async fn bench_all(bench: &Bench, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One throughput run of a single instance over `source`, from its first commit to the end.
+/// One throughput run of a single instance over `source`, from its first commit to the end;
+/// `id` names its group and target, unique in the bench.
 async fn mode_run(
     bench: &Bench,
     (name, what): (&'static str, &'static str),
+    id: &str,
     source: &Loaded,
     mode: Mode<'_>,
 ) -> anyhow::Result<Run> {
-    eprintln!("bench: ({name}) {what}");
-    let run = group_run(bench, name, source, 1, mode, Start::FirstCommit, false)
+    eprintln!("bench: ({id}) {what}");
+    let run = group_run(bench, id, source, 1, mode, Start::FirstCommit, false)
         .await
-        .with_context(|| format!("run ({name})"))?;
+        .with_context(|| format!("run ({id})"))?;
     let trace = run.trace;
     let window = Window::between(&trace.first, &trace.end);
     eprintln!("bench: ({name}) {:.0} records/s", window.rate());
@@ -535,7 +546,8 @@ async fn ab_phase(
             } else {
                 (bench.binary.as_path(), "ab-b")
             };
-            let run = mode_run(bench, (name, "A/B"), source, Mode::full(binary)).await?;
+            let id = format!("{name}-{pair}");
+            let run = mode_run(bench, (name, "A/B"), &id, source, Mode::full(binary)).await?;
             let cpu = run.processor_cpu_us_per_record.unwrap_or(f64::NAN);
             if is_a {
                 a.push(run.records_per_sec);
