@@ -167,6 +167,46 @@ fn bench_decode_json(c: &mut Criterion) {
             b.iter(|| decode(black_box(bytes)))
         });
     }
+    // The typed read with sonic-rs (SIMD) instead of serde_json: the same envelope type, the
+    // schema borrowed unparsed as the decoder borrows it.
+    #[derive(serde::Deserialize)]
+    struct Wrapped<'a> {
+        #[serde(borrow)]
+        schema: sonic_rs::LazyValue<'a>,
+        payload: DebeziumEnvelope<Unread>,
+    }
+    #[derive(serde::Deserialize)]
+    struct WrappedSerdeJson<'a> {
+        #[serde(borrow)]
+        schema: &'a serde_json::value::RawValue,
+        payload: DebeziumEnvelope<Unread>,
+    }
+    group.bench_function("wrapped_typed_serde_json", |b| {
+        b.iter(|| {
+            let w: WrappedSerdeJson<'_> = serde_json::from_slice(black_box(&wrapped)).expect("reads");
+            (w.schema.get().len(), w.payload.has_after())
+        })
+    });
+    group.bench_function("wrapped_typed_sonic_rs", |b| {
+        b.iter(|| {
+            let w: Wrapped<'_> = sonic_rs::from_slice(black_box(&wrapped)).expect("reads");
+            (w.schema.as_raw_str().len(), w.payload.has_after())
+        })
+    });
+    group.bench_function("plain_typed_serde_json", |b| {
+        b.iter(|| {
+            serde_json::from_slice::<DebeziumEnvelope<Unread>>(black_box(&plain))
+                .expect("reads")
+                .has_after()
+        })
+    });
+    group.bench_function("plain_typed_sonic_rs", |b| {
+        b.iter(|| {
+            sonic_rs::from_slice::<DebeziumEnvelope<Unread>>(black_box(&plain))
+                .expect("reads")
+                .has_after()
+        })
+    });
     group.finish();
 }
 
