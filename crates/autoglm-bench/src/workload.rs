@@ -107,11 +107,8 @@ impl Encoder {
                 self.avro.encode(&event).await?,
             ),
             Input::Json => (
-                serde_json::to_vec(&autoglm_codec::connect_wrap(&key, &self.connect_key))?,
-                serde_json::to_vec(&autoglm_codec::connect_wrap(
-                    &Json::Object(event),
-                    &self.connect_value,
-                ))?,
+                autoglm_codec::connect_wrap(&key, &self.connect_key),
+                autoglm_codec::connect_wrap(&Json::Object(event), &self.connect_value),
             ),
             Input::JsonPlain => (key.to_string().into_bytes(), serde_json::to_vec(&event)?),
         })

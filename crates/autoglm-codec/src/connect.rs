@@ -7,11 +7,12 @@
 //! borrows the schema's text unparsed ([`Wrapped`]) and parses each distinct schema once.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use autoglm_core::Row;
 use base64::Engine as _;
 use num_bigint::BigInt;
+use serde::de::DeserializeOwned;
 use serde_json::Value as Json;
 use serde_json::value::RawValue;
 
@@ -168,32 +169,83 @@ fn names_a_decimal(schema: &Json) -> bool {
 /// The Connect schemas seen so far, by their text. Bounded: past [`Schemas::MAX`] distinct
 /// schemas, a new one is parsed for its record and not kept.
 #[derive(Debug, Default)]
-pub(crate) struct Schemas(Mutex<HashMap<Box<str>, Arc<Schema>, foldhash::fast::RandomState>>);
+pub(crate) struct Schemas(RwLock<Cache>);
+
+type Cache = HashMap<Box<str>, Arc<Schema>, foldhash::fast::RandomState>;
 
 impl Schemas {
     const MAX: usize = 1024;
+    /// Up to this many schemas, a record is first compared with each, byte for byte
+    /// ([`Schemas::known_prefix`]).
+    const COMPARED: usize = 8;
 
     /// The parsed schema of `raw`; `None` if it is not JSON (the reference path says why).
     pub(crate) fn get(&self, raw: &RawValue) -> Option<Arc<Schema>> {
-        let mut cache = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(schema) = cache.get(raw.get()) {
+        if let Some(schema) = self.cache().get(raw.get()) {
             return Some(Arc::clone(schema));
         }
         let schema = Arc::new(Schema::parse(raw)?);
+        let mut cache = self.0.write().unwrap_or_else(PoisonError::into_inner);
         if cache.len() < Self::MAX {
             cache.insert(raw.get().into(), Arc::clone(&schema));
         }
         Some(schema)
     }
 
-    /// What [`unwrap`] makes of `bytes`, read with the cached schema; `None` where `bytes` is
-    /// not a well-formed wrapper, for the reference path to read.
-    pub(crate) fn unwrap(&self, bytes: &[u8]) -> Option<Json> {
+    fn cache(&self) -> RwLockReadGuard<'_, Cache> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A wrapper's payload read as `T`, and its schema; `None` where `bytes` is not a
+    /// well-formed wrapper or its payload is not a `T`, for the reference path to read.
+    ///
+    /// Kafka Connect's JSON converter writes every record as `{"schema":S,"payload":P}`,
+    /// compact, with the same S for every record of a table version. When S is the text of a
+    /// schema seen before, byte for byte, only P is parsed: S, three quarters of the record,
+    /// is compared, not scanned. Any other layout is read by serde, S borrowed unparsed and
+    /// looked up by its text.
+    pub(crate) fn read<T: DeserializeOwned>(&self, bytes: &[u8]) -> Option<(Arc<Schema>, T)> {
+        if let Some((schema, payload)) = self.known_prefix(bytes) {
+            let mut de = serde_json::Deserializer::from_slice(payload);
+            if let Ok(value) = T::deserialize(&mut de)
+                && de.end().is_ok()
+            {
+                return Some((schema, value));
+            }
+        }
         if !looks_wrapped(bytes) {
             return None;
         }
-        let wrapped: Wrapped<'_, Json> = serde_json::from_slice(bytes).ok()?;
-        Some(self.get(wrapped.schema)?.convert(wrapped.payload))
+        let wrapped: Wrapped<'_, T> = serde_json::from_slice(bytes).ok()?;
+        Some((self.get(wrapped.schema)?, wrapped.payload))
+    }
+
+    /// `bytes` as `{"schema":S,"payload":P}` with S a schema seen before, byte for byte: S,
+    /// and P's text (what is left once the closing brace is taken off). A complete JSON value
+    /// followed by `,` ends there, so S is the record's whole schema; whether P is one JSON
+    /// value and nothing more is for its reader to say.
+    fn known_prefix<'b>(&self, bytes: &'b [u8]) -> Option<(Arc<Schema>, &'b [u8])> {
+        let rest = bytes.strip_prefix(b"{\"schema\":")?;
+        let cache = self.cache();
+        if cache.len() > Self::COMPARED {
+            return None;
+        }
+        let (schema, after) = cache.iter().find_map(|(text, schema)| {
+            let after = rest.strip_prefix(text.as_bytes())?;
+            Some((schema, after.strip_prefix(b",\"payload\":")?))
+        })?;
+        let mut payload = after;
+        while let [init @ .., b' ' | b'\t' | b'\n' | b'\r'] = payload {
+            payload = init;
+        }
+        Some((Arc::clone(schema), payload.strip_suffix(b"}")?))
+    }
+
+    /// What [`unwrap`] makes of `bytes`, read with the cached schema; `None` where `bytes` is
+    /// not a well-formed wrapper, for the reference path to read.
+    pub(crate) fn unwrap(&self, bytes: &[u8]) -> Option<Json> {
+        let (schema, payload) = self.read::<Json>(bytes)?;
+        Some(schema.convert(payload))
     }
 }
 
@@ -249,8 +301,13 @@ fn convert(value: Json, schema: &Json) -> Json {
 /// `schemas.enable=true`: the `schema`/`payload` wrapper, with the decimal strings of `Decimal`
 /// fields as base64 two's complement. What the decoder reads back; for benchmarks and tests.
 /// A decimal string that does not fit its field's scale is left as it is.
-pub fn wrap(payload: &Json, schema: &Json) -> Json {
-    serde_json::json!({"schema": schema, "payload": to_connect(payload, schema)})
+pub fn wrap(payload: &Json, schema: &Json) -> Vec<u8> {
+    // Written by hand: serde_json's maps would put `payload` first.
+    format!(
+        r#"{{"schema":{schema},"payload":{}}}"#,
+        to_connect(payload, schema)
+    )
+    .into_bytes()
 }
 
 fn to_connect(value: &Json, schema: &Json) -> Json {
@@ -336,7 +393,12 @@ mod tests {
             {"type": "bytes", "field": "debt", "name": DECIMAL, "parameters": {"scale": "3"}}
         ]});
         let row = json!({"id": 1, "credit": "123.45", "debt": "-0.5"});
-        let wrapped = wrap(&row, &schema);
+        let bytes = wrap(&row, &schema);
+        assert!(
+            bytes.starts_with(br#"{"schema":{"#),
+            "the converter's layout"
+        );
+        let wrapped: Json = serde_json::from_slice(&bytes).expect("json");
         // Java: new BigDecimal("123.45").unscaledValue().toByteArray() = [0x30, 0x39].
         assert_eq!(wrapped["payload"]["credit"], "MDk=");
         assert_eq!(
@@ -355,11 +417,32 @@ mod tests {
             ]},
             "payload": {"credit": "MDk="}
         });
-        let bytes = serde_json::to_vec(&wrapped).expect("json");
-        for _ in 0..2 {
-            assert_eq!(schemas.unwrap(&bytes), Some(unwrap(wrapped.clone())));
+        let sorted = serde_json::to_vec(&wrapped).expect("json");
+        let schema_first = format!(
+            r#"{{"schema":{},"payload":{}}}"#,
+            wrapped["schema"], wrapped["payload"]
+        );
+        for bytes in [&sorted, schema_first.as_bytes()] {
+            for _ in 0..2 {
+                assert_eq!(schemas.unwrap(bytes), Some(unwrap(wrapped.clone())));
+            }
         }
-        assert_eq!(schemas.0.lock().expect("lock").len(), 1, "parsed once");
+        assert_eq!(schemas.cache().len(), 1, "parsed once");
+        // The known schema's text, then not quite the converter's layout: a wrapper still, or
+        // not one (three fields, a stray brace, none, a form feed after it), for the
+        // reference path.
+        let known = format!(r#"{{"schema":{},"#, wrapped["schema"]);
+        for (tail, wrapper) in [
+            (r#""payload":1 }"#, true),
+            (r#""payload":1,"x":2}"#, false),
+            (r#""payload":1}}"#, false),
+            (r#""payload":1"#, false),
+            ("\"payload\":1}\u{c}", false),
+        ] {
+            let bytes = format!("{known}{tail}");
+            let want = wrapper.then(|| unwrap(serde_json::from_str(&bytes).expect("json")));
+            assert_eq!(schemas.unwrap(bytes.as_bytes()), want, "{bytes}");
+        }
         // Not a wrapper, or not exactly one: left to the reference path.
         assert_eq!(schemas.unwrap(br#"{"id": 1}"#), None);
         assert_eq!(

@@ -10,7 +10,7 @@ use schema_registry_converter::error::SRCError;
 use serde_json::Value as Json;
 
 use crate::avro_json::WriterSchema;
-use crate::connect::{EnvelopeRow, Wrapped};
+use crate::connect::EnvelopeRow;
 use crate::envelope::{DebeziumEnvelope, Unread};
 use crate::{CodecError, connect, envelope, wire};
 
@@ -228,15 +228,14 @@ impl Decoder {
         self.debezium_fields(
             key,
             || {
-                let wrapped: Wrapped<'_, DebeziumEnvelope<Unread>> =
-                    serde_json::from_slice(value).ok()?;
-                let schema = self.connect_schemas.get(wrapped.schema)?;
-                (wrapped.payload).convert_after(|row| schema.convert_row(EnvelopeRow::After, row))
+                let (schema, payload) = self
+                    .connect_schemas
+                    .read::<DebeziumEnvelope<Unread>>(value)?;
+                payload.convert_after(|row| schema.convert_row(EnvelopeRow::After, row))
             },
             || {
-                let wrapped: Wrapped<'_, DebeziumEnvelope> = serde_json::from_slice(value).ok()?;
-                let schema = self.connect_schemas.get(wrapped.schema)?;
-                (wrapped.payload)
+                let (schema, payload) = self.connect_schemas.read::<DebeziumEnvelope>(value)?;
+                payload
                     .convert_after(|row| schema.convert_row(EnvelopeRow::After, row))?
                     .convert_before(|row| schema.convert_row(EnvelopeRow::Before, row))
             },

@@ -429,8 +429,10 @@ proptest! {
 enum Layout {
     /// The envelope alone (`schemas.enable=false`).
     Plain,
-    /// `{"schema", "payload"}`, as Connect writes it.
+    /// `{"schema", "payload"}`, compact, as Connect's converter writes it.
     Wrapped,
+    /// The same with a space after the first colon: not the converter's layout.
+    Spaced,
     /// `{"payload", "schema"}`.
     PayloadFirst,
     /// The wrapper with a third field: not a wrapper, to the reference path.
@@ -459,7 +461,7 @@ prop_compose! {
         after in proptest::option::of(connect_row()),
         op in prop_oneof![Just("c"), Just("u"), Just("d"), Just("r"), Just("x")],
         layout in prop_oneof![
-            Just(Layout::Plain), Just(Layout::Wrapped), Just(Layout::PayloadFirst),
+            Just(Layout::Plain), Just(Layout::Wrapped), Just(Layout::Spaced), Just(Layout::PayloadFirst),
             Just(Layout::ExtraField), Just(Layout::DecimalInSource),
         ],
         hostile in prop_oneof![
@@ -500,8 +502,9 @@ prop_compose! {
         ]});
         let text = match layout {
             Layout::Plain => payload.to_string(),
-            Layout::Wrapped | Layout::DecimalInSource => json!({"schema": schema, "payload": payload}).to_string(),
-            // serde_json's maps keep their fields sorted: write this order by hand.
+            // serde_json's maps keep their fields sorted: write these orders by hand.
+            Layout::Wrapped | Layout::DecimalInSource => format!(r#"{{"schema":{schema},"payload":{payload}}}"#),
+            Layout::Spaced => format!(r#"{{"schema": {schema},"payload":{payload}}}"#),
             Layout::PayloadFirst => format!(r#"{{"payload":{payload},"schema":{schema}}}"#),
             Layout::ExtraField => json!({"schema": schema, "payload": payload, "x": 1}).to_string(),
         };
