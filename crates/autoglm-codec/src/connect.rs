@@ -4,7 +4,8 @@
 //!
 //! Connect's JSON converter repeats the whole schema in every record: about three quarters of a
 //! Debezium record's bytes. [`unwrap`] reads a tree of it all, the reference path; [`Schemas`]
-//! borrows the schema's text unparsed ([`Wrapped`]) and parses each distinct schema once.
+//! borrows the schema's text unparsed ([`Wrapped`]) and parses each distinct schema once, and
+//! in the converter's own layout only compares a known schema's text before the payload.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
