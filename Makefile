@@ -98,7 +98,7 @@ soak: up ## One test N times, counting passes and failures: make soak TEST=stopp
 	@test -n "$(TEST)" || { echo "soak: name a test: make soak TEST=<name> N=30" >&2; exit 2; }
 	@env $(STACK_ENV) bash tests/soak.sh $(TEST) $(N)
 
-# The benchmark's sizes (the defaults take about 10 minutes on 2 cores); see `autoglm-bench --help`.
+# The benchmark's sizes (the defaults took 4 minutes on 2 cores); see `autoglm-bench --help`.
 BENCH_RECORDS ?= 200000
 BENCH_KEYS ?= 20000
 BENCH_PARTITIONS ?= 6
