@@ -320,16 +320,21 @@ mod tests {
         assert!((4000..6000).contains(&dropped), "{dropped} dropped");
     }
 
-    #[tokio::test]
-    async fn json_records_decode_to_the_changes_the_avro_ones_carry() {
-        let avro = AvroTarget::new(
+    /// The source schema's target, with a registry it never calls.
+    fn source_target() -> AvroTarget {
+        AvroTarget::new(
             schema_registry_converter::async_impl::schema_registry::SrSettings::new(
                 "http://registry.invalid".into(),
             ),
             "bench",
             SOURCE_SCHEMA,
         )
-        .expect("schema");
+        .expect("schema")
+    }
+
+    #[tokio::test]
+    async fn json_records_decode_to_the_changes_the_avro_ones_carry() {
+        let avro = source_target();
         let encoder = Encoder::new(avro).expect("connect schema");
         let decoder = autoglm_codec::Decoder::new(None);
         let mut workload = Workload::new(3, 3).expect("workload");
@@ -370,14 +375,7 @@ mod tests {
 
     #[test]
     fn records_encode_under_the_source_schema_in_300_to_600_bytes() {
-        let avro = AvroTarget::new(
-            schema_registry_converter::async_impl::schema_registry::SrSettings::new(
-                "http://registry.invalid".into(),
-            ),
-            "bench",
-            SOURCE_SCHEMA,
-        )
-        .expect("schema");
+        let avro = source_target();
         let mut workload = Workload::new(10, 10).expect("workload");
         let mut sizes = Vec::new();
         while let Some(change) = workload.next() {

@@ -141,9 +141,7 @@ impl<B> DebeziumEnvelope<B> {
         mut self,
         convert: impl FnOnce(Row) -> Option<Row>,
     ) -> Option<Self> {
-        if let Some(after) = self.after.take() {
-            self.after = Some(convert(after)?);
-        }
+        convert_row(&mut self.after, convert)?;
         Some(self)
     }
 }
@@ -154,11 +152,17 @@ impl DebeziumEnvelope {
         mut self,
         convert: impl FnOnce(Row) -> Option<Row>,
     ) -> Option<Self> {
-        if let Some(before) = self.before.take() {
-            self.before = Some(convert(before)?);
-        }
+        convert_row(&mut self.before, convert)?;
         Some(self)
     }
+}
+
+/// Replaces the row in `slot`, if any, with `convert`'s; `None` if that fails.
+fn convert_row(slot: &mut Option<Row>, convert: impl FnOnce(Row) -> Option<Row>) -> Option<()> {
+    if let Some(row) = slot.take() {
+        *slot = Some(convert(row)?);
+    }
+    Some(())
 }
 
 impl<B: BeforeRow> DebeziumEnvelope<B> {
