@@ -38,6 +38,7 @@ mod plot;
 mod processor;
 mod progress;
 mod report;
+mod stages;
 mod workload;
 
 use std::collections::HashMap;
@@ -60,7 +61,8 @@ use latency::LatencyRun;
 use processor::{Spec, Start, Template, Trace, Window};
 pub use progress::Progress;
 use report::{
-    AbReport, InstanceRun, KeyScaleRun, RecordShape, Report, RestartRun, RestoreReport, Run,
+    AbReport, AbSetup, InstanceRun, KeyScaleRun, RecordShape, Report, RestartRun, RestoreReport,
+    Run,
 };
 use workload::{Encoder, Input, Workload};
 
@@ -107,9 +109,18 @@ struct Args {
     )]
     phases: Vec<Phase>,
     /// The `ab` phase's A: another `autoglm` binary (say, a build of the commit before an
-    /// optimisation); B is the one next to this bench.
+    /// optimisation); B is the one next to this bench. Default: this one too (then B differs
+    /// by --ab-env).
     #[arg(long)]
     ab_binary: Option<PathBuf>,
+    /// A config override for B only, as the environment variable that sets it
+    /// (`AUTOGLM__STATE__ROW_CACHE_BYTES=33554432`); repeatable.
+    #[arg(long, value_parser = env_override)]
+    ab_env: Vec<(String, String)>,
+    /// Keys in the state for the `ab` phase: each run creates them, then the --records updates
+    /// after are measured (as in the key-scaling runs). Default: the throughput stream.
+    #[arg(long)]
+    ab_keys: Option<u64>,
     /// Alternating pairs of (e) runs in the `ab` phase.
     #[arg(long, default_value_t = 5)]
     ab_pairs: usize,
@@ -211,6 +222,44 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// Fails before a preload of `records` records of `input` when the disk the broker and the
+    /// state directories share (the local stack's) lacks room for them: the source, and about as
+    /// much again for the targets and changelogs of the runs on it, all kept until the bench
+    /// ends, plus 1 GiB.
+    async fn ensure_room(&self, records: u64, input: Input) -> anyhow::Result<()> {
+        let mut sample = Workload::new(1, 1)?;
+        let change = sample.next().context("a sample change")?;
+        let (id, event) = sample.event(change);
+        let (key, value) = self.encoder.encode(input, id, event).await?;
+        let per_record = (key.len() + value.len()) as u64;
+        let needed = records * per_record * 3 + (1 << 30);
+        let stack = self.repo.join(".stack");
+        let disk = if stack.exists() {
+            stack
+        } else {
+            self.work.clone()
+        };
+        let stat =
+            rustix::fs::statvfs(&disk).with_context(|| format!("statvfs {}", disk.display()))?;
+        let free = stat.f_bavail * stat.f_frsize;
+        let gb = |bytes: u64| bytes as f64 / 1e9;
+        if free < needed {
+            bail!(
+                "{records} records of {} ({per_record} bytes each) need about {:.1} GB on the disk of {} \
+                 (the source, the runs' targets and changelogs, kept until the bench ends), and it has \
+                 {:.1} GB free: free space (`make reset` deletes the local broker's data) or lower \
+                 --records or --key-scales",
+                input.label(),
+                gb(needed),
+                disk.display(),
+                gb(free)
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A preloaded source topic.
 #[derive(Debug, Clone)]
 struct Loaded {
@@ -254,9 +303,10 @@ impl Sources {
             bench.partitions,
             input.label()
         );
-        bench.create_topics(&[&topic]).await?;
         let workload = Workload::new(creates, updates)?;
         let records = workload.len();
+        bench.ensure_room(records, input).await?;
+        bench.create_topics(&[&topic]).await?;
         let bytes =
             workload::preload(&bench.settings, (&bench.encoder, input), &topic, workload).await?;
         let loaded = Loaded {
@@ -354,8 +404,9 @@ async fn bench_all(bench: &Bench, args: &Args) -> anyhow::Result<()> {
                 binary: &bench.binary,
                 pass_through,
                 exactly_once,
+                env: &[],
             };
-            runs.push(mode_run(bench, (name, what), name, &main, mode).await?);
+            runs.push(mode_run(bench, (name, what), name, &main, mode, Start::FirstCommit).await?);
         }
     }
     if phase(Phase::Json) {
@@ -382,6 +433,7 @@ async fn bench_all(bench: &Bench, args: &Args) -> anyhow::Result<()> {
                     name,
                     &source,
                     Mode::full(&bench.binary),
+                    Start::FirstCommit,
                 )
                 .await?,
             );
@@ -389,19 +441,27 @@ async fn bench_all(bench: &Bench, args: &Args) -> anyhow::Result<()> {
     }
     let mut ab = None;
     if phase(Phase::Ab) {
-        let other = args
-            .ab_binary
-            .as_deref()
-            .context("the `ab` phase needs --ab-binary")?;
-        let source = sources
-            .get_as(
+        if args.ab_binary.is_none() && args.ab_env.is_empty() {
+            bail!("the `ab` phase needs --ab-binary, --ab-env or both: A and B would be the same");
+        }
+        let setup = AbSetup {
+            a_binary: args.ab_binary.as_deref().unwrap_or(&bench.binary),
+            b_binary: &bench.binary,
+            b_env: &args.ab_env,
+            input: args.ab_input,
+            keys: args.ab_keys,
+        };
+        let source = match setup.keys {
+            Some(keys) => sources.get_as(bench, keys, args.records, setup.input),
+            None => sources.get_as(
                 bench,
                 main.creates,
                 main.records - main.creates,
-                args.ab_input,
-            )
-            .await?;
-        ab = Some(ab_phase(bench, &source, other, args.ab_pairs).await?);
+                setup.input,
+            ),
+        }
+        .await?;
+        ab = Some(ab_phase(bench, &source, &setup, args.ab_pairs).await?);
     }
     let rate = |name: &str| {
         runs.iter()
@@ -496,21 +556,22 @@ async fn bench_all(bench: &Bench, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One throughput run of a single instance over `source`, from its first commit to the end;
-/// `id` names its group and target, unique in the bench.
+/// One throughput run of a single instance over `source`, from `start` to the end; `id` names
+/// its group and target, unique in the bench.
 async fn mode_run(
     bench: &Bench,
     (name, what): (&'static str, &'static str),
     id: &str,
     source: &Loaded,
     mode: Mode<'_>,
+    start: Start,
 ) -> anyhow::Result<Run> {
     eprintln!("bench: ({id}) {what}");
-    let run = group_run(bench, id, source, 1, mode, Start::FirstCommit, false)
+    let run = group_run(bench, id, source, 1, mode, start, false)
         .await
         .with_context(|| format!("run ({id})"))?;
     let trace = run.trace;
-    let window = Window::between(&trace.first, &trace.end);
+    let window = Window::between(&trace.start, &trace.end);
     eprintln!("bench: ({name}) {:.0} records/s", window.rate());
     Ok(Run {
         name,
@@ -523,16 +584,20 @@ async fn mode_run(
     })
 }
 
-/// (e) of this build's binary (B) and of `other` (A), in `pairs` alternating pairs over
-/// `source`: the same-run A/B of an optimisation. Each run gets a fresh group and target.
+/// (e) of B and A (`setup`), in `pairs` alternating pairs over `source`: the same-run A/B of
+/// an optimisation. Each run gets a fresh group, target and state.
 async fn ab_phase(
     bench: &Bench,
     source: &Loaded,
-    other: &Path,
+    setup: &AbSetup<'_>,
     pairs: usize,
 ) -> anyhow::Result<AbReport> {
     let (mut a, mut b) = (Vec::new(), Vec::new());
     let (mut a_cpu, mut b_cpu) = (Vec::new(), Vec::new());
+    let start = match setup.keys {
+        Some(keys) => Start::Committed(i64::try_from(keys)?),
+        None => Start::FirstCommit,
+    };
     for pair in 0..pairs {
         // Alternate which goes first, so that neither always runs on a warmer broker.
         let order = if pair % 2 == 0 {
@@ -541,13 +606,17 @@ async fn ab_phase(
             [false, true]
         };
         for is_a in order {
-            let (binary, name) = if is_a {
-                (other, "ab-a")
+            let (mode, name) = if is_a {
+                (Mode::full(setup.a_binary), "ab-a")
             } else {
-                (bench.binary.as_path(), "ab-b")
+                let b = Mode {
+                    env: setup.b_env,
+                    ..Mode::full(setup.b_binary)
+                };
+                (b, "ab-b")
             };
             let id = format!("{name}-{pair}");
-            let run = mode_run(bench, (name, "A/B"), &id, source, Mode::full(binary)).await?;
+            let run = mode_run(bench, (name, "A/B"), &id, source, mode, start).await?;
             let cpu = run.processor_cpu_us_per_record.unwrap_or(f64::NAN);
             if is_a {
                 a.push(run.records_per_sec);
@@ -558,12 +627,24 @@ async fn ab_phase(
             }
         }
     }
-    let report = AbReport::new(other, &bench.binary, source.input, (a, b), (a_cpu, b_cpu));
+    let report = AbReport::new(setup, (a, b), (a_cpu, b_cpu));
     eprintln!(
         "bench: A/B over {pairs} pairs: A {:.0} records/s, B {:.0} records/s (medians), B/A = {:.3}",
         report.a_median, report.b_median, report.b_over_a
     );
     Ok(report)
+}
+
+/// `KEY=VALUE`, for --ab-env.
+fn env_override(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if key.starts_with("AUTOGLM__") => {
+            Ok((key.to_owned(), value.to_owned()))
+        }
+        _ => Err(format!(
+            "`{text}` is not AUTOGLM__KEY__PATH=value (a config override, docs/configuration.md)"
+        )),
+    }
 }
 
 /// A finished (or SIGKILLed) run of one group.
@@ -582,6 +663,8 @@ struct Mode<'a> {
     binary: &'a Path,
     pass_through: bool,
     exactly_once: bool,
+    /// `AUTOGLM__…` config overrides for the processor.
+    env: &'a [(String, String)],
 }
 
 impl<'a> Mode<'a> {
@@ -591,6 +674,7 @@ impl<'a> Mode<'a> {
             binary,
             pass_through: false,
             exactly_once: true,
+            env: &[],
         }
     }
 }
@@ -631,6 +715,7 @@ async fn group_run(
                 // Several members join one after another, and the rebalances may leave one
                 // without partitions for more than 3 s: it must not leave for want of input.
                 exit_when_idle_secs: Some(if count > 1 { 15 } else { 3 }),
+                env: mode.env,
             },
         )?);
     }
@@ -685,6 +770,7 @@ async fn key_run(
         mb_per_sec: updates.rate() * source.avg_bytes() / 1e6,
         processor_cpu_us_per_record: updates.processor_us_per_record,
         peak_rss_mib: trace.peak_rss_kib as f64 / 1024.0,
+        stages: trace.stages.clone(),
     };
     eprintln!(
         "bench: ({name}) {:.0} records/s, peak RSS {:.0} MiB",
@@ -788,6 +874,7 @@ async fn restart(bench: &Bench, run: &GroupRun, state: &Path) -> anyhow::Result<
             exactly_once: true,
             pass_through: false,
             exit_when_idle_secs: None,
+            env: &[],
         },
     )?;
     let ready = processor::settled(

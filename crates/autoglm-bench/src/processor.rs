@@ -12,6 +12,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_yaml::Value as Yaml;
 
+use crate::stages::{self, StageTimes};
 use crate::workload::Input;
 use crate::{Bench, Progress};
 
@@ -34,6 +35,8 @@ pub struct Spec<'a> {
     pub pass_through: bool,
     /// `--exit-when-idle-secs`; without it the bench stops the process.
     pub exit_when_idle_secs: Option<u64>,
+    /// Environment the process gets on top of the bench's: `AUTOGLM__…` config overrides.
+    pub env: &'a [(String, String)],
 }
 
 /// A running `autoglm run`.
@@ -80,6 +83,7 @@ pub fn start(bench: &Bench, spec: &Spec<'_>) -> anyhow::Result<Instance> {
     if spec.pass_through {
         command.arg("--pass-through");
     }
+    command.envs(spec.env.iter().map(|(k, v)| (k, v)));
     let child = command
         .spawn()
         .with_context(|| format!("start {}", spec.binary.display()))?;
@@ -288,13 +292,16 @@ pub struct Point {
 }
 
 /// A run from its first commit to the end of its input.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Trace {
     pub first: Point,
     pub start: Point,
     pub end: Point,
     /// The largest VmHWM of the instances.
     pub peak_rss_kib: u64,
+    /// The batches step by step from `start` to `end`, for a run of one instance (empty for
+    /// several).
+    pub stages: Vec<StageTimes>,
 }
 
 /// Records, seconds and CPU between two points.
@@ -354,6 +361,16 @@ pub async fn follow(
     let mut peak_rss_kib = 0;
     let mut last_change = (Instant::now(), -1);
     let mut launch: Option<Point> = None;
+    // One instance's steps, from its /metrics at the window's start and end.
+    let scrape = |instances: &[Instance]| {
+        let http = bench.http.clone();
+        let port = match instances {
+            [one] => Some(one.port),
+            _ => None,
+        };
+        async move { stages::scrape(&http, port?).await }
+    };
+    let mut stages_at_start = None;
     loop {
         for instance in instances.iter_mut() {
             instance.check_alive()?;
@@ -385,6 +402,7 @@ pub async fn follow(
             };
             if begins {
                 window_start = Some(point);
+                stages_at_start = scrape(instances).await;
             }
         }
         let rss = format!(", RSS {:.0} MiB", peak_rss_kib as f64 / 1024.0);
@@ -399,6 +417,10 @@ pub async fn follow(
                 );
                 start = launch;
             }
+            let stages = match (stages_at_start, scrape(instances).await) {
+                (Some(before), Some(after)) => stages::between(&before, &after),
+                _ => Vec::new(),
+            };
             return Ok(Trace {
                 first: if first.committed >= end {
                     launch
@@ -408,6 +430,7 @@ pub async fn follow(
                 start,
                 end: point,
                 peak_rss_kib,
+                stages,
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -522,6 +545,7 @@ mod tests {
             exactly_once: false,
             pass_through: false,
             exit_when_idle_secs: None,
+            env: &[],
         };
         let text = template.render(&spec, 4242).expect("render");
         let config =

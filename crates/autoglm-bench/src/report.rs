@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::latency::LatencyRun;
 use crate::plot;
+use crate::stages::StageTimes;
 
 /// One measured run.
 #[derive(Debug, Clone, Serialize)]
@@ -32,6 +33,8 @@ pub struct KeyScaleRun {
     pub mb_per_sec: f64,
     pub processor_cpu_us_per_record: f64,
     pub peak_rss_mib: f64,
+    /// The processor's batches step by step during the updates.
+    pub stages: Vec<StageTimes>,
 }
 
 /// (e) with `instances` processes in one group.
@@ -107,7 +110,12 @@ pub struct Report {
 pub struct AbReport {
     pub a_binary: PathBuf,
     pub b_binary: PathBuf,
+    /// The config overrides B ran with (`AUTOGLM__…=value`), on top of A's config.
+    pub b_env: Vec<String>,
     pub input: &'static str,
+    /// Keys in the state: each run creates them first, and only the updates after are measured
+    /// (as in the key-scaling runs); `None`: the throughput stream, measured from the start.
+    pub keys: Option<u64>,
     /// Records/s of each run, in pair order.
     pub a_records_per_sec: Vec<f64>,
     pub b_records_per_sec: Vec<f64>,
@@ -119,19 +127,33 @@ pub struct AbReport {
     pub b_cpu_us_per_record_median: f64,
 }
 
+/// What an A/B compares: two binaries (or one), B's config overrides, the input and the keys.
+#[derive(Debug)]
+pub struct AbSetup<'a> {
+    pub a_binary: &'a std::path::Path,
+    pub b_binary: &'a std::path::Path,
+    pub b_env: &'a [(String, String)],
+    pub input: crate::workload::Input,
+    pub keys: Option<u64>,
+}
+
 impl AbReport {
     pub fn new(
-        a_binary: &std::path::Path,
-        b_binary: &std::path::Path,
-        input: crate::workload::Input,
+        setup: &AbSetup<'_>,
         (a, b): (Vec<f64>, Vec<f64>),
         (a_cpu, b_cpu): (Vec<f64>, Vec<f64>),
     ) -> AbReport {
         let (a_median, b_median) = (median(&a), median(&b));
         AbReport {
-            a_binary: a_binary.to_owned(),
-            b_binary: b_binary.to_owned(),
-            input: input.label(),
+            a_binary: setup.a_binary.to_owned(),
+            b_binary: setup.b_binary.to_owned(),
+            b_env: setup
+                .b_env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+            input: setup.input.label(),
+            keys: setup.keys,
             a_records_per_sec: a,
             b_records_per_sec: b,
             a_median,
@@ -263,11 +285,19 @@ pub fn print_tables(report: &Report) {
     }
     if let Some(ab) = &report.ab {
         println!(
-            "\nA/B, (e) on {} input, alternating pairs: A = {}, B = {}",
+            "\nA/B, (e) on {} input, alternating pairs: A = {}, B = {}{}",
             ab.input,
             ab.a_binary.display(),
-            ab.b_binary.display()
+            ab.b_binary.display(),
+            if ab.b_env.is_empty() {
+                String::new()
+            } else {
+                format!(" with {}", ab.b_env.join(" "))
+            }
         );
+        if let Some(keys) = ab.keys {
+            println!("each run creates {keys} keys first; the updates after are measured");
+        }
         let rates = |v: &[f64]| {
             v.iter()
                 .map(|r| format!("{r:.0}"))
@@ -318,33 +348,13 @@ pub fn print_tables(report: &Report) {
             );
         }
     }
-    if report.latency.iter().any(|r| !r.stages.is_empty()) {
-        println!(
-            "\nthe processor's batches step by step, in the measured window: mean ms (p99 at most)"
-        );
-        print!("{:<12}", "stage");
-        for run in &report.latency {
-            print!(" {:>18}", format!("{:.0}%", run.load * 100.0));
-        }
-        println!();
-        let names = report
+    print_stages(
+        "the processor's batches step by step, in the measured window",
+        report
             .latency
             .iter()
-            .find(|r| !r.stages.is_empty())
-            .map(|r| r.stages.iter().map(|s| s.stage).collect::<Vec<_>>())
-            .unwrap_or_default();
-        for name in &names {
-            print!("{name:<12}");
-            for run in &report.latency {
-                let cell = run.stages.iter().find(|s| s.stage == *name).map_or_else(
-                    || "-".to_owned(),
-                    |s| format!("{:.1} ({:.0})", s.mean_ms, s.p99_ms_at_most),
-                );
-                print!(" {cell:>18}");
-            }
-            println!();
-        }
-    }
+            .map(|r| (format!("{:.0}%", r.load * 100.0), r.stages.as_slice())),
+    );
     if !report.key_scaling.is_empty() {
         println!(
             "\n(e) with keys in the state (the target: a peak RSS of 256 MiB or less with 1M keys)"
@@ -366,6 +376,13 @@ pub fn print_tables(report: &Report) {
             );
         }
     }
+    print_stages(
+        "the processor's batches step by step during the updates, by keys in the state",
+        report
+            .key_scaling
+            .iter()
+            .map(|r| (r.keys.to_string(), r.stages.as_slice())),
+    );
     if !report.instance_scaling.is_empty() {
         println!("\n(e) with instances in one group (aggregate, after the group settled)");
         println!(
@@ -406,5 +423,31 @@ pub fn print_tables(report: &Report) {
                 opt(run.restore_secs)
             );
         }
+    }
+}
+
+/// A table of batch steps, one column per run: mean ms (p99 at most); nothing when no run has
+/// steps.
+fn print_stages<'r>(title: &str, columns: impl Iterator<Item = (String, &'r [StageTimes])>) {
+    let columns: Vec<_> = columns.filter(|(_, stages)| !stages.is_empty()).collect();
+    let Some((_, first)) = columns.first() else {
+        return;
+    };
+    println!("\n{title}: mean ms (p99 at most)");
+    print!("{:<12}", "stage");
+    for (label, _) in &columns {
+        print!(" {label:>18}");
+    }
+    println!();
+    for name in first.iter().map(|s| s.stage) {
+        print!("{name:<12}");
+        for (_, stages) in &columns {
+            let cell = stages.iter().find(|s| s.stage == name).map_or_else(
+                || "-".to_owned(),
+                |s| format!("{:.1} ({:.0})", s.mean_ms, s.p99_ms_at_most),
+            );
+            print!(" {cell:>18}");
+        }
+        println!();
     }
 }

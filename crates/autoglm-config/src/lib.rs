@@ -204,6 +204,23 @@ routes:
     }
 
     #[test]
+    fn state_store_options_are_read_and_a_bloom_past_64_bits_is_refused() {
+        let text = format!(
+            "{BASE}state:\n  row_cache_bytes: 33554432\n  optimize_filters_for_hits: true\n  bloom_filter_bits_per_key: 0\n"
+        );
+        let config = parse(&text, "t", repo(), Overrides::None).expect("valid");
+        assert_eq!(config.state.row_cache_bytes, 32 << 20);
+        assert!(config.state.optimize_filters_for_hits);
+        assert_eq!(config.state.bloom_filter_bits_per_key, 0);
+        let found =
+            problems(&format!("{BASE}state:\n  bloom_filter_bits_per_key: 65\n")).join("\n");
+        assert!(
+            found.contains("state.bloom_filter_bits_per_key") && found.contains("above 64"),
+            "{found}"
+        );
+    }
+
+    #[test]
     fn unknown_key_names_its_path_and_line() {
         let text = BASE.replace(
             "    key_fields: [id]",

@@ -200,6 +200,14 @@ pub struct StateConfig {
     pub tombstone_retention: Duration,
     /// RocksDB block cache.
     pub block_cache_bytes: usize,
+    /// RocksDB row cache: single entries, for point reads that would miss the block cache; 0
+    /// turns it off.
+    pub row_cache_bytes: usize,
+    /// Bloom filter bits per key of the state; 0 turns the filter off.
+    pub bloom_filter_bits_per_key: u32,
+    /// No bloom filter on RocksDB's last level, where most keys live: the filter's memory goes
+    /// to data blocks, and a read of a key the state lacks costs a block read there.
+    pub optimize_filters_for_hits: bool,
     /// Committed state entries the version guard keeps in memory, so that a key changed again
     /// soon is decided without a RocksDB read; 0 turns the cache off.
     pub cache_entries: usize,
@@ -210,6 +218,9 @@ impl Default for StateConfig {
         StateConfig {
             tombstone_retention: Duration::from_secs(7 * 24 * 3600),
             block_cache_bytes: 64 << 20,
+            row_cache_bytes: 0,
+            bloom_filter_bits_per_key: 10,
+            optimize_filters_for_hits: false,
             // About 130 bytes each: 4 MiB. 65,536 took the peak RSS with 1 million keys in the
             // state past 256 MiB (257.7).
             cache_entries: 32_768,

@@ -119,6 +119,15 @@ pub(crate) fn validate(config: &Config, base_dir: &Path) -> Vec<Problem> {
     {
         problem(path, reason);
     }
+    let bloom = config.state.bloom_filter_bits_per_key;
+    if bloom > 64 {
+        problem(
+            "state.bloom_filter_bits_per_key".into(),
+            format!(
+                "{bloom} is above 64; 10 bits give about 1% false positives, 0 turns the filter off"
+            ),
+        );
+    }
     if config.kafka.bootstrap_servers.trim().is_empty() {
         problem("kafka.bootstrap_servers".into(), "must not be empty".into());
     }

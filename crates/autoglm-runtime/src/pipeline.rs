@@ -489,6 +489,9 @@ impl Pipeline {
         let state_path = self.config.event_queue.storage_path.clone();
         let rocks = RocksOptions {
             block_cache_bytes: self.config.state.block_cache_bytes,
+            row_cache_bytes: self.config.state.row_cache_bytes,
+            bloom_filter_bits_per_key: self.config.state.bloom_filter_bits_per_key,
+            optimize_filters_for_hits: self.config.state.optimize_filters_for_hits,
             compression: self.config.event_queue.enable_compression,
             tombstone_retention_ms: Some(self.tombstone_retention_ms()),
             ..RocksOptions::default()
