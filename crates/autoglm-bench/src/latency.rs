@@ -59,6 +59,73 @@ pub struct LatencyRun {
     pub mean_commit_ms: Option<f64>,
     /// The processor's batches step by step, over the measured window.
     pub stages: Vec<StageTimes>,
+    /// Cores busy over the measured window, by whom.
+    pub cores: Option<Cores>,
+}
+
+/// Cores busy over a window: each process's CPU time (all its threads) over the window's
+/// length, and the machine's (every process, from `/proc/stat`).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Cores {
+    pub processor: f64,
+    /// `None` when the broker's pid is unknown (not the local stack's).
+    pub broker: Option<f64>,
+    /// This bench: its open-loop producer and its `read_committed` reader.
+    pub bench: f64,
+    pub machine: f64,
+    /// The machine's cores (`available_parallelism`).
+    pub of: usize,
+}
+
+/// CPU ticks at one moment: the processor, the broker, the bench, the machine's busy ticks.
+#[derive(Debug, Clone, Copy)]
+struct Ticks {
+    at: Instant,
+    processor: u64,
+    broker: Option<u64>,
+    bench: u64,
+    machine: u64,
+}
+
+impl Ticks {
+    fn now(bench: &Bench, processor_pid: u32) -> Option<Ticks> {
+        Some(Ticks {
+            at: Instant::now(),
+            processor: processor::cpu_ticks(processor_pid)?,
+            broker: bench.broker.and_then(processor::cpu_ticks),
+            bench: processor::cpu_ticks(std::process::id())?,
+            machine: machine_busy_ticks()?,
+        })
+    }
+
+    fn cores_since(self, start: Ticks) -> Cores {
+        let secs = (self.at - start.at).as_secs_f64().max(1e-9);
+        // USER_HZ: 100 ticks a second.
+        let cores = |from: u64, to: u64| to.saturating_sub(from) as f64 / 100.0 / secs;
+        Cores {
+            processor: cores(start.processor, self.processor),
+            broker: start.broker.zip(self.broker).map(|(a, b)| cores(a, b)),
+            bench: cores(start.bench, self.bench),
+            machine: cores(start.machine, self.machine),
+            of: std::thread::available_parallelism().map_or(0, usize::from),
+        }
+    }
+}
+
+/// The machine's busy ticks so far: every state of `/proc/stat`'s `cpu` line but idle and
+/// iowait.
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    // user nice system idle iowait irq softirq steal (guest time is within user already).
+    Some(ticks.iter().take(8).sum::<u64>() - idle)
 }
 
 /// Offers `rate` records/s of `records` for `warmup + measure` to a fresh processor.
@@ -175,12 +242,14 @@ async fn offer(
         tokio::spawn(async move { stages::scrape(&http, port).await })
     };
     let mut at_window_start = None;
+    let mut ticks_at_start = None;
     while sent < total {
         ticks.tick().await;
         let elapsed = started.elapsed();
         if window_begins.is_none() && elapsed >= warmup {
             window_begins = Some((Instant::now(), sent));
             at_window_start = Some(scrape(instance.port));
+            ticks_at_start = Ticks::now(bench, instance.pid());
         }
         let due = ((elapsed.as_secs_f64() * rate) as usize).min(total);
         for record in &records[sent..due] {
@@ -197,6 +266,9 @@ async fn offer(
         progress.update_with(sent as u64, &format!(" sent, {out} out"));
     }
     let at_window_end = scrape(instance.port);
+    let cores = ticks_at_start
+        .zip(Ticks::now(bench, instance.pid()))
+        .map(|(start, end)| end.cores_since(start));
     let (window_at, window_sent) = window_begins.unwrap_or((started, 0));
     let achieved = (sent - window_sent) as f64 / window_at.elapsed().as_secs_f64().max(1e-9);
 
@@ -233,6 +305,7 @@ async fn offer(
         mean_batch_ms: None,
         mean_commit_ms: None,
         stages,
+        cores,
     })
 }
 

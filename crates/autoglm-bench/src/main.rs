@@ -14,14 +14,16 @@
 //!    ratios: R_txn = c / b, R_proc = e / c
 //!  json: (e) on the same changes as Debezium's JSON converter writes them, with the Connect
 //!    schema wrapper (its default) and without; JSON out. Ratio: JSON (e) / Avro (e)
-//!  ab (only when asked): (e) of another binary (A) and this build (B) in alternating pairs,
-//!    medians and B/A: the same-run A/B of an optimisation
+//!  ab (only when asked): (e) of A (another binary, or this one) and B (this build, with the
+//!    config overrides of --ab-env) in alternating pairs, optionally with --ab-keys keys in the
+//!    state; medians, B/A and each batch step's median: the same-run A/B of an optimisation
 //!  latency: an open-loop input at 50%, 80% and 90% of (e) into a fresh exactly-once processor;
-//!    now − record timestamp at a read_committed reader of the target; p50/p99/p99.9/max; and
-//!    the processor's batches step by step (its autoglm_pipeline_stage_duration_seconds)
+//!    now − record timestamp at a read_committed reader of the target; p50/p99/p99.9/max; the
+//!    processor's batches step by step (its autoglm_pipeline_stage_duration_seconds); and the
+//!    cores the processor, the broker, the bench and the whole machine kept busy
 //!  scaling: (e) with 10k and 1M keys in the state (the update phase after every key was
-//!    created, with peak RSS), and with 1, 2 and 3 instances in one group (from the moment
-//!    the group has settled)
+//!    created, with peak RSS and the batches step by step), and with 1, 2 and 3 instances in
+//!    one group (from the moment the group has settled)
 //!  restore: (e) SIGKILLed once it has committed 1M keys, then restarted (i) on its state
 //!    directory and (ii) on an empty one (the whole changelog): time until /ready
 //! ```
@@ -31,7 +33,9 @@
 //! topics and state directories of the run are deleted at the end (`--keep` keeps them; a
 //! failed run keeps the processor logs). A phase that fails stops the bench with its error; a
 //! record in a dead-letter topic is such a failure. Nothing asserts on a time.
-//! Machines are noisy: compare ratios within one run, not absolute numbers across runs.
+//! Machines are noisy: compare ratios within one run, not absolute numbers across runs. Before
+//! each preload, the free space under `.stack` is checked against what the source and its runs
+//! will take.
 
 mod latency;
 mod plot;
@@ -581,6 +585,7 @@ async fn mode_run(
         processor_cpu_us_per_record: Some(window.processor_us_per_record),
         broker_cpu_us_per_record: window.broker_us_per_record,
         peak_rss_mib: Some(trace.peak_rss_kib as f64 / 1024.0),
+        stages: trace.stages,
     })
 }
 
@@ -593,7 +598,6 @@ async fn ab_phase(
     pairs: usize,
 ) -> anyhow::Result<AbReport> {
     let (mut a, mut b) = (Vec::new(), Vec::new());
-    let (mut a_cpu, mut b_cpu) = (Vec::new(), Vec::new());
     let start = match setup.keys {
         Some(keys) => Start::Committed(i64::try_from(keys)?),
         None => Start::FirstCommit,
@@ -617,17 +621,10 @@ async fn ab_phase(
             };
             let id = format!("{name}-{pair}");
             let run = mode_run(bench, (name, "A/B"), &id, source, mode, start).await?;
-            let cpu = run.processor_cpu_us_per_record.unwrap_or(f64::NAN);
-            if is_a {
-                a.push(run.records_per_sec);
-                a_cpu.push(cpu);
-            } else {
-                b.push(run.records_per_sec);
-                b_cpu.push(cpu);
-            }
+            if is_a { &mut a } else { &mut b }.push(run);
         }
     }
-    let report = AbReport::new(setup, (a, b), (a_cpu, b_cpu));
+    let report = AbReport::new(setup, &a, &b);
     eprintln!(
         "bench: A/B over {pairs} pairs: A {:.0} records/s, B {:.0} records/s (medians), B/A = {:.3}",
         report.a_median, report.b_median, report.b_over_a
@@ -969,6 +966,7 @@ fn broker_ceiling(bench: &Bench, records: u64, size: f64, topic: &str) -> anyhow
             processor_cpu_us_per_record: None,
             broker_cpu_us_per_record: broker_us,
             peak_rss_mib: None,
+            stages: Vec::new(),
         },
         Run {
             name: "a-consume",
@@ -978,6 +976,7 @@ fn broker_ceiling(bench: &Bench, records: u64, size: f64, topic: &str) -> anyhow
             processor_cpu_us_per_record: None,
             broker_cpu_us_per_record: None,
             peak_rss_mib: None,
+            stages: Vec::new(),
         },
     ])
 }

@@ -18,6 +18,9 @@ pub struct Run {
     pub processor_cpu_us_per_record: Option<f64>,
     pub broker_cpu_us_per_record: Option<f64>,
     pub peak_rss_mib: Option<f64>,
+    /// The processor's batches step by step over the measured window (a processor run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageTimes>,
 }
 
 /// (e) with `keys` in the state.
@@ -125,6 +128,8 @@ pub struct AbReport {
     pub b_over_a: f64,
     pub a_cpu_us_per_record_median: f64,
     pub b_cpu_us_per_record_median: f64,
+    /// Each batch step's mean ms, the median over the runs: (stage, A, B).
+    pub stage_ms_medians: Vec<(&'static str, f64, f64)>,
 }
 
 /// What an A/B compares: two binaries (or one), B's config overrides, the input and the keys.
@@ -138,11 +143,31 @@ pub struct AbSetup<'a> {
 }
 
 impl AbReport {
-    pub fn new(
-        setup: &AbSetup<'_>,
-        (a, b): (Vec<f64>, Vec<f64>),
-        (a_cpu, b_cpu): (Vec<f64>, Vec<f64>),
-    ) -> AbReport {
+    /// The report of A's and B's runs.
+    pub fn new(setup: &AbSetup<'_>, a_runs: &[Run], b_runs: &[Run]) -> AbReport {
+        let rates = |runs: &[Run]| runs.iter().map(|r| r.records_per_sec).collect::<Vec<_>>();
+        let cpu = |runs: &[Run]| {
+            median(
+                &runs
+                    .iter()
+                    .map(|r| r.processor_cpu_us_per_record.unwrap_or(f64::NAN))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let stage_ms = |runs: &[Run], stage: &str| {
+            median(
+                &runs
+                    .iter()
+                    .filter_map(|r| r.stages.iter().find(|s| s.stage == stage))
+                    .map(|s| s.mean_ms)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let stage_ms_medians = crate::stages::STAGES
+            .iter()
+            .map(|&stage| (stage, stage_ms(a_runs, stage), stage_ms(b_runs, stage)))
+            .collect();
+        let (a, b) = (rates(a_runs), rates(b_runs));
         let (a_median, b_median) = (median(&a), median(&b));
         AbReport {
             a_binary: setup.a_binary.to_owned(),
@@ -159,8 +184,9 @@ impl AbReport {
             a_median,
             b_median,
             b_over_a: b_median / a_median,
-            a_cpu_us_per_record_median: median(&a_cpu),
-            b_cpu_us_per_record_median: median(&b_cpu),
+            a_cpu_us_per_record_median: cpu(a_runs),
+            b_cpu_us_per_record_median: cpu(b_runs),
+            stage_ms_medians,
         }
     }
 }
@@ -314,6 +340,10 @@ pub fn print_tables(report: &Report) {
             ab.a_cpu_us_per_record_median,
             ab.b_cpu_us_per_record_median
         );
+        println!("batch steps, mean ms (median of the runs): stage A B");
+        for (stage, a, b) in &ab.stage_ms_medians {
+            println!("{stage:<12} {a:>8.1} {b:>8.1}");
+        }
     }
     if !report.latency.is_empty() {
         println!("\nend-to-end latency, exactly once, open loop (ms)");
@@ -345,6 +375,26 @@ pub fn print_tables(report: &Report) {
                 run.unseen,
                 opt(run.mean_batch_ms),
                 opt(run.mean_commit_ms)
+            );
+        }
+    }
+    if report.latency.iter().any(|r| r.cores.is_some()) {
+        println!("\ncores busy in the measured window");
+        println!(
+            "{:<6} {:>10} {:>8} {:>8} {:>12}",
+            "load", "processor", "broker", "bench", "machine"
+        );
+        for run in &report.latency {
+            let Some(cores) = run.cores else { continue };
+            println!(
+                "{:<6} {:>10.2} {:>8} {:>8.2} {:>12}",
+                format!("{:.0}%", run.load * 100.0),
+                cores.processor,
+                cores
+                    .broker
+                    .map_or_else(|| "-".to_owned(), |b| format!("{b:.2}")),
+                cores.bench,
+                format!("{:.2} of {}", cores.machine, cores.of)
             );
         }
     }

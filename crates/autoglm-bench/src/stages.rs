@@ -21,7 +21,7 @@ pub struct StageTimes {
 }
 
 /// The steps of a batch, in their order (the processor's `Stage`).
-const STAGES: [&str; 8] = [
+pub const STAGES: [&str; 8] = [
     "fill",
     "queue",
     "route",
