@@ -227,8 +227,8 @@ impl Bench {
 }
 
 impl Bench {
-    /// Fails before a preload of `records` records of `input` when the disk the broker and the
-    /// state directories share (the local stack's) lacks room for them: the source, and about as
+    /// Fails before a preload of `records` records of `input` when the disk of the local
+    /// stack (the broker's data; else of the state directories) lacks room for them: the source, and about as
     /// much again for the targets and changelogs of the runs on it, all kept until the bench
     /// ends, plus 1 GiB.
     async fn ensure_room(&self, records: u64, input: Input) -> anyhow::Result<()> {
@@ -1026,10 +1026,13 @@ fn repo_root() -> anyhow::Result<PathBuf> {
 
 /// The broker's pid, from the stack's state directory: `AUTOGLM_STACK_DIR` as `stack.sh` reads
 /// it (a git worktree shares the stack of the main clone this way), else `<repo>/.stack`.
+/// The local stack's directory: `AUTOGLM_STACK_DIR`, as for `stack.sh`, or the repo's `.stack`.
+fn stack_dir(repo: &Path) -> PathBuf {
+    std::env::var_os("AUTOGLM_STACK_DIR").map_or_else(|| repo.join(".stack"), PathBuf::from)
+}
+
 fn broker_pid(repo: &Path) -> Option<u32> {
-    let stack =
-        std::env::var_os("AUTOGLM_STACK_DIR").map_or_else(|| repo.join(".stack"), PathBuf::from);
-    std::fs::read_to_string(stack.join("kafka/kafka.pid"))
+    std::fs::read_to_string(stack_dir(repo).join("kafka/kafka.pid"))
         .ok()?
         .trim()
         .parse()
