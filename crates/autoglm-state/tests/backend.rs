@@ -170,8 +170,8 @@ async fn rocks_backend_keeps_the_contract() {
     backend.close().await.expect("close");
 }
 
-/// A read of thousands of keys (which RocksDB splits over threads) answers in the order of the
-/// keys too, duplicates and misses included, the same as the in-memory backend.
+/// A read of tens of thousands of keys, some from table files, answers in the order of the keys
+/// too, duplicates and misses included, the same as the in-memory backend.
 #[tokio::test]
 async fn a_large_multi_get_answers_in_key_order() {
     let dir = tempfile::tempdir().expect("tempdir");

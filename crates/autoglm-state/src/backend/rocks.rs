@@ -38,10 +38,6 @@ use crate::StateError;
 
 /// The column family of the state entries.
 pub(crate) const STATE_CF: &str = "state";
-/// The fewest keys one thread of a [`Worker::multi_get`] reads.
-const MULTI_GET_PART: usize = 512;
-/// The most threads one [`Worker::multi_get`] uses.
-const MULTI_GET_THREADS: usize = 4;
 /// The column family of the changelog checkpoints.
 pub(crate) const CHECKPOINTS_CF: &str = "checkpoints";
 
@@ -445,49 +441,17 @@ impl Worker {
             .ok_or(StateError::MissingColumnFamily(name))
     }
 
-    /// Reads `keys`, in parts of at least [`MULTI_GET_PART`] keys on up to
-    /// [`MULTI_GET_THREADS`] threads at once (RocksDB reads are thread-safe). Most of a read's
-    /// cost is CPU, searching memtables and blocks key by key: with 1 million keys in the state
-    /// two halves on 2 cores took the guard's step from 23.7 to 15.3 ms per batch (`make bench`
-    /// A/B, issue 22).
     fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
         let cf = self.cf(STATE_CF)?;
-        let read = |keys: &[Vec<u8>]| -> Result<Vec<Option<Vec<u8>>>, StateError> {
-            self.db
-                .batched_multi_get_cf(cf, keys, false)
-                .into_iter()
-                .map(|value| {
-                    value
-                        .map(|v| v.map(|slice| slice.to_vec()))
-                        .map_err(rocks("multi_get"))
-                })
-                .collect()
-        };
-        let threads = std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .min(MULTI_GET_THREADS)
-            .min(keys.len() / MULTI_GET_PART);
-        if threads <= 1 {
-            return read(keys);
-        }
-        let part = keys.len().div_ceil(threads);
-        let parts: Vec<_> = std::thread::scope(|scope| {
-            let mut chunks = keys.chunks(part);
-            let first = chunks.next().unwrap_or_default();
-            let others: Vec<_> = chunks.map(|c| scope.spawn(move || read(c))).collect();
-            std::iter::once(read(first))
-                .chain(others.into_iter().map(|other| {
-                    other
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                }))
-                .collect()
-        });
-        let mut values = Vec::with_capacity(keys.len());
-        for part in parts {
-            values.extend(part?);
-        }
-        Ok(values)
+        self.db
+            .batched_multi_get_cf(cf, keys, false)
+            .into_iter()
+            .map(|value| {
+                value
+                    .map(|v| v.map(|slice| slice.to_vec()))
+                    .map_err(rocks("multi_get"))
+            })
+            .collect()
     }
 
     fn write(&self, request: WriteRequest) -> Result<(), StateError> {
