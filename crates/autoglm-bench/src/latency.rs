@@ -100,8 +100,8 @@ impl Ticks {
 
     fn cores_since(self, start: Ticks) -> Cores {
         let secs = (self.at - start.at).as_secs_f64().max(1e-9);
-        // USER_HZ: 100 ticks a second.
-        let cores = |from: u64, to: u64| to.saturating_sub(from) as f64 / 100.0 / secs;
+        let cores =
+            |from: u64, to: u64| processor::ticks_to_us(to.saturating_sub(from)) / 1e6 / secs;
         Cores {
             processor: cores(start.processor, self.processor),
             broker: start.broker.zip(self.broker).map(|(a, b)| cores(a, b)),

@@ -227,10 +227,10 @@ impl Bench {
 }
 
 impl Bench {
-    /// Fails before a preload of `records` records of `input` when the disk of the local
-    /// stack (the broker's data; else of the state directories) lacks room for them: the source, and about as
-    /// much again for the targets and changelogs of the runs on it, all kept until the bench
-    /// ends, plus 1 GiB.
+    /// Fails before a preload of `records` records of `input` when the disk of the local stack
+    /// (the broker's data; else of the state directories) lacks room for them: the source, and
+    /// about as much again for the targets and changelogs of the runs on it, all kept until the
+    /// bench ends, plus 1 GiB.
     async fn ensure_room(&self, records: u64, input: Input) -> anyhow::Result<()> {
         let mut sample = Workload::new(1, 1)?;
         let change = sample.next().context("a sample change")?;
@@ -238,7 +238,7 @@ impl Bench {
         let (key, value) = self.encoder.encode(input, id, event).await?;
         let per_record = (key.len() + value.len()) as u64;
         let needed = records * per_record * 3 + (1 << 30);
-        let stack = self.repo.join(".stack");
+        let stack = stack_dir(&self.repo);
         let disk = if stack.exists() {
             stack
         } else {
