@@ -488,3 +488,99 @@ async fn registry_outage_delays_the_stream_but_loses_and_duplicates_nothing() {
     );
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// Sets `max.message.bytes` of each of `topics` (an operator's topic limit).
+async fn limit_message_bytes(kafka: &autoglm_kafka::ClientSettings, topics: &[&str], bytes: usize) {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        kafka.client_config().create().expect("admin");
+    let bytes = bytes.to_string();
+    let configs: Vec<AlterConfig<'_>> = topics
+        .iter()
+        .map(|t| AlterConfig::new(ResourceSpecifier::Topic(t)).set("max.message.bytes", &bytes))
+        .collect();
+    for result in admin
+        .alter_configs(&configs, &AdminOptions::new())
+        .await
+        .expect("alter configs")
+    {
+        result.expect("max.message.bytes set");
+    }
+}
+
+/// An output record larger than its target topic takes (`max.message.bytes`) goes to the DLQ
+/// with the reason, and the batch goes on: before, the transaction failed, aborted and retried
+/// the same record for ever. The DLQ topic here takes no more than the target, so the dead
+/// letter holds a reference to the input (its topic, partition and offset) and not its bytes.
+#[tokio::test]
+async fn a_record_too_large_for_its_target_is_dead_lettered_and_the_rest_flows() {
+    let stack = stack().await;
+    let kafka = stack.kafka();
+    let t = Topics::fresh(&kafka, "large", "out", 1).await;
+    limit_message_bytes(&kafka, &[&t.target, &t.dlq], 4_000).await;
+    let state = tempfile_dir();
+    let config = json_upsert_config(&stack, &t, &state, "", "");
+    let small = |id: u64, rev: u64| {
+        let value = serde_json::json!({"id": id, "rev": rev, "note": "x".repeat(100)});
+        (id.to_string(), Some(value.to_string()))
+    };
+    let mut inputs: Vec<(String, Option<String>)> = (0..20).map(|id| small(id, 1)).collect();
+    let large = serde_json::json!({"id": 7, "rev": 2, "note": "y".repeat(20_000)}).to_string();
+    inputs.push(("7".into(), Some(large)));
+    inputs.extend((20..40).map(|id| small(id, 1)));
+    inputs.push(small(7, 3));
+    produce_plain(&kafka, &t.source, &inputs).await;
+
+    let summary = tokio::time::timeout(Duration::from_secs(120), run(config))
+        .await
+        .expect("the run ends: a record too large is not retried for ever");
+    // No retry: batch.size keeps librdkafka's batches of small records within the topic's
+    // limit too (a batch of 42 was refused whole before).
+    assert_eq!(
+        (
+            summary.records,
+            summary.emitted,
+            summary.dead_lettered,
+            summary.retries
+        ),
+        (42, 41, 1, 0),
+        "{summary:?}"
+    );
+    let out = read_committed(&kafka, None, &t.target, Duration::from_secs(3))
+        .await
+        .expect("read");
+    let sevens: Vec<_> = by_key(&out)
+        .into_iter()
+        .filter(|(k, _, _)| k == "7")
+        .map(|(_, v, _)| v)
+        .collect();
+    assert_eq!(
+        sevens,
+        ["1", "3"],
+        "the large version 2 is not in the target"
+    );
+    let dead = read_committed(&kafka, None, &t.dlq, Duration::from_secs(3))
+        .await
+        .expect("dlq");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let letter = &dead[0];
+    assert_eq!(letter.key, "7");
+    assert_eq!(letter.headers["autoglm.error.rule"], "size");
+    assert_eq!(letter.headers["autoglm.error.field"], t.target);
+    assert!(
+        letter.headers["autoglm.error.message"].contains("max.message.bytes"),
+        "{:?}",
+        letter.headers
+    );
+    assert!(
+        letter.value.is_none(),
+        "the input is too large for the DLQ too"
+    );
+    assert!(
+        letter.headers["autoglm.payload.omitted"].starts_with("omitted: "),
+        "{:?}",
+        letter.headers
+    );
+    assert_eq!(letter.headers["autoglm.source.offset"], "20");
+    let _ = std::fs::remove_dir_all(&state);
+}

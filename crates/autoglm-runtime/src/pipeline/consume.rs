@@ -230,6 +230,9 @@ impl Pipeline {
                         () = options.shutdown.cancelled() => break,
                         () = tokio::time::sleep(wait) => {}
                     }
+                    // The rewound records are input: the idle clock starts again. (A backoff
+                    // as long as `exit_when_idle` once stopped the run before they came back.)
+                    last_record = Instant::now();
                 }
             }
         }

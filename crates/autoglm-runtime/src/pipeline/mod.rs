@@ -36,6 +36,7 @@ use crate::rights::{self, Finding, Verdict};
 use crate::route::RouteRuntime;
 use crate::traces::Traces;
 use poll::Member;
+use sizes::SizeLimits;
 
 mod commit;
 mod consume;
@@ -43,6 +44,7 @@ mod output;
 mod poll;
 mod prepare;
 mod rebalance;
+mod sizes;
 mod transact;
 
 /// How long closing the Kafka clients at the end of a run may take.
@@ -61,7 +63,7 @@ pub enum RunError {
     #[error("configuration: {0}")]
     Config(String),
     /// A Kafka error that retrying cannot fix (fenced, authorization, …).
-    #[error("kafka ({class}){}", fenced_reason(.source))]
+    #[error("kafka ({class}){}", kafka_reason(.source))]
     Kafka {
         /// The error's class.
         class: ErrorClass,
@@ -105,9 +107,9 @@ impl RunError {
     }
 }
 
-/// What being fenced means ([`is_fencing`]), for the errors that say so only in librdkafka's
-/// words.
-fn fenced_reason(error: &KafkaError) -> &'static str {
+/// What an error means for the processor, for the errors librdkafka names only in its own words:
+/// being fenced ([`is_fencing`]), a right missing, a batch refused as too large.
+fn kafka_reason(error: &KafkaError) -> &'static str {
     use RDKafkaErrorCode as C;
     match error.rdkafka_error_code() {
         Some(code) if is_fencing(code) => {
@@ -121,6 +123,13 @@ fn fenced_reason(error: &KafkaError) -> &'static str {
         Some(C::TopicAuthorizationFailed) => {
             ": the principal lacks READ on a source topic, or READ/WRITE on a changelog \
              (docs/security.md)"
+        }
+        Some(C::MessageSizeTooLarge) => {
+            ": a topic refused a record batch as too large. The processor reads each written \
+             topic's max.message.bytes at start, dead-letters a record above it and keeps its \
+             batches below the smallest: restart it to read a limit lowered since; if it cannot \
+             read them (no DESCRIBE_CONFIGS on the topic), grant that, or set \
+             kafka.properties batch.size and message.max.bytes below the topic's limit"
         }
         _ => "",
     }
@@ -217,8 +226,14 @@ enum BatchError {
 impl From<KafkaError> for BatchError {
     fn from(e: KafkaError) -> BatchError {
         match classify(&e) {
+            ErrorClass::Transient => BatchError::Transient(Transient(e.to_string())),
             ErrorClass::Fatal => BatchError::Fatal(e.into()),
-            _ => BatchError::Transient(Transient(e.to_string())),
+            // A record batch the broker refused (too large, invalid): a retry would send the
+            // same batch again, for ever. Stop, saying why (`kafka_reason`).
+            ErrorClass::Poison => BatchError::Fatal(RunError::Kafka {
+                class: ErrorClass::Fatal,
+                source: e,
+            }),
         }
     }
 }
@@ -255,6 +270,8 @@ pub struct Pipeline {
     pass_through: bool,
     /// Span export (see [`Pipeline::with_traces`]); off by default.
     traces: Traces,
+    /// How large a record each written topic takes, read from the broker at start.
+    sizes: std::sync::RwLock<Arc<SizeLimits>>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -344,7 +361,15 @@ impl Pipeline {
             Duration::from_secs(120) + config.backoff.max_interval,
         )
         .map_err(|e| RunError::Config(format!("metrics: {e}")))?;
+        let sizes = SizeLimits::client_only(
+            config
+                .kafka
+                .properties
+                .get("message.max.bytes")
+                .map(String::as_str),
+        );
         Ok(Pipeline {
+            sizes: std::sync::RwLock::new(Arc::new(sizes)),
             metrics,
             decoder: Decoder::new(sr_settings).after_only(),
             config,
@@ -503,6 +528,8 @@ impl Pipeline {
         })
         .await?;
 
+        let batch_size = self.read_size_limits().await;
+
         // The producer first: init_transactions aborts this instance's own open transaction
         // (after a kill), which would otherwise hold back the changelog's committed end that
         // the restore of an assigned partition reads up to.
@@ -510,6 +537,7 @@ impl Pipeline {
             let producer: Arc<AckingProducer> = Arc::new(
                 self.settings
                     .transactional_config(&self.config.transactional_id())
+                    .set("batch.size", &batch_size)
                     .create_with_context(Acks::default())?,
             );
             self.retry_transient("init_transactions", &options.shutdown, || {
@@ -527,6 +555,7 @@ impl Pipeline {
             Arc::new(
                 self.settings
                     .producer_config()
+                    .set("batch.size", &batch_size)
                     .create_with_context(Acks::default())?,
             )
         };
@@ -580,6 +609,48 @@ impl Pipeline {
             );
         }
         result
+    }
+
+    /// Reads `max.message.bytes` of every topic the pipeline writes (see the `sizes` module),
+    /// and returns the producer's `batch.size`: the config's, or the smallest limit.
+    async fn read_size_limits(&self) -> String {
+        let properties = &self.config.kafka.properties;
+        let mut written: Vec<&str> = Vec::new();
+        for route in self.routes.iter() {
+            written.extend(route.targets.iter().map(|t| t.topic()));
+            written.push(&route.dlq_topic);
+            written.extend(route.audit_topic.as_deref());
+            written.push(&route.changelog_topic);
+        }
+        written.sort_unstable();
+        written.dedup();
+        let limits = sizes::describe(
+            &self.settings,
+            &written,
+            properties.get("message.max.bytes").map(String::as_str),
+            PROBE_TIMEOUT,
+        )
+        .await;
+        let batch_size = properties
+            .get("batch.size")
+            .cloned()
+            .unwrap_or_else(|| limits.smallest().min(1_000_000).to_string());
+        tracing::debug!(?limits, %batch_size, "record size limits");
+        *self
+            .sizes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(limits);
+        batch_size
+    }
+
+    /// The size limits of the written topics, as last read.
+    fn size_limits(&self) -> Arc<SizeLimits> {
+        Arc::clone(
+            &self
+                .sizes
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -816,6 +887,23 @@ routes:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_the_broker_refuses_as_too_large_stops_the_run_saying_how_to_go_on() {
+        let refused = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        let BatchError::Fatal(error) = BatchError::from(refused) else {
+            panic!("retried: the same batch would be refused again");
+        };
+        assert_eq!(error.class(), ErrorClass::Fatal);
+        let message = error.to_string();
+        assert!(message.contains("max.message.bytes"), "{message}");
+        assert!(message.contains("restart"), "{message}");
+        let timeout = KafkaError::MessageProduction(RDKafkaErrorCode::RequestTimedOut);
+        assert!(matches!(
+            BatchError::from(timeout),
+            BatchError::Transient(_)
+        ));
+    }
 
     #[test]
     fn fencing_errors_say_what_happened() {

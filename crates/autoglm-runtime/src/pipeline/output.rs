@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use autoglm_core::ErrorClass;
 
+use super::sizes::{SizeLimits, batch_bound};
 use super::{BatchError, RunError};
 use crate::acks::{AckingProducer, Kind, Ticket, Undelivered, Written};
 use crate::route::RouteRuntime;
@@ -36,19 +37,40 @@ pub(super) struct Outgoing<'b> {
 }
 
 impl Outgoing<'_> {
-    pub(super) fn send(&self, producer: &AckingProducer, ticket: Ticket) -> Result<(), BatchError> {
-        let source = self.source;
+    /// Its headers: the version and op, with lineage the input's place, and the trace context.
+    fn headers(&self) -> OwnedHeaders {
         let mut headers = OwnedHeaders::new();
         if self.lineage {
-            headers = with_source(headers, source);
+            headers = with_source(headers, self.source);
         }
         let headers = headers
             .insert(header("autoglm.version", &self.version))
             .insert(header("autoglm.op", self.op));
-        let headers = with_trace_context(headers, source, self.trace.as_deref());
+        with_trace_context(headers, self.source, self.trace.as_deref())
+    }
+
+    /// Why `limits` say its topic cannot take it, if they do.
+    pub(super) fn too_large(&self, limits: &SizeLimits) -> Option<String> {
+        let value = self.payload.as_ref().map_or(0, Vec::len);
+        if !limits.may_exceed(self.topic, self.key.len(), value) {
+            return None;
+        }
+        let bound = batch_bound(self.key.len(), value, Some(&self.headers()));
+        let limit = limits.of(self.topic);
+        (bound > limit).then(|| {
+            format!(
+                "the output record takes up to {bound} bytes as a record batch; topic {} takes \
+                 {limit} (max.message.bytes, or the producer's message.max.bytes)",
+                self.topic
+            )
+        })
+    }
+
+    pub(super) fn send(&self, producer: &AckingProducer, ticket: Ticket) -> Result<(), BatchError> {
+        let source = self.source;
         let mut record = BaseRecord::with_opaque_to(self.topic, ticket.opaque(Kind::Output))
             .key(self.key)
-            .headers(headers);
+            .headers(self.headers());
         // The source record's time travels with the change, as in Kafka Streams: a consumer
         // can tell how old a change is, and retention treats it like its source.
         if let Some(ms) = source.timestamp().to_millis() {
@@ -99,15 +121,18 @@ pub(super) struct Output<'p> {
     pub(super) producer: &'p AckingProducer,
     pub(super) ticket: Ticket,
     pub(super) sent: usize,
+    /// What the written topics take.
+    pub(super) limits: Arc<SizeLimits>,
 }
 
 impl<'p> Output<'p> {
     /// Starts a batch: delivery reports of earlier ones no longer count.
-    pub(super) fn new(producer: &'p AckingProducer) -> Output<'p> {
+    pub(super) fn new(producer: &'p AckingProducer, limits: Arc<SizeLimits>) -> Output<'p> {
         Output {
             producer,
             ticket: producer.context().begin(),
             sent: 0,
+            limits,
         }
     }
 
@@ -137,7 +162,7 @@ impl<'p> Output<'p> {
         if let Some(ms) = msg.timestamp().to_millis() {
             headers = headers.insert(header("autoglm.source.timestamp", &ms.to_string()));
         }
-        self.forward(&route.dlq_topic, msg, headers)
+        self.copy(&route.dlq_topic, msg, headers)
     }
 
     pub(super) fn audit(
@@ -151,10 +176,62 @@ impl<'p> Output<'p> {
             .insert(header("autoglm.decision", decision))
             .insert(header("autoglm.version", version))
             .insert(header("autoglm.source.topic", msg.topic()));
-        self.forward(topic, msg, headers)
+        self.copy(topic, msg, headers)
     }
 
-    /// Copies the input record's key and original bytes to `topic` with `headers`.
+    /// Copies the input record to `topic` with `headers`, as [`forward`](Self::forward) does;
+    /// but a value `topic` cannot take is left out, and the copy says so and where the input
+    /// is: `autoglm.payload.omitted` (why), `autoglm.source.topic`, `.partition` and `.offset`.
+    fn copy(
+        &mut self,
+        topic: &str,
+        msg: &OwnedMessage,
+        headers: OwnedHeaders,
+    ) -> Result<(), BatchError> {
+        let key = msg.key().map_or(0, <[u8]>::len);
+        let value = msg.payload().map_or(0, <[u8]>::len);
+        if !self.limits.may_exceed(topic, key, value) {
+            return self.forward(topic, msg, headers);
+        }
+        let bound = batch_bound(key, value, Some(&headers));
+        let limit = self.limits.of(topic);
+        if bound <= limit {
+            return self.forward(topic, msg, headers);
+        }
+        tracing::warn!(
+            topic,
+            source_topic = msg.topic(),
+            partition = msg.partition(),
+            offset = msg.offset(),
+            bound,
+            limit,
+            "the input record is too large for this topic: its copy holds a reference, not its value"
+        );
+        let reason = format!(
+            "omitted: the input record takes up to {bound} bytes as a record batch; topic \
+             {topic} takes {limit} (max.message.bytes, or the producer's message.max.bytes)"
+        );
+        let mut headers = headers.insert(header("autoglm.payload.omitted", &reason));
+        if !headers.iter().any(|h| h.key == "autoglm.source.offset") {
+            headers = headers
+                .insert(header(
+                    "autoglm.source.partition",
+                    &msg.partition().to_string(),
+                ))
+                .insert(header("autoglm.source.offset", &msg.offset().to_string()));
+        }
+        let mut record =
+            BaseRecord::with_opaque_to(topic, self.ticket.opaque(Kind::Output)).headers(headers);
+        if let Some(key) = msg.key() {
+            record = record.key(key);
+        }
+        send(self.producer, record)?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    /// Copies the input record's key and original bytes to `topic` with `headers`
+    /// (pass-through, and the copies that fit).
     pub(super) fn forward(
         &mut self,
         topic: &str,

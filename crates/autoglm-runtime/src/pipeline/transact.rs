@@ -6,8 +6,8 @@
 //!    fails the batch;
 //! 2. guard: the version guard decides every kept record at once (one `multi_get`; later
 //!    records of a key see earlier ones);
-//! 3. emit: the accepted records' outputs, in input order; a target that cannot encode a row
-//!    dead-letters it for that target;
+//! 3. emit: the accepted records' outputs, in input order; a row a target cannot encode, or an
+//!    output larger than its topic takes (the `sizes` module), is dead-lettered for that target;
 //! 4. send: the outputs and the accepted state entries (to the changelog), on all cores;
 //! 5. acks: every record acknowledged, while the next batch is prepared;
 //! 6. commit (the `commit` module): the input offsets, in the transaction.
@@ -70,7 +70,7 @@ impl Pipeline {
         let mut txn = Transaction {
             pipeline: self,
             batch,
-            out: Output::new(producer),
+            out: Output::new(producer, self.size_limits()),
             summary: RunSummary {
                 records: batch.len() as u64,
                 ..RunSummary::default()
@@ -310,7 +310,7 @@ impl<'b> Transaction<'b> {
                     }
                     None => None,
                 };
-                outgoing.push(Outgoing {
+                let output = Outgoing {
                     topic: target.topic(),
                     key: &w.output_key,
                     payload,
@@ -319,7 +319,25 @@ impl<'b> Transaction<'b> {
                     version: version.clone(),
                     lineage: route.lineage_headers,
                     trace: trace.clone(),
-                });
+                };
+                if let Some(message) = output.too_large(&self.out.limits) {
+                    let class = ErrorClass::Poison;
+                    self.spans
+                        .dead_lettered_last(target.topic(), class.as_str(), &message);
+                    self.out.dead_letter(
+                        route,
+                        msg,
+                        &class,
+                        &message,
+                        "size",
+                        target.topic(),
+                        trace.as_deref(),
+                    )?;
+                    self.summary.dead_lettered += 1;
+                    self.tally.dead_letter(w.route, class);
+                    continue;
+                }
+                outgoing.push(output);
                 self.summary.emitted += 1;
                 self.tally.emitted(w.route, t);
             }

@@ -82,9 +82,10 @@ use crate::pipeline::Pipeline;
 pub const ERROR_CLASS: &str = "autoglm.error.class";
 /// Header: what went wrong.
 pub const ERROR_MESSAGE: &str = "autoglm.error.message";
-/// Header: the rule that failed (`decode`, `key_fields`, `version`, `fields.x.type`, `encode`).
+/// Header: the rule that failed (`decode`, `key_fields`, `version`, `fields.x.type`, `encode`,
+/// `size`).
 pub const ERROR_RULE: &str = "autoglm.error.rule";
-/// Header: the field the rule failed on (the target topic for `encode`).
+/// Header: the field the rule failed on (the target topic for `encode` and `size`).
 pub const ERROR_FIELD: &str = "autoglm.error.field";
 /// Header: the route that dead-lettered the record.
 pub const ROUTE: &str = "autoglm.route";
@@ -96,6 +97,8 @@ pub const SOURCE_PARTITION: &str = "autoglm.source.partition";
 pub const SOURCE_OFFSET: &str = "autoglm.source.offset";
 /// Header: its timestamp (ms since the epoch).
 pub const SOURCE_TIMESTAMP: &str = "autoglm.source.timestamp";
+/// Header: why a dead letter holds no value (the input was too large for the DLQ topic).
+pub const PAYLOAD_OMITTED: &str = "autoglm.payload.omitted";
 /// Header of a replayed copy: the DLQ topic it was replayed from.
 pub const REPLAY_TOPIC: &str = "autoglm.replay.topic";
 /// Header of a replayed copy: its DLQ partition.

@@ -28,8 +28,9 @@ use serde_json::Value as Json;
 
 use super::super::{REQUEST_TIMEOUT, ToolError, blocking, kafka, partitions, reader_config};
 use super::{
-    Cursor, DeadLetter, ERROR_RULE, Filter, METADATA_MAX, Mark, Origin, POLL, REPLAY_OFFSET,
-    REPLAY_PARTITION, REPLAY_TOPIC, SOURCE_PARTITION, SOURCE_TOPIC, STALL, list_table,
+    Cursor, DeadLetter, ERROR_RULE, Filter, METADATA_MAX, Mark, Origin, PAYLOAD_OMITTED, POLL,
+    REPLAY_OFFSET, REPLAY_PARTITION, REPLAY_TOPIC, SOURCE_PARTITION, SOURCE_TOPIC, STALL,
+    list_table,
 };
 use crate::pipeline::Pipeline;
 
@@ -107,8 +108,8 @@ pub struct ReplayReport {
     pub other_routes: u64,
     /// Records without the headers that say where they came from: never replayable.
     pub unreplayable: Vec<Passed>,
-    /// Replayed records dead-lettered at the `encode` stage: the guard had accepted their
-    /// version already, so their replays are dropped as duplicates.
+    /// Replayed records dead-lettered at the `encode` stage (rule `encode` or `size`): the guard
+    /// had accepted their version already, so their replays are dropped as duplicates.
     pub encode_stage: u64,
     /// Records replayed per source partition.
     pub to_source: Vec<SourceCount>,
@@ -218,7 +219,7 @@ impl ReplayReport {
         }
         if self.encode_stage > 0 {
             out.push_str(&format!(
-                "note: {} of these were dead-lettered at the encode stage, after the version guard \
+                "note: {} of these were dead-lettered at the encode stage (rule encode or size), after the version guard \
                  had accepted their version: the route drops their replays as duplicates \
                  (docs/operations.md)\n",
                 self.encode_stage
@@ -321,7 +322,8 @@ enum Verdict {
     /// The filter passes over it: left for a later replay.
     Left,
     /// Its headers do not say where it came from.
-    Unreplayable,
+    /// Why.
+    Unreplayable(String),
     /// Back to where it came from.
     Replay(Origin),
 }
@@ -515,9 +517,9 @@ impl Replay {
         } else if !self.filter.matches(&letter) {
             Verdict::Left
         } else {
-            match letter.origin() {
-                Some(origin) => Verdict::Replay(origin),
-                None => Verdict::Unreplayable,
+            match replayable(&letter) {
+                Ok(origin) => Verdict::Replay(origin),
+                Err(reason) => Verdict::Unreplayable(reason),
             }
         };
         if !matches!(verdict, Verdict::Left) && !cursor.can_pass(offset) {
@@ -543,10 +545,10 @@ impl Replay {
                 cursor.leave(offset);
                 return Ok(());
             }
-            Verdict::Unreplayable => report.unreplayable.push(Passed {
+            Verdict::Unreplayable(reason) => report.unreplayable.push(Passed {
                 partition: letter.partition,
                 offset,
-                reason: format!("no {SOURCE_TOPIC} / {SOURCE_PARTITION} headers"),
+                reason,
             }),
             Verdict::Replay(origin) => {
                 let count = match sources.get(&origin.topic) {
@@ -568,7 +570,10 @@ impl Replay {
                 }
                 report.replayed += 1;
                 report.count_source(&origin.topic, origin.partition);
-                if letter.header(ERROR_RULE).as_deref() == Some("encode") {
+                if matches!(
+                    letter.header(ERROR_RULE).as_deref(),
+                    Some("encode" | "size")
+                ) {
                     report.encode_stage += 1;
                 }
                 match producer {
@@ -693,10 +698,57 @@ fn send(producer: &ReplayProducer, letter: &DeadLetter, origin: &Origin) -> Resu
     }
 }
 
+/// Where `letter`'s original goes back to, or why it cannot: it does not say where it was read,
+/// or it holds no value (the original was too large for the DLQ topic). Sending that empty
+/// value would delete its key on an upsert topic.
+fn replayable(letter: &DeadLetter) -> Result<Origin, String> {
+    let origin = letter
+        .origin()
+        .ok_or_else(|| format!("no {SOURCE_TOPIC} / {SOURCE_PARTITION} headers"))?;
+    match letter.header(PAYLOAD_OMITTED) {
+        Some(omitted) => Err(format!(
+            "it holds no value ({omitted}); the original is at {} {}:{} while the topic \
+             retains it",
+            origin.topic,
+            origin.partition,
+            origin
+                .offset
+                .map_or_else(|| "?".to_owned(), |o| o.to_string())
+        )),
+        None => Ok(origin),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::tests::poison;
+    use super::super::SOURCE_OFFSET;
+    use super::super::tests::{letter, poison};
     use super::*;
+
+    #[test]
+    fn a_dead_letter_without_its_value_or_its_origin_is_never_replayed() {
+        let origin = [
+            (SOURCE_TOPIC, "in"),
+            (SOURCE_PARTITION, "2"),
+            (SOURCE_OFFSET, "40"),
+        ];
+        assert_eq!(
+            replayable(&letter(1, &origin))
+                .expect("replayable")
+                .partition,
+            2
+        );
+        let mut omitted = letter(2, &origin);
+        omitted.value = None;
+        omitted.headers.push((
+            PAYLOAD_OMITTED.to_owned(),
+            Some(b"omitted: too large".to_vec()),
+        ));
+        let reason = replayable(&omitted).expect_err("no value to replay");
+        assert!(reason.contains("in 2:40"), "{reason}");
+        let reason = replayable(&letter(3, &[(SOURCE_TOPIC, "in")])).expect_err("no origin");
+        assert!(reason.contains(SOURCE_PARTITION), "{reason}");
+    }
 
     #[test]
     fn a_replayed_copy_keeps_the_original_headers_less_autoglm_ones_and_names_its_dlq_record() {
