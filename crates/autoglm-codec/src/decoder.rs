@@ -287,8 +287,21 @@ impl Decoder {
             }
             _ => match self.unwrap_json(bytes) {
                 Ok(tree) => tree,
-                // A plain string key, such as Kafka Connect's StringConverter writes.
-                Err(_) => Json::String(String::from_utf8_lossy(bytes).into_owned()),
+                // A plain string key, such as Kafka Connect's StringConverter writes. Bytes
+                // that are not text are poison: read lossily, two such keys could become one
+                // entity.
+                Err(_) => match std::str::from_utf8(bytes) {
+                    Ok(text) => Json::String(text.to_owned()),
+                    Err(e) => {
+                        return Ok(Err(CodecError::Shape {
+                            expected: "record key",
+                            reason: format!(
+                                "its {} bytes are neither JSON nor UTF-8 text ({e})",
+                                bytes.len()
+                            ),
+                        }));
+                    }
+                },
             },
         };
         Ok(Ok(match tree {

@@ -37,6 +37,8 @@ mod decoder;
 mod encoder;
 mod envelope;
 mod error;
+#[cfg(test)]
+mod hostile;
 mod registry;
 mod registry_auth;
 #[cfg(test)]
