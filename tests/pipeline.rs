@@ -423,6 +423,26 @@ async fn a_batch_is_bounded_by_bytes_as_well_as_records() {
 
 #[tokio::test]
 async fn registry_outage_delays_the_stream_but_loses_and_duplicates_nothing() {
+    registry_away(Outage::cut, Duration::from_secs(5), 2).await;
+}
+
+/// A registry that takes the connection and never answers: each lookup ends at the client's
+/// timeout (10 s), as a transient failure, and the batch is retried.
+#[tokio::test]
+async fn a_hung_registry_is_waited_out_and_nothing_is_lost_or_dead_lettered() {
+    registry_away(Outage::hang, Duration::from_secs(13), 1).await;
+}
+
+#[tokio::test]
+async fn a_registry_answering_500_delays_the_stream_but_loses_nothing() {
+    registry_away(Outage::fail_with_500, Duration::from_secs(5), 2).await;
+}
+
+/// Runs the demo's route while the registry is away as `away` makes it, for `away_for`, before
+/// the processor has looked up a single writer schema: nothing is committed or dead-lettered
+/// meanwhile, the batch is retried at least `min_retries` times, and once the registry is back
+/// every accepted version is emitted exactly once.
+async fn registry_away(away: impl Fn(&Outage), away_for: Duration, min_retries: u64) {
     let stack = stack().await;
     let kafka = stack.kafka();
     let t = Topics::fresh(&kafka, "crm", "erp", 3).await;
@@ -449,12 +469,12 @@ async fn registry_outage_delays_the_stream_but_loses_and_duplicates_nothing() {
     // Target schemas are registered (and cached) while the registry answers; then it goes away,
     // before the processor has looked up a single writer schema.
     pipeline.register_schemas().await.expect("register");
-    outage.cut();
+    away(&outage);
     let running = tokio::spawn(pipeline.run(RunOptions {
         exit_when_idle: Some(Duration::from_secs(4)),
         ..RunOptions::default()
     }));
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(away_for).await;
     let quiet = Duration::from_secs(2);
     let during = read_committed(&kafka, None, &t.target, quiet)
         .await
@@ -468,7 +488,10 @@ async fn registry_outage_delays_the_stream_but_loses_and_duplicates_nothing() {
     );
     outage.restore();
     let summary = running.await.expect("task").expect("run");
-    assert!(summary.retries >= 2, "the batch was retried: {summary:?}");
+    assert!(
+        summary.retries >= min_retries,
+        "the batch was retried: {summary:?}"
+    );
     assert_eq!(summary.records, records.len() as u64, "{summary:?}");
     assert_eq!(
         summary.dead_lettered, 2,

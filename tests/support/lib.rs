@@ -236,12 +236,26 @@ pub async fn produce_plain<K: AsRef<str>>(
     }
 }
 
-/// A TCP forwarder in front of a real service, to cut it off and bring it back: an outage
-/// without stopping the service (which would lose Apicurio's in-memory schemas).
+/// What an [`Outage`] does with a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Forwards it to the service.
+    Up,
+    /// Closes it.
+    Cut,
+    /// Holds it open and answers nothing (a hung service), until the mode changes.
+    Hang,
+    /// Answers every request with `HTTP/1.1 500 Internal Server Error`.
+    Error500,
+}
+
+/// A TCP forwarder in front of a real service, to cut it off, hang it or make it fail, and bring
+/// it back: an outage without stopping the service (which would lose Apicurio's in-memory
+/// schemas). Changing the mode ends every connection open in the old one.
 #[derive(Debug)]
 pub struct Outage {
     addr: std::net::SocketAddr,
-    up: tokio::sync::watch::Sender<bool>,
+    mode: tokio::sync::watch::Sender<Mode>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -253,26 +267,22 @@ impl Outage {
             .await
             .expect("bind a local port");
         let addr = listener.local_addr().expect("local address");
-        let (up, watch) = tokio::sync::watch::channel(true);
+        let (mode, watch) = tokio::sync::watch::channel(Mode::Up);
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !*watch.borrow() {
-                    continue; // dropped: the client sees the connection closed
-                }
+            while let Ok((inbound, _)) = listener.accept().await {
+                let now = *watch.borrow();
                 let mut watch = watch.clone();
                 let upstream = upstream.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
-                        return;
-                    };
+                    let changed = watch.wait_for(move |m| *m != now);
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = watch.wait_for(|up| !*up) => {}
+                        () = serve(now, inbound, &upstream) => {}
+                        _ = changed => {}
                     }
                 });
             }
         });
-        Outage { addr, up, accept }
+        Outage { addr, mode, accept }
     }
 
     /// The forwarder's `host:port`.
@@ -282,12 +292,48 @@ impl Outage {
 
     /// Cuts every open connection and refuses new ones.
     pub fn cut(&self) {
-        self.up.send_replace(false);
+        self.mode.send_replace(Mode::Cut);
+    }
+
+    /// Takes connections and answers nothing on them: a service that hangs.
+    pub fn hang(&self) {
+        self.mode.send_replace(Mode::Hang);
+    }
+
+    /// Answers every request with a 500.
+    pub fn fail_with_500(&self) {
+        self.mode.send_replace(Mode::Error500);
     }
 
     /// Forwards again.
     pub fn restore(&self) {
-        self.up.send_replace(true);
+        self.mode.send_replace(Mode::Up);
+    }
+}
+
+/// Serves one connection in `mode`.
+async fn serve(mode: Mode, mut inbound: tokio::net::TcpStream, upstream: &str) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    match mode {
+        Mode::Up => {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        }
+        Mode::Cut => {}
+        Mode::Hang => std::future::pending().await,
+        Mode::Error500 => {
+            let mut request = [0u8; 16 * 1024];
+            while let Ok(n) = inbound.read(&mut request).await {
+                if n == 0 {
+                    break;
+                }
+                let answer = "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                if inbound.write_all(answer.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        }
     }
 }
 

@@ -2,8 +2,9 @@
 //! encoded for its targets, on all cores and without waiting (the records are independent).
 //!
 //! Data flow: [`Polled`] records ─► one [`Prepared`] per record ─► transact. A record whose writer
-//! schema is not fetched yet stays [`Prepared::SchemaMissing`]: transact decodes it, waiting for
-//! the registry. Poison becomes [`Prepared::DeadLetter`] with the reason for the DLQ headers.
+//! schema is not fetched yet stays [`Prepared::SchemaMissing`] until [`Pipeline::decode_waiting`]
+//! decodes it, waiting for the registry, before the batch's transaction begins. Poison becomes
+//! [`Prepared::DeadLetter`] with the reason for the DLQ headers.
 
 use autoglm_codec::{CodecError, Decoded, SchemaMissing};
 use autoglm_config::DeleteMode;
@@ -185,6 +186,31 @@ impl Pipeline {
             .with_min_len(PARALLEL_MIN_RECORDS)
             .map(|msg| self.prepare(msg))
             .collect()
+    }
+
+    /// Decodes the records whose writer schema was not fetched yet, waiting for the registry
+    /// (once per schema id): the one step of the prepare that waits, on the loop's task. Stops
+    /// at the first record that fails the batch (a registry that does not answer).
+    pub(super) async fn decode_waiting(
+        &self,
+        batch: &[OwnedMessage],
+        mut prepared: Vec<Prepared>,
+    ) -> Vec<Prepared> {
+        for (msg, slot) in batch.iter().zip(prepared.iter_mut()) {
+            if let Prepared::SchemaMissing(route_index) = *slot {
+                let route = &self.routes[route_index];
+                let decoded = self
+                    .decoder
+                    .decode(route.envelope, route.encoding, msg.key(), msg.payload())
+                    .await;
+                *slot = self.prepare_decoded(route_index, decoded);
+                // The batch fails there: the records after it wait for its retry.
+                if matches!(slot, Prepared::Transient(_) | Prepared::Fatal(_)) {
+                    break;
+                }
+            }
+        }
+        prepared
     }
 
     /// Prepares the records of `polled` not prepared yet.

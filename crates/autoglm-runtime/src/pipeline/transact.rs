@@ -1,6 +1,8 @@
 //! Stage 3, transact: one prepared batch in one Kafka transaction (or one offset commit, at
 //! least once). Its steps, in order, each a method of [`Transaction`]:
 //!
+//! 0. before the transaction begins, the records whose writer schema is not fetched yet are
+//!    decoded, waiting for the registry (once per schema id);
 //! 1. sort: each prepared record forwarded (pass-through), counted (tombstone, truncate),
 //!    dead-lettered, or kept as work, in input order; a transient or fatal registry answer
 //!    fails the batch;
@@ -63,6 +65,9 @@ impl Pipeline {
         spans: &mut RecordSpans,
     ) -> Result<(RunSummary, Checkpoints), BatchError> {
         let started = Instant::now();
+        // Before the transaction: a registry that is slow to answer must not hold it open past
+        // transaction.timeout.ms (two 10 s lookups would, and the producer would be fenced).
+        let prepared = self.decode_waiting(batch, prepared).await;
         if exactly_once {
             producer.begin_transaction()?;
         }
@@ -79,7 +84,7 @@ impl Pipeline {
             spans,
         };
 
-        let mut work = txn.sort(prepared).await?;
+        let mut work = txn.sort(prepared)?;
         let guarded_at = Instant::now();
         let outcome = guard.process(&guard_inputs(&work), now_ms()).await?;
         let decided_at = Instant::now();
@@ -150,25 +155,14 @@ struct Transaction<'b> {
 
 impl<'b> Transaction<'b> {
     /// Step 1: in input order, forwards, counts or dead-letters each prepared record, and
-    /// returns the rest, for the guard. Poison goes to the DLQ right away. A record whose writer
-    /// schema was not fetched yet is decoded here, waiting for the registry (once per schema id).
-    async fn sort(&mut self, prepared: Vec<Prepared>) -> Result<Vec<Work>, BatchError> {
+    /// returns the rest, for the guard. Poison goes to the DLQ right away.
+    fn sort(&mut self, prepared: Vec<Prepared>) -> Result<Vec<Work>, BatchError> {
         let pipeline = self.pipeline;
         let mut work = Vec::with_capacity(self.batch.len());
         for (at, prepared) in prepared.into_iter().enumerate() {
             let msg = &self.batch[at];
-            let prepared = match prepared {
-                Prepared::SchemaMissing(route_index) => {
-                    let route = &pipeline.routes[route_index];
-                    let decoded = pipeline
-                        .decoder
-                        .decode(route.envelope, route.encoding, msg.key(), msg.payload())
-                        .await;
-                    pipeline.prepare_decoded(route_index, decoded)
-                }
-                other => other,
-            };
             match prepared {
+                // A missing schema is left only behind a record that fails the batch.
                 Prepared::Unrouted | Prepared::SchemaMissing(_) => {}
                 Prepared::PassThrough(route_index) => {
                     self.tally.input(route_index);
