@@ -31,7 +31,7 @@ BIN = $(CARGO_TARGET_DIR)/debug
 # RocksDB/librdkafka are built once per target directory.
 CARGO_SELECT = --workspace --all-targets --features autoglm/failpoints
 
-.PHONY: help deps tools up down status reset demo test chaos soak bench microbench fmt lint build
+.PHONY: help deps tools up down status reset demo test chaos soak bench microbench fuzz fmt lint build
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -116,6 +116,25 @@ bench: up ## Throughput vs the broker, Avro and JSON input, latency, key/instanc
 	  --keys $(BENCH_KEYS) --partitions $(BENCH_PARTITIONS) --key-scales $(BENCH_KEY_SCALES) \
 	  --instances $(BENCH_INSTANCES) --restore-keys $(BENCH_RESTORE_KEYS) \
 	  --latency-secs $(BENCH_LATENCY_SECS) --phases $(BENCH_PHASES) --out $(BENCH_OUT) $(BENCH_ARGS)
+
+# The fuzz target `make fuzz` runs, for how long, and where its findings go (the queue, crashes).
+TARGET ?=
+SECS ?= 1800
+FUZZ_OUT ?= $(HOME)/.cache/open-autoglm/fuzz
+# A target directory of its own: cargo-afl instruments every crate, so nothing is shared with the
+# normal build.
+FUZZ_TARGET_DIR ?= $(HOME)/.cache/open-autoglm/afl-target
+
+fuzz: ## Fuzz one target with AFL++ (cargo-afl, installed on first use): make fuzz TARGET=avro SECS=1800 (targets: crates/autoglm-fuzz)
+	@test -n "$(TARGET)" || { echo "fuzz: name a target: make fuzz TARGET=<$$(ls crates/autoglm-fuzz/corpus | paste -sd'|')> SECS=1800" >&2; exit 2; }
+	@test -d crates/autoglm-fuzz/corpus/$(TARGET) || { echo "fuzz: no target $(TARGET) (crates/autoglm-fuzz/corpus)" >&2; exit 2; }
+	@command -v cargo-afl >/dev/null || cargo install cargo-afl --locked
+	@cargo afl config --build >/dev/null 2>&1 || true
+	CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) cargo afl build --release -p autoglm-fuzz --features afl --bin fuzz
+	AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 \
+	  cargo afl fuzz -V $(SECS) -m none -i crates/autoglm-fuzz/corpus/$(TARGET) \
+	  -o $(FUZZ_OUT)/$(TARGET) -- $(FUZZ_TARGET_DIR)/release/fuzz $(TARGET)
+	@echo "fuzz: findings in $(FUZZ_OUT)/$(TARGET)/default (crashes/, queue/); copy a fixed crash into crates/autoglm-fuzz/corpus/$(TARGET)/ so that make test replays it"
 
 microbench: ## criterion, per record on the bench's records: decode (3 ways, then to the event; JSON with and without the wrapper), version guard, mapping, encode
 	cargo bench -p autoglm-codec -p autoglm-state -p autoglm-mapping --bench codec --bench guard --bench mapping

@@ -328,9 +328,9 @@ impl Decoder {
         Ok(Ok(AvroDatum { id, datum, schema }))
     }
 
-    /// The decoder with `schema` cached as `id`, as if fetched from the registry.
-    #[cfg(test)]
-    pub(crate) fn with_schema(self, id: u32, schema: WriterSchema) -> Decoder {
+    /// The decoder with `schema` cached as `id`, as if fetched from the registry (tests and
+    /// fuzz targets).
+    pub fn with_schema(self, id: u32, schema: WriterSchema) -> Decoder {
         self.schemas
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
