@@ -607,3 +607,42 @@ async fn a_record_too_large_for_its_target_is_dead_lettered_and_the_rest_flows()
     assert_eq!(letter.headers["autoglm.source.offset"], "20");
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// An operator deletes the state changelog and a new, empty one is created in its place. The
+/// store's checkpoints are past the new topic's end: the next run stops, naming the topic and
+/// the way to rebuild, instead of going on with a store the changelog no longer backs.
+#[tokio::test]
+async fn a_changelog_deleted_under_the_store_stops_the_run_naming_it() {
+    let stack = stack().await;
+    let kafka = stack.kafka();
+    let t = Topics::fresh(&kafka, "relog", "out", 2).await;
+    let state = tempfile_dir();
+    let config = json_upsert_config(&stack, &t, &state, "", "");
+    let inputs: Vec<(String, Option<String>)> = (0..20)
+        .map(|id| {
+            let value = serde_json::json!({"id": id, "rev": 1});
+            (id.to_string(), Some(value.to_string()))
+        })
+        .collect();
+    produce_plain(&kafka, &t.source, &inputs).await;
+    let summary = run(config.clone()).await;
+    assert_eq!(summary.emitted, 20, "{summary:?}");
+
+    let changelog = format!("{}-accounts-changelog", t.group);
+    recreate_topics(&kafka, &[&changelog], 2)
+        .await
+        .expect("changelog recreated");
+    let error = Pipeline::new(config)
+        .expect("pipeline")
+        .run(RunOptions {
+            exit_when_idle: Some(Duration::from_secs(4)),
+            ..RunOptions::default()
+        })
+        .await
+        .expect_err("a store ahead of its changelog is not trusted");
+    let message = error.to_string();
+    assert!(message.starts_with("state changelog: "), "{message}");
+    assert!(message.contains(&changelog), "{message}");
+    assert!(message.contains("storage_path"), "{message}");
+    let _ = std::fs::remove_dir_all(&state);
+}

@@ -75,7 +75,7 @@ pub async fn restore<B: KvBackend>(
     for (topic, partition) in partitions {
         let checkpoint = backend.checkpoint(topic, *partition).await?.unwrap_or(0);
         let (low, high) = watermarks(&log_end, topic, *partition).await?;
-        let start = checkpoint.max(low);
+        let start = tail_start(topic, *partition, checkpoint, (low, high))?;
         if start >= high {
             continue;
         }
@@ -209,6 +209,31 @@ async fn watermarks(
     .map_err(RunError::from)
 }
 
+/// Where a partition's restore starts: at the store's checkpoint, or at the changelog's first
+/// offset if compaction removed the records before it (each superseded by a later one, which the
+/// restore reads). A checkpoint past the changelog's end means the topic is not the one the
+/// store was built from: deleted and created again, or truncated by an unclean leader election.
+/// Restoring from it would leave the store ahead of the changelog, and a rebuild from it alone
+/// would forget keys and accept their old versions again: stop, and say how to go on.
+fn tail_start(
+    topic: &str,
+    partition: i32,
+    checkpoint: i64,
+    (low, high): (i64, i64),
+) -> Result<i64, RunError> {
+    if checkpoint > high {
+        return Err(RunError::Changelog(format!(
+            "the state store has applied {topic} partition {partition} up to offset {checkpoint}, \
+             but that topic now ends at offset {high}: it was deleted and created again, or \
+             truncated. The store and the changelog no longer agree, and the changelog alone no \
+             longer holds every key's last version. To go on, stop every instance, delete the \
+             topic and every instance's state directory (event_queue.storage_path), and replay \
+             the sources from their beginning (a new kafka.group_id); or restore the topic"
+        )));
+    }
+    Ok(checkpoint.max(low))
+}
+
 fn corrupt(msg: &rdkafka::message::BorrowedMessage<'_>, reason: &str) -> RunError {
     RunError::Changelog(format!(
         "record {}/{}@{} is not a state entry ({reason}); only open-autoglm may write to this topic",
@@ -216,4 +241,34 @@ fn corrupt(msg: &rdkafka::message::BorrowedMessage<'_>, reason: &str) -> RunErro
         msg.partition(),
         msg.offset()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restore_starts_at_the_checkpoint_or_where_compaction_left_the_log() {
+        let start = |checkpoint, log| tail_start("c", 0, checkpoint, log).ok();
+        assert_eq!(start(0, (0, 10)), Some(0));
+        assert_eq!(start(7, (0, 10)), Some(7));
+        assert_eq!(start(10, (0, 10)), Some(10), "nothing to replay");
+        assert_eq!(
+            start(3, (5, 10)),
+            Some(5),
+            "compacted before the checkpoint"
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_past_the_changelogs_end_stops_the_run_naming_the_topic() {
+        let error = tail_start("g-accounts-changelog", 2, 42, (0, 0)).expect_err("a new topic");
+        assert_eq!(error.class(), autoglm_core::ErrorClass::Fatal);
+        let message = error.to_string();
+        assert!(
+            message.contains("g-accounts-changelog partition 2 up to offset 42"),
+            "{message}"
+        );
+        assert!(message.contains("storage_path"), "{message}");
+    }
 }
