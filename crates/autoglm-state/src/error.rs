@@ -19,6 +19,17 @@ pub enum StateError {
         #[source]
         source: rocksdb::Error,
     },
+    /// A corrupt store could not be moved aside (see `RocksBackend::open_or_set_aside`).
+    #[error("the state store at {path} is corrupt ({reason}) and cannot be moved aside")]
+    SetAside {
+        /// The store directory.
+        path: PathBuf,
+        /// RocksDB's reason to call it corrupt.
+        reason: String,
+        /// The rename's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A RocksDB operation failed.
     #[error("state store {operation} failed")]
     Rocks {
@@ -88,6 +99,7 @@ impl Classify for StateError {
             },
             StateError::Injected => ErrorClass::Transient,
             StateError::Open { .. }
+            | StateError::SetAside { .. }
             | StateError::Spawn(_)
             | StateError::BackendGone
             | StateError::MissingColumnFamily(_)

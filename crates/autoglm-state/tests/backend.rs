@@ -262,6 +262,53 @@ async fn opening_a_store_twice_is_a_fatal_error() {
     backend.close().await.expect("close");
 }
 
+/// A store RocksDB calls corrupt when opening it is moved aside, whole, and an empty one takes
+/// its place (the changelog rebuilds it); a store locked by another process is never moved.
+#[tokio::test]
+async fn a_corrupt_store_is_set_aside_and_an_empty_one_opened() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state");
+    let backend = RocksBackend::open(&path, small_options()).expect("open");
+    backend
+        .write(WriteRequest {
+            puts: vec![(b"k".to_vec(), Some(b"v".to_vec()))],
+            checkpoints: vec![("changelog".to_owned(), 0, 7)],
+        })
+        .await
+        .expect("write");
+    backend.close().await.expect("close");
+    let (locked, moved) =
+        RocksBackend::open_or_set_aside(&path, small_options()).expect("a sound store opens");
+    assert_eq!(moved, None);
+    let error = RocksBackend::open_or_set_aside(&path, small_options()).expect_err("locked");
+    assert!(
+        matches!(error, autoglm_state::StateError::Open { .. }),
+        "{error}"
+    );
+    assert!(path.exists(), "a locked store stays where it is");
+    locked.close().await.expect("close");
+
+    // A damaged CURRENT, as a disk or a careless hand leaves it.
+    std::fs::write(path.join("CURRENT"), b"MANIFEST-99999\xff").expect("damage");
+    let (backend, moved) = RocksBackend::open_or_set_aside(&path, small_options()).expect("open");
+    let moved = moved.expect("set aside");
+    assert!(moved.join("CURRENT").exists(), "kept whole for a look");
+    assert_eq!(moved.parent(), path.parent());
+    let name = moved.file_name().map(|n| n.to_string_lossy().into_owned());
+    assert!(
+        name.is_some_and(|n| n.starts_with("state.corrupt-")),
+        "{moved:?}"
+    );
+    assert_eq!(
+        backend.checkpoint("changelog", 0).await.expect("read"),
+        None,
+        "empty: the changelog rebuilds it"
+    );
+    let got = backend.multi_get(vec![b"k".to_vec()]).await.expect("read");
+    assert_eq!(got, vec![None]);
+    backend.close().await.expect("close");
+}
+
 #[test]
 fn async_api_is_usable_from_a_blocking_thread() {
     let runtime = tokio::runtime::Builder::new_multi_thread()

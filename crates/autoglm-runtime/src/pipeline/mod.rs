@@ -473,7 +473,8 @@ impl Pipeline {
             tombstone_retention_ms: Some(self.tombstone_retention_ms()),
             ..RocksOptions::default()
         };
-        let backend = RocksBackend::open(&state_path, rocks)?;
+        // A store RocksDB finds corrupt is never trusted: it is set aside and rebuilt.
+        let (backend, _set_aside) = RocksBackend::open_or_set_aside(&state_path, rocks)?;
         let result = self.serve(&backend, options).await;
         self.metrics.stopped();
         // Close the store before returning: RocksDB's background jobs must be finished before

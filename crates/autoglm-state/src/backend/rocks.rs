@@ -26,7 +26,7 @@ use rocksdb::compaction_filter::{CompactionFilter, Decision as FilterDecision};
 use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilterFactory};
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB,
-    DBCompressionType, FlushOptions, Options, WriteBatch, WriteOptions,
+    DBCompressionType, ErrorKind, FlushOptions, Options, WriteBatch, WriteOptions,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -282,6 +282,42 @@ impl RocksBackend {
             commands,
             path: Arc::new(path),
         })
+    }
+
+    /// Opens the store at `path` as [`open`](Self::open) does; but a store RocksDB finds corrupt
+    /// when opening it (a damaged CURRENT, MANIFEST or write-ahead log) is not trusted: its
+    /// directory is renamed to `<path>.corrupt-<unix ms>`, kept for a look, and an empty store
+    /// is opened in its place, for the changelog to rebuild. Returns where the corrupt one went.
+    /// Any other failure (the store locked by another process, no permission) is returned as
+    /// it is.
+    pub fn open_or_set_aside(
+        path: impl AsRef<Path>,
+        options: RocksOptions,
+    ) -> Result<(RocksBackend, Option<PathBuf>), StateError> {
+        let path = path.as_ref();
+        match RocksBackend::open(path, options.clone()) {
+            Err(StateError::Open { source, .. }) if source.kind() == ErrorKind::Corruption => {
+                let millis = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(format!(".corrupt-{millis}"));
+                let aside = PathBuf::from(aside);
+                std::fs::rename(path, &aside).map_err(|e| StateError::SetAside {
+                    path: path.to_path_buf(),
+                    reason: source.to_string(),
+                    source: e,
+                })?;
+                tracing::error!(
+                    path = %path.display(),
+                    moved_to = %aside.display(),
+                    reason = %source,
+                    "the state store is corrupt: moved aside; an empty one is rebuilt from the changelog"
+                );
+                Ok((RocksBackend::open(path, options)?, Some(aside)))
+            }
+            other => other.map(|backend| (backend, None)),
+        }
     }
 
     /// The store directory.
