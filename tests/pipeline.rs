@@ -686,3 +686,45 @@ async fn a_corrupt_store_is_rebuilt_from_the_changelog_and_replays_are_still_dro
     let _ = std::fs::remove_dir_all(&aside);
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// A route whose key fields changed over existing state is refused, naming the change, until the
+/// run says it accepts it; a mapping change is not a layout change.
+#[tokio::test]
+async fn a_changed_key_layout_over_existing_state_is_refused_unless_accepted() {
+    let stack = stack().await;
+    let kafka = stack.kafka();
+    let t = Topics::fresh(&kafka, "layout", "out", 1).await;
+    let state = tempfile_dir();
+    let config = json_upsert_config(&stack, &t, &state, "", "");
+    let value = serde_json::json!({"id": 1, "rev": 1, "region": "eu"}).to_string();
+    produce_plain(&kafka, &t.source, &[("1".to_owned(), Some(value))]).await;
+    assert_eq!(run(config.clone()).await.emitted, 1);
+
+    let mut remapped = config.clone();
+    remapped.routes[0].mapping.drop = vec!["region".to_owned()];
+    run(remapped).await;
+
+    let mut rekeyed = config;
+    rekeyed.routes[0].key_fields = vec!["id".to_owned(), "region".to_owned()];
+    let options = |accept_layout_change| RunOptions {
+        exit_when_idle: Some(Duration::from_secs(2)),
+        accept_layout_change,
+        ..RunOptions::default()
+    };
+    let pipeline = || Pipeline::new(rekeyed.clone()).expect("pipeline");
+    let message = pipeline()
+        .run(options(false))
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        message.contains(r#"route accounts: key_fields ["id"] → ["id", "region"]"#),
+        "{message}"
+    );
+    pipeline().run(options(true)).await.expect("accepted");
+    pipeline()
+        .run(options(false))
+        .await
+        .expect("the accepted layout is the stored one now");
+    let _ = std::fs::remove_dir_all(&state);
+}

@@ -53,6 +53,7 @@
 
 mod acks;
 mod group;
+mod layout;
 mod metrics;
 mod pipeline;
 mod restore;

@@ -57,6 +57,10 @@ enum Command {
         /// state or mapping), with the same consumer, producer, poll loop and commits.
         #[arg(long)]
         pass_through: bool,
+        /// Go on although a route's key_fields or version source changed since the state was
+        /// built: those routes' keys start with no history (docs/failure-modes.md).
+        #[arg(long)]
+        accept_layout_change: bool,
     },
     /// Schema Registry tasks for the target schemas in the config.
     Schemas {
@@ -328,6 +332,7 @@ async fn execute(command: Command, config: Option<Config>, traces: Traces) -> an
             Command::Run {
                 exit_when_idle_secs,
                 pass_through,
+                accept_layout_change,
                 ..
             },
             Some(config),
@@ -343,6 +348,7 @@ async fn execute(command: Command, config: Option<Config>, traces: Traces) -> an
             let run = tokio::spawn(pipeline.run(RunOptions {
                 exit_when_idle: exit_when_idle_secs.map(Duration::from_secs),
                 shutdown: shutdown.clone(),
+                accept_layout_change,
             }));
             let overrun = async {
                 shutdown.cancelled().await;

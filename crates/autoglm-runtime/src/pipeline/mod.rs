@@ -179,6 +179,9 @@ pub struct RunOptions {
     pub exit_when_idle: Option<Duration>,
     /// Cancelled on SIGTERM/ctrl-c: the open batch is committed, then the pipeline stops.
     pub shutdown: CancellationToken,
+    /// Go on when a route's key fields or version source changed over existing state (the
+    /// `layout` module); such a run is refused otherwise.
+    pub accept_layout_change: bool,
 }
 
 /// What a run did.
@@ -499,6 +502,7 @@ impl Pipeline {
     ) -> Result<RunSummary, RunError> {
         let exactly_once = self.config.exactly_once();
         let state_path = &self.config.event_queue.storage_path;
+        crate::layout::check(state_path, &self.config, options.accept_layout_change)?;
         let mut guard = VersionGuard::new(backend.clone(), self.tombstone_retention_ms())
             .with_cache(self.config.state.cache_entries);
 
