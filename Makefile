@@ -131,6 +131,7 @@ fuzz: ## Fuzz one target with AFL++ (cargo-afl, installed on first use): make fu
 	@command -v cargo-afl >/dev/null || cargo install cargo-afl --locked
 	@cargo afl config --build >/dev/null 2>&1 || true
 	CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) cargo afl build --release -p autoglm-fuzz --features afl --bin fuzz
+	@mkdir -p $(FUZZ_OUT)
 	AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 \
 	  cargo afl fuzz -V $(SECS) -m none -i crates/autoglm-fuzz/corpus/$(TARGET) \
 	  -o $(FUZZ_OUT)/$(TARGET) -- $(FUZZ_TARGET_DIR)/release/fuzz $(TARGET)

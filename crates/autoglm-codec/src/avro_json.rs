@@ -97,7 +97,13 @@ fn resolve<'a>(schema: &'a Schema, names: &'a Names) -> &'a Schema {
     }
 }
 
-/// `unscaled × 10^-scale` as a plain decimal string: `12345`, scale 2 → `123.45`.
+/// The largest scale a decimal is written out in full for (PostgreSQL's `numeric` stops at
+/// 1000). A scale comes from the record's schema, which a hostile producer writes: written out,
+/// a scale of 1,700,000,002 panicked (found by `make fuzz TARGET=debezium_json`).
+pub(crate) const MAX_PLAIN_SCALE: usize = 1000;
+
+/// `unscaled × 10^-scale` as a plain decimal string: `12345`, scale 2 → `123.45`. Past
+/// [`MAX_PLAIN_SCALE`], in scientific notation (`12345E-5000`), which loses nothing either.
 pub(crate) fn format_decimal(unscaled: &BigInt, scale: usize) -> String {
     let digits = unscaled.magnitude().to_string();
     let sign = if unscaled.sign() == num_bigint::Sign::Minus {
@@ -107,6 +113,9 @@ pub(crate) fn format_decimal(unscaled: &BigInt, scale: usize) -> String {
     };
     if scale == 0 {
         return format!("{sign}{digits}");
+    }
+    if scale > MAX_PLAIN_SCALE {
+        return format!("{sign}{digits}E-{scale}");
     }
     let padded = format!("{digits:0>width$}", width = scale + 1);
     let (int, frac) = padded.split_at(padded.len() - scale);
@@ -211,6 +220,11 @@ mod tests {
         assert_eq!(format_decimal(&BigInt::from(12345), 2), "123.45");
         assert_eq!(format_decimal(&BigInt::from(-5), 3), "-0.005");
         assert_eq!(format_decimal(&BigInt::from(7), 0), "7");
+        assert_eq!(
+            format_decimal(&BigInt::from(-12), 1_700_000_002),
+            "-12E-1700000002"
+        );
+        assert_eq!(format_decimal(&BigInt::from(1), 1000).len(), 1002);
     }
 
     #[test]

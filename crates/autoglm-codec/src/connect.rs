@@ -345,10 +345,14 @@ fn to_connect(value: &Json, schema: &Json) -> Json {
     }
 }
 
-/// The unscaled integer of a decimal string at `scale`: `"123.4"`, 2 → 12340.
+/// The unscaled integer of a decimal string at `scale`: `"123.4"`, 2 → 12340. `None` past
+/// [`MAX_PLAIN_SCALE`](crate::avro_json::MAX_PLAIN_SCALE).
 fn unscaled(text: &str, scale: usize) -> Option<BigInt> {
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    if fraction.len() > scale || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+    if scale > crate::avro_json::MAX_PLAIN_SCALE
+        || fraction.len() > scale
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let digits = format!("{whole}{fraction:0<scale$}");
