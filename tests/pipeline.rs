@@ -728,3 +728,86 @@ async fn a_changed_key_layout_over_existing_state_is_refused_unless_accepted() {
         .expect("the accepted layout is the stored one now");
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// The state store's disk fills up mid-run: the run stops with the disk's error, having
+/// committed nothing the changelog does not hold; once there is room again, the next run
+/// restores the changelog's tail and goes on, each version once. The disk is a small tmpfs the
+/// test mounts (it needs root, as CI has).
+#[tokio::test]
+async fn a_full_state_disk_stops_the_run_and_the_next_one_recovers_once_there_is_room() {
+    const ROWS: u64 = 2_000;
+    let stack = stack().await;
+    let kafka = stack.kafka();
+    let t = Topics::fresh(&kafka, "diskfull", "out", 1).await;
+    let disk = tempfile_dir();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "mounting a tmpfs needs root");
+    let unmount = || {
+        let _ = std::process::Command::new("umount").arg(&disk).status();
+    };
+    let state = disk.join("state");
+    let config = json_upsert_config(&stack, &t, &state, "", "");
+    let rows = |rev: u64, ids: std::ops::Range<u64>| -> Vec<(String, Option<String>)> {
+        ids.map(|id| {
+            let value = serde_json::json!({"id": id, "rev": rev});
+            (id.to_string(), Some(value.to_string()))
+        })
+        .collect()
+    };
+    produce_plain(&kafka, &t.source, &rows(1, 0..20)).await;
+    assert_eq!(run(config.clone()).await.emitted, 20);
+
+    // A run that holds the store open; then the disk fills, and new versions of every key,
+    // and more keys, arrive.
+    let running = tokio::spawn(
+        Pipeline::new(config.clone())
+            .expect("pipeline")
+            .run(RunOptions {
+                exit_when_idle: Some(Duration::from_secs(20)),
+                ..RunOptions::default()
+            }),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let filler = disk.join("filler");
+    let mut file = std::fs::File::create(&filler).expect("filler");
+    let chunk = vec![7u8; 64 << 10];
+    while std::io::Write::write_all(&mut file, &chunk).is_ok() {}
+    while std::io::Write::write_all(&mut file, &[7]).is_ok() {}
+    drop(file);
+    produce_plain(&kafka, &t.source, &rows(2, 0..ROWS)).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(120), running)
+        .await
+        .expect("the run ends")
+        .expect("the run's task");
+    let error = match outcome {
+        Ok(summary) => {
+            unmount();
+            panic!("the run went on with a full disk: {summary:?}");
+        }
+        Err(error) => error,
+    };
+    let chain = autoglm_core::chain(&error).to_string();
+    assert!(chain.contains("state store"), "{chain}");
+    assert!(chain.contains("No space left on device"), "{chain}");
+
+    std::fs::remove_file(&filler).expect("room again");
+    let summary = run(config).await;
+    unmount();
+    let out = read_committed(&kafka, None, &t.target, Duration::from_secs(3))
+        .await
+        .expect("read");
+    let mut seen = std::collections::HashMap::new();
+    for (key, version, _) in by_key(&out) {
+        *seen.entry((key, version)).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 20 + ROWS as usize, "every version: {summary:?}");
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "each version once: {summary:?}"
+    );
+    let _ = std::fs::remove_dir_all(&disk);
+}
