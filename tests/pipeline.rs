@@ -426,6 +426,13 @@ async fn registry_outage_delays_the_stream_but_loses_and_duplicates_nothing() {
     registry_away(Outage::cut, Duration::from_secs(5), 2).await;
 }
 
+/// A minute without the registry: the batch waits it out (retried with backoff, never
+/// skipped), and the whole input is committed once it is back.
+#[tokio::test]
+async fn a_minute_without_the_registry_loses_and_dead_letters_nothing() {
+    registry_away(Outage::cut, Duration::from_secs(60), 10).await;
+}
+
 /// A registry that takes the connection and never answers: each lookup ends at the client's
 /// timeout (10 s), as a transient failure, and the batch is retried.
 #[tokio::test]
