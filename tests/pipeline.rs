@@ -747,14 +747,26 @@ async fn a_full_state_disk_stops_the_run_and_the_next_one_recovers_once_there_is
     let kafka = stack.kafka();
     let t = Topics::fresh(&kafka, "diskfull", "out", 1).await;
     let disk = tempfile_dir();
-    let mounted = std::process::Command::new("mount")
+    // As root, or else through sudo without a password (`sudo -n`).
+    let as_root = |program: &str| {
+        let root = rustix::process::geteuid().is_root();
+        let mut command = std::process::Command::new(if root { program } else { "sudo" });
+        if !root {
+            command.args(["-n", program]);
+        }
+        command
+    };
+    let mounted = as_root("mount")
         .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
         .arg(&disk)
         .status()
         .expect("mount");
-    assert!(mounted.success(), "mounting a tmpfs needs root");
+    assert!(
+        mounted.success(),
+        "mounting a tmpfs needs root, or sudo without a password"
+    );
     let unmount = || {
-        let _ = std::process::Command::new("umount").arg(&disk).status();
+        let _ = as_root("umount").arg(&disk).status();
     };
     let state = disk.join("state");
     let config = json_upsert_config(&stack, &t, &state, "", "");
