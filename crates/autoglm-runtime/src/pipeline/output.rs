@@ -52,7 +52,12 @@ impl Outgoing<'_> {
     /// Why `limits` say its topic cannot take it, if they do.
     pub(super) fn too_large(&self, limits: &SizeLimits) -> Option<String> {
         let value = self.payload.as_ref().map_or(0, Vec::len);
-        if !limits.may_exceed(self.topic, self.key.len(), value) {
+        // The input's trace context goes on as it came, however long: counted in the cheap test.
+        if !limits.may_exceed(
+            self.topic,
+            self.key.len(),
+            value + trace_context_len(self.source),
+        ) {
             return None;
         }
         let bound = batch_bound(self.key.len(), value, Some(&self.headers()));
@@ -188,11 +193,10 @@ impl<'p> Output<'p> {
         msg: &OwnedMessage,
         headers: OwnedHeaders,
     ) -> Result<(), BatchError> {
+        // Measured whole, headers and all: copies are rare, and their headers (an error
+        // message, a trace state) have no fixed bound.
         let key = msg.key().map_or(0, <[u8]>::len);
         let value = msg.payload().map_or(0, <[u8]>::len);
-        if !self.limits.may_exceed(topic, key, value) {
-            return self.forward(topic, msg, headers);
-        }
         let bound = batch_bound(key, value, Some(&headers));
         let limit = self.limits.of(topic);
         if bound <= limit {
@@ -288,6 +292,17 @@ fn with_source(headers: OwnedHeaders, msg: &OwnedMessage) -> OwnedHeaders {
         .insert(header("autoglm.source.offset", &msg.offset().to_string()))
 }
 
+/// The bytes of the input's `traceparent` and `tracestate` values, which its outputs carry on.
+fn trace_context_len(msg: &OwnedMessage) -> usize {
+    msg.headers().map_or(0, |headers| {
+        headers
+            .iter()
+            .filter(|h| h.key == "traceparent" || h.key == "tracestate")
+            .map(|h| h.value.map_or(0, <[u8]>::len))
+            .sum()
+    })
+}
+
 /// Adds the W3C trace context: the record span's (`trace`), or else the input record's
 /// `traceparent` and `tracestate` as they were, if it had them (copied as bytes: nothing is
 /// parsed or allocated).
@@ -372,5 +387,28 @@ mod tests {
         );
         let none = with_trace_context(OwnedHeaders::new(), &input(None), None);
         assert_eq!(none.count(), 0);
+    }
+
+    #[test]
+    fn a_long_trace_state_carried_on_counts_toward_the_size_limit() {
+        let long = "v".repeat(50_000);
+        let headers = OwnedHeaders::new().insert(header("tracestate", &long));
+        let msg = input(Some(headers));
+        assert_eq!(trace_context_len(&msg), 50_000);
+        let output = Outgoing {
+            topic: "out",
+            key: b"k",
+            payload: Some(vec![b'x'; 10]),
+            source: &msg,
+            op: "c",
+            version: "1".to_owned(),
+            lineage: true,
+            trace: None,
+        };
+        let limits = SizeLimits::client_only(Some("20000"));
+        let reason = output
+            .too_large(&limits)
+            .expect("too large with its trace state");
+        assert!(reason.contains("topic out takes 20000"), "{reason}");
     }
 }
