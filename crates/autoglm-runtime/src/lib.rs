@@ -50,6 +50,7 @@
 //! batch's first offsets and polls again after an exponential backoff; after the configured
 //! attempts it keeps waiting and says so once a minute — it never skips. A fatal error (fenced,
 //! authorization, configuration) stops the pipeline with an error and a non-zero exit.
+//! `docs/failure-modes.md` gives the outcome of each hostile input and fault, with its test.
 
 mod acks;
 mod group;

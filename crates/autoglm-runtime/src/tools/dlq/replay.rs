@@ -106,7 +106,8 @@ pub struct ReplayReport {
     pub replayed_before: u64,
     /// Records of other routes (a shared DLQ topic).
     pub other_routes: u64,
-    /// Records without the headers that say where they came from: never replayable.
+    /// Records without the headers that say where they came from, or without their value:
+    /// never replayable.
     pub unreplayable: Vec<Passed>,
     /// Replayed records dead-lettered at the `encode` stage (rule `encode` or `size`): the guard
     /// had accepted their version already, so their replays are dropped as duplicates.
@@ -321,8 +322,8 @@ enum Verdict {
     OtherRoute,
     /// The filter passes over it: left for a later replay.
     Left,
-    /// Its headers do not say where it came from.
-    /// Why.
+    /// It cannot go back, for the reason given: its headers do not say where it came from, or
+    /// it holds no value (its input was too large for the DLQ topic).
     Unreplayable(String),
     /// Back to where it came from.
     Replay(Origin),
