@@ -519,6 +519,15 @@ async fn registry_away(away: impl Fn(&Outage), away_for: Duration, min_retries: 
     let _ = std::fs::remove_dir_all(&state);
 }
 
+/// Upsert rows `{"id", "rev"}` of `ids` at version `rev`, keyed by id.
+fn upsert_rows(rev: u64, ids: std::ops::Range<u64>) -> Vec<(String, Option<String>)> {
+    ids.map(|id| {
+        let value = serde_json::json!({"id": id, "rev": rev});
+        (id.to_string(), Some(value.to_string()))
+    })
+    .collect()
+}
+
 /// Sets `max.message.bytes` of each of `topics` (an operator's topic limit).
 async fn limit_message_bytes(kafka: &autoglm_kafka::ClientSettings, topics: &[&str], bytes: usize) {
     use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
@@ -625,12 +634,7 @@ async fn a_changelog_deleted_under_the_store_stops_the_run_naming_it() {
     let t = Topics::fresh(&kafka, "relog", "out", 2).await;
     let state = tempfile_dir();
     let config = json_upsert_config(&stack, &t, &state, "", "");
-    let inputs: Vec<(String, Option<String>)> = (0..20)
-        .map(|id| {
-            let value = serde_json::json!({"id": id, "rev": 1});
-            (id.to_string(), Some(value.to_string()))
-        })
-        .collect();
+    let inputs = upsert_rows(1, 0..20);
     produce_plain(&kafka, &t.source, &inputs).await;
     let summary = run(config.clone()).await;
     assert_eq!(summary.emitted, 20, "{summary:?}");
@@ -663,12 +667,7 @@ async fn a_corrupt_store_is_rebuilt_from_the_changelog_and_replays_are_still_dro
     let t = Topics::fresh(&kafka, "corrupt", "out", 2).await;
     let state = tempfile_dir();
     let config = json_upsert_config(&stack, &t, &state, "", "");
-    let inputs: Vec<(String, Option<String>)> = (0..20)
-        .map(|id| {
-            let value = serde_json::json!({"id": id, "rev": 1});
-            (id.to_string(), Some(value.to_string()))
-        })
-        .collect();
+    let inputs = upsert_rows(1, 0..20);
     produce_plain(&kafka, &t.source, &inputs).await;
     assert_eq!(run(config.clone()).await.emitted, 20);
 
@@ -770,14 +769,7 @@ async fn a_full_state_disk_stops_the_run_and_the_next_one_recovers_once_there_is
     };
     let state = disk.join("state");
     let config = json_upsert_config(&stack, &t, &state, "", "");
-    let rows = |rev: u64, ids: std::ops::Range<u64>| -> Vec<(String, Option<String>)> {
-        ids.map(|id| {
-            let value = serde_json::json!({"id": id, "rev": rev});
-            (id.to_string(), Some(value.to_string()))
-        })
-        .collect()
-    };
-    produce_plain(&kafka, &t.source, &rows(1, 0..20)).await;
+    produce_plain(&kafka, &t.source, &upsert_rows(1, 0..20)).await;
     assert_eq!(run(config.clone()).await.emitted, 20);
 
     // A run that holds the store open; then the disk fills, and new versions of every key,
@@ -797,7 +789,7 @@ async fn a_full_state_disk_stops_the_run_and_the_next_one_recovers_once_there_is
     while std::io::Write::write_all(&mut file, &chunk).is_ok() {}
     while std::io::Write::write_all(&mut file, &[7]).is_ok() {}
     drop(file);
-    produce_plain(&kafka, &t.source, &rows(2, 0..ROWS)).await;
+    produce_plain(&kafka, &t.source, &upsert_rows(2, 0..ROWS)).await;
     let outcome = tokio::time::timeout(Duration::from_secs(120), running)
         .await
         .expect("the run ends")
