@@ -6,7 +6,9 @@ use std::time::Duration;
 use autoglm_config::Overrides;
 use autoglm_demo::{DemoValue, Received, read_committed, recreate_topics, scenario};
 use autoglm_runtime::{Pipeline, RunOptions, RunSummary};
-use autoglm_tests::{Outage, authority, batch_codecs, produce_plain, repo_root, stack, unique};
+use autoglm_tests::{
+    KafkaCuts, Outage, authority, batch_codecs, produce_plain, repo_root, stack, unique,
+};
 
 struct Topics {
     source: String,
@@ -515,6 +517,319 @@ async fn registry_away(away: impl Fn(&Outage), away_for: Duration, min_retries: 
         versions,
         ["1@1", "1@2", "2@1", "2@2", "3@1", "3@1†", "6@1"],
         "each accepted version exactly once"
+    );
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// A minute in which the processor cannot reach the broker (every connection of its client id
+/// stalls, as in a network partition or a broker that does not answer), from the middle of a
+/// transaction, while input keeps coming. The broker's own clocks run on: it ends the open
+/// transaction (15 s) and the group session (10 s), so the producer comes back fenced. The run makes its producer again, rejoins
+/// and goes on by itself: no exit, nothing lost, dead-lettered or written twice, and every input
+/// record committed (the lag back to zero).
+#[tokio::test]
+async fn a_minute_cut_off_from_the_broker_loses_duplicates_and_dead_letters_nothing() {
+    let stack = stack().await;
+    let kafka = stack.kafka();
+    let t = Topics::fresh(&kafka, "cutoff", "out", 3).await;
+    let cuts = KafkaCuts::for_stack().await;
+    let state = tempfile_dir();
+    let mut config = json_upsert_config(&stack, &t, &state, "", "");
+    config.kafka.bootstrap_servers = cuts.addr().to_string();
+    config.kafka.instance_id = "cut-off".into();
+    config.backoff.initial_interval = Duration::from_millis(200);
+    config.backoff.max_interval = Duration::from_secs(2);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(Pipeline::new(config).expect("pipeline").run(RunOptions {
+        shutdown: shutdown.clone(),
+        ..RunOptions::default()
+    }));
+
+    // Input all along: 20 keys, a new version of each every 250 ms, produced straight to the
+    // broker, not through the proxy.
+    let ids = 0..20;
+    let feeding = tokio_util::sync::CancellationToken::new();
+    let feeder = tokio::spawn({
+        let (kafka, source, feeding, ids) = (
+            kafka.clone(),
+            t.source.clone(),
+            feeding.clone(),
+            ids.clone(),
+        );
+        async move {
+            let mut rev = 0;
+            while !feeding.is_cancelled() {
+                rev += 1;
+                produce_plain(&kafka, &source, &upsert_rows(rev, ids.clone())).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            rev
+        }
+    });
+    // Cut once a transaction is open: right after the broker got an AddPartitionsToTxn (API
+    // key 24) of the processor's.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        cuts.cut_after("autoglm-cut-off", 24),
+    )
+    .await
+    .expect("a transaction began within a minute");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    cuts.heal("autoglm-cut-off");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    feeding.cancel();
+    let revs = feeder.await.expect("feeder");
+    let expected: Vec<(String, String)> = {
+        let mut all: Vec<_> = ids
+            .flat_map(|id| (1..=revs).map(move |rev| (id.to_string(), rev.to_string())))
+            .collect();
+        all.sort();
+        all
+    };
+
+    // Every version reaches the target; the run is still going (a fatal error ends it).
+    let quiet = Duration::from_secs(2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let versions = loop {
+        let out = read_committed(&kafka, None, &t.target, quiet)
+            .await
+            .expect("read");
+        let mut versions: Vec<(String, String)> =
+            by_key(&out).into_iter().map(|(k, v, _)| (k, v)).collect();
+        versions.sort();
+        if versions.len() >= expected.len() || running.is_finished() {
+            break versions;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {} versions two minutes after the cut healed",
+            versions.len(),
+            expected.len()
+        );
+    };
+    assert!(
+        !running.is_finished(),
+        "the run ended by itself: {:?}",
+        running.await
+    );
+    shutdown.cancel();
+    let summary = running
+        .await
+        .expect("task")
+        .expect("the run goes on through the cut");
+    assert!(
+        cuts.stalled() > 0,
+        "the cut stalled no connection: nothing was cut"
+    );
+    assert!(
+        summary.retries >= 1,
+        "a batch failed in the cut: {summary:?}"
+    );
+    assert_eq!(
+        summary.new_producers, 1,
+        "fenced once, and made again: {summary:?}"
+    );
+    assert_eq!(
+        summary.records,
+        expected.len() as u64,
+        "every input committed: {summary:?}"
+    );
+    assert_eq!(summary.dead_lettered, 0, "{summary:?}");
+    assert_eq!(versions, expected, "each version exactly once");
+    let dead = read_committed(&kafka, None, &t.dlq, quiet)
+        .await
+        .expect("dlq");
+    assert!(dead.is_empty(), "{dead:?}");
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// The changelog deleted, and every state directory with it (a new instance, pods without
+/// volumes): no store says how far the changelog reached, but the group's last commits do (their
+/// marks). The run stops, naming the topic, instead of rebuilding an empty state that would
+/// accept the old versions again.
+#[tokio::test]
+async fn a_changelog_deleted_with_the_state_directory_stops_the_run_naming_it() {
+    let stack = stack().await;
+    let kafka = stack.kafka();
+    let t = Topics::fresh(&kafka, "relog-all", "out", 2).await;
+    let state = tempfile_dir();
+    let config = json_upsert_config(&stack, &t, &state, "", "");
+    produce_plain(&kafka, &t.source, &upsert_rows(1, 0..20)).await;
+    assert_eq!(run(config.clone()).await.emitted, 20);
+
+    let changelog = format!("{}-accounts-changelog", t.group);
+    recreate_topics(&kafka, &[&changelog], 2)
+        .await
+        .expect("changelog recreated");
+    std::fs::remove_dir_all(&state).expect("state directory deleted");
+    let error = Pipeline::new(config)
+        .expect("pipeline")
+        .run(RunOptions {
+            exit_when_idle: Some(Duration::from_secs(4)),
+            ..RunOptions::default()
+        })
+        .await
+        .expect_err("an empty state is not rebuilt from a changelog that lost its records");
+    let message = error.to_string();
+    assert!(
+        message.starts_with("state changelog: the group's last commit of input partition "),
+        "{message}"
+    );
+    assert!(message.contains(&changelog), "{message}");
+    assert!(message.contains("reset to the earliest"), "{message}");
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// A changed key layout on an instance whose store was rebuilt from the changelog alone (its
+/// directory deleted): no local layout file refuses it, the group's last commits do.
+#[tokio::test]
+async fn a_changed_key_layout_over_a_rebuilt_store_is_refused_unless_accepted() {
+    let stack = stack().await;
+    let kafka = stack.kafka();
+    let t = Topics::fresh(&kafka, "relayout", "out", 1).await;
+    let state = tempfile_dir();
+    let config = json_upsert_config(&stack, &t, &state, "", "");
+    let value = serde_json::json!({"id": 1, "rev": 1, "region": "eu"}).to_string();
+    produce_plain(&kafka, &t.source, &[("1".to_owned(), Some(value))]).await;
+    assert_eq!(run(config.clone()).await.emitted, 1);
+
+    std::fs::remove_dir_all(&state).expect("state directory deleted");
+    let mut rekeyed = config;
+    rekeyed.routes[0].key_fields = vec!["id".to_owned(), "region".to_owned()];
+    let options = |accept_layout_change| RunOptions {
+        exit_when_idle: Some(Duration::from_secs(2)),
+        accept_layout_change,
+        ..RunOptions::default()
+    };
+    let pipeline = || Pipeline::new(rekeyed.clone()).expect("pipeline");
+    let message = pipeline()
+        .run(options(false))
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        message.contains("the group's last commit of route accounts's input partition 0")
+            && message.contains(r#"route accounts: key_fields ["id"] → ["id", "region"]"#),
+        "{message}"
+    );
+    let message = pipeline()
+        .run(options(false))
+        .await
+        .expect_err("a refused run records no layout: still refused")
+        .to_string();
+    assert!(message.contains("another key layout"), "{message}");
+    pipeline().run(options(true)).await.expect("accepted");
+    pipeline()
+        .run(options(false))
+        .await
+        .expect("the accepted layout is recorded beside the store now");
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// A record whose schema id the registry holds under another subject only (a producer set up
+/// with another topic's subject, or another subject name strategy). The id alone names the
+/// writer schema, as Confluent's deserializers read it: the record decodes under that schema,
+/// and the route's rules decide (a schema without the route's version column is a dead letter,
+/// rule `version`). No subject is checked: a RecordNameStrategy producer's records would all be
+/// refused.
+#[tokio::test]
+async fn a_schema_id_of_another_subject_decodes_by_id_and_the_routes_rules_decide() {
+    use autoglm_codec::AvroTarget;
+    use autoglm_demo::{CRM_SCHEMA, DemoRecord, customer, envelope};
+    let stack = stack().await;
+    let kafka = stack.kafka();
+    let t = Topics::fresh(&kafka, "foreign", "erp", 1).await;
+    // Another subject's schemas: the CRM one with one more column, and one without `version`.
+    let other = unique("elsewhere");
+    let wider = CRM_SCHEMA.replace(
+        r#"{"name": "region","#,
+        r#"{"name": "segment", "type": ["null", "string"], "default": null}, {"name": "region","#,
+    );
+    let unversioned = CRM_SCHEMA.replace(
+        r#",
+        {"name": "version", "type": "long"}"#,
+        "",
+    );
+    assert!(
+        wider != CRM_SCHEMA && unversioned != CRM_SCHEMA,
+        "the schemas differ"
+    );
+    let row = |id: i64| {
+        let mut after = customer(
+            id,
+            "dave",
+            "dave@example.com",
+            "91310000MA1FL0003A",
+            "1.00",
+            1,
+        );
+        let serde_json::Value::Object(envelope) =
+            envelope("c", None, Some(after.take()), 200, false)
+        else {
+            unreachable!("an envelope is an object")
+        };
+        envelope
+    };
+    let mut unversioned_row = row(10);
+    unversioned_row["after"]
+        .as_object_mut()
+        .expect("after")
+        .remove("version");
+    let registry = stack.registry();
+    let encode = async |subject_topic: String,
+                        schema: String,
+                        row: serde_json::Map<String, serde_json::Value>| {
+        AvroTarget::new(registry.clone(), &subject_topic, &schema)
+            .expect("schema")
+            .encode(&row)
+            .await
+            .expect("encode")
+    };
+    let records = vec![
+        DemoRecord {
+            note: "another subject's wider schema",
+            key: serde_json::json!({"id": 9}),
+            value: DemoValue::Raw(encode(other.clone(), wider, row(9)).await),
+        },
+        DemoRecord {
+            note: "another subject's schema without version",
+            key: serde_json::json!({"id": 10}),
+            value: DemoValue::Raw(encode(format!("{other}-v"), unversioned, unversioned_row).await),
+        },
+    ];
+    autoglm_demo::produce(&kafka, stack.registry(), &t.source, &records)
+        .await
+        .expect("produce");
+
+    let state = tempfile_dir();
+    let summary = run(config(&stack, &t, &state)).await;
+    assert_eq!(
+        (summary.emitted, summary.dead_lettered),
+        (1, 1),
+        "{summary:?}"
+    );
+    let out = read_committed(
+        &kafka,
+        Some(stack.registry()),
+        &t.target,
+        Duration::from_secs(3),
+    )
+    .await
+    .expect("read");
+    let versions: Vec<_> = by_key(&out)
+        .into_iter()
+        .map(|(k, v, _)| format!("{k}@{v}"))
+        .collect();
+    assert_eq!(versions, ["9@1"]);
+    let dead = read_committed(&kafka, None, &t.dlq, Duration::from_secs(3))
+        .await
+        .expect("dlq");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        dead[0].headers["autoglm.error.rule"], "version",
+        "{:?}",
+        dead[0].headers
     );
     let _ = std::fs::remove_dir_all(&state);
 }

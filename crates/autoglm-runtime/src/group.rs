@@ -66,6 +66,14 @@ impl Changes {
         self.rebalanced |= later.rebalanced;
     }
 
+    /// `owned` as if newly assigned: for a restore of all of them.
+    pub(crate) fn owning(owned: Vec<Partition>) -> Changes {
+        Changes {
+            assigned: owned,
+            ..Changes::default()
+        }
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.assigned.is_empty()
             && self.revoked.is_empty()
@@ -103,6 +111,12 @@ impl GroupContext {
             committed: Mutex::default(),
             lag,
         }
+    }
+
+    /// The partitions this member owns, as the rebalance events told it.
+    pub(crate) fn owned(&self) -> Vec<Partition> {
+        let owned = self.owned.lock().unwrap_or_else(PoisonError::into_inner);
+        owned.iter().cloned().collect()
     }
 
     /// Notes the offsets a batch committed (the next offset to read, per partition).

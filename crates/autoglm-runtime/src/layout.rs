@@ -12,13 +12,14 @@
 //! (earlier output is not rewritten; `autoglm dlq replay` sends dead letters through the new
 //! one). A renamed route is a new route, with a state of its own.
 //!
-//! Limits: the file is local. A store rebuilt from the changelog alone (a new instance, a
-//! deleted or corrupt directory) has no file, and the first run writes the layout it runs with.
+//! The file is local: a store rebuilt from the changelog alone (a new instance, a deleted or
+//! corrupt directory) has none. For such a store's routes, the layout each input offset commit
+//! carries is checked instead (`pipeline::marks`), when their partitions are assigned.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use autoglm_config::Config;
+use autoglm_config::{Config, Route};
 use serde::{Deserialize, Serialize};
 
 use crate::RunError;
@@ -28,7 +29,7 @@ const FILE: &str = "autoglm-layout.json";
 
 /// One route's layout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Layout {
+pub(crate) struct Layout {
     key_fields: Vec<String>,
     /// The route's `version`, as the config writes it.
     version: serde_json::Value,
@@ -37,49 +38,61 @@ struct Layout {
 /// The layouts by route name.
 type Layouts = BTreeMap<String, Layout>;
 
+/// The layout `route` runs with.
+pub(crate) fn of_route(route: &Route) -> Result<Layout, RunError> {
+    let version = serde_json::to_value(&route.version)
+        .map_err(|e| RunError::Config(format!("route {}: version: {e}", route.name)))?;
+    Ok(Layout {
+        key_fields: route.key_fields.clone(),
+        version,
+    })
+}
+
 /// The layouts `config` runs with.
 fn of_config(config: &Config) -> Result<Layouts, RunError> {
     config
         .routes
         .iter()
-        .map(|route| {
-            let version = serde_json::to_value(&route.version)
-                .map_err(|e| RunError::Config(format!("route {}: version: {e}", route.name)))?;
-            let layout = Layout {
-                key_fields: route.key_fields.clone(),
-                version,
-            };
-            Ok((route.name.clone(), layout))
-        })
+        .map(|route| Ok((route.name.clone(), of_route(route)?)))
         .collect()
 }
 
-/// What changed between `stored` and `running`, one line per route; empty if nothing.
-fn changes(stored: &Layouts, running: &Layouts) -> Vec<String> {
+/// What changed from `old` to `new` in route `route`'s layout, one line per change.
+pub(crate) fn describe(route: &str, old: &Layout, new: &Layout) -> Vec<String> {
     let mut changes = Vec::new();
-    for (route, new) in running {
-        let Some(old) = stored.get(route) else {
-            continue;
-        };
-        if old.key_fields != new.key_fields {
-            changes.push(format!(
-                "route {route}: key_fields {:?} → {:?}",
-                old.key_fields, new.key_fields
-            ));
-        }
-        if old.version != new.version {
-            changes.push(format!(
-                "route {route}: version {} → {}",
-                old.version, new.version
-            ));
-        }
+    if old.key_fields != new.key_fields {
+        changes.push(format!(
+            "route {route}: key_fields {:?} → {:?}",
+            old.key_fields, new.key_fields
+        ));
+    }
+    if old.version != new.version {
+        changes.push(format!(
+            "route {route}: version {} → {}",
+            old.version, new.version
+        ));
     }
     changes
 }
 
+/// What changed between `stored` and `running`, one line per change; empty if nothing.
+fn changes(stored: &Layouts, running: &Layouts) -> Vec<String> {
+    (running.iter())
+        .filter_map(|(route, new)| Some(describe(route, stored.get(route)?, new)))
+        .flatten()
+        .collect()
+}
+
 /// Compares the layout stored in `dir` with `config`'s, refuses a changed one unless `accept`,
 /// and records `config`'s. Routes the config no longer has stay recorded: they may come back.
-pub(crate) fn check(dir: &Path, config: &Config, accept: bool) -> Result<(), RunError> {
+/// Returns the routes the file held no layout for (a new store, a new route), unrecorded: the
+/// group's commits vouch for theirs, and [`record`] notes each once they did
+/// (`pipeline::marks`).
+pub(crate) fn check(
+    dir: &Path,
+    config: &Config,
+    accept: bool,
+) -> Result<BTreeSet<String>, RunError> {
     let path = dir.join(FILE);
     let mut stored: Layouts = match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
@@ -106,7 +119,21 @@ pub(crate) fn check(dir: &Path, config: &Config, accept: bool) -> Result<(), Run
         }
         tracing::warn!(changes = %changes.join("; "), "the key layout changed over existing state (--accept-layout-change): these routes' keys start with no history");
     }
-    stored.extend(running);
+    let (known, unvouched): (Layouts, Layouts) =
+        (running.into_iter()).partition(|(route, _)| stored.contains_key(route));
+    stored.extend(known);
+    write(&path, &stored)?;
+    Ok(unvouched.into_keys().collect())
+}
+
+/// Records route `route`'s layout in `dir`'s file.
+pub(crate) fn record(dir: &Path, route: &str, layout: &Layout) -> Result<(), RunError> {
+    let path = dir.join(FILE);
+    let mut stored: Layouts = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        Err(_) => Layouts::new(),
+    };
+    stored.insert(route.to_owned(), layout.clone());
     write(&path, &stored)
 }
 
@@ -150,8 +177,16 @@ routes:
     fn a_changed_key_layout_is_refused_unless_accepted_and_a_mapping_change_is_not() {
         let dir = tempfile::tempdir().expect("tempdir");
         let first = config("[id]", "{ column: rev }");
-        check(dir.path(), &first, false).expect("the first run records its layout");
-        check(dir.path(), &first, false).expect("the same layout");
+        let unvouched = check(dir.path(), &first, false).expect("a new store");
+        assert_eq!(
+            unvouched,
+            BTreeSet::from(["accounts".to_owned()]),
+            "a new store vouches for no route, and records none until the group's commits did"
+        );
+        let layout = of_route(&first.routes[0]).expect("layout");
+        record(dir.path(), "accounts", &layout).expect("recorded");
+        let unvouched = check(dir.path(), &first, false).expect("the same layout");
+        assert!(unvouched.is_empty(), "{unvouched:?}");
 
         let rekeyed = config("[id, region]", "{ column: rev }");
         let error = check(dir.path(), &rekeyed, false).expect_err("refused");

@@ -48,8 +48,10 @@
 //! offset advances. A transient failure (registry down, broker timeout, abortable transaction
 //! error) aborts the transaction, drops the uncommitted state, rewinds the consumer to the
 //! batch's first offsets and polls again after an exponential backoff; after the configured
-//! attempts it keeps waiting and says so once a minute — it never skips. A fatal error (fenced,
-//! authorization, configuration) stops the pipeline with an error and a non-zero exit.
+//! attempts it keeps waiting and says so once a minute — it never skips. A producer the broker
+//! fenced (its transaction timed out while the broker was out of reach) is made again, once per
+//! 5 minutes. A fatal error (fenced again, authorization, configuration) stops the pipeline
+//! with an error and a non-zero exit.
 //! `docs/failure-modes.md` gives the outcome of each hostile input and fault, with its test.
 
 mod acks;

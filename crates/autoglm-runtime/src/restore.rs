@@ -60,22 +60,28 @@ struct Tail {
     next: i64,
 }
 
-/// Replays each `(changelog topic, partition)` from its checkpoint to its end into `backend`.
+/// Replays each `(changelog topic, partition)` of `ends` from its checkpoint to its end into
+/// `backend`. `ends` holds the end each partition must reach at least (what the group's last
+/// commit saw, `pipeline::marks`); on return, the log end each one had.
 pub async fn restore<B: KvBackend>(
     settings: &ClientSettings,
     group_id: &str,
     backend: &B,
-    partitions: &[(String, i32)],
+    ends: &mut HashMap<(String, i32), i64>,
 ) -> Result<RestoreStats, RunError> {
     let started = Instant::now();
     let consumer = Arc::new(settings.restore_consumer(group_id)?);
     let log_end = Arc::new(settings.log_end_client()?);
     let mut tails: HashMap<(String, i32), Tail> = HashMap::new();
     let mut assignment = TopicPartitionList::new();
-    for (topic, partition) in partitions {
-        let checkpoint = backend.checkpoint(topic, *partition).await?.unwrap_or(0);
+    for ((topic, partition), end) in ends.iter_mut() {
+        let known = Known {
+            checkpoint: backend.checkpoint(topic, *partition).await?.unwrap_or(0),
+            committed_end: *end,
+        };
         let (low, high) = watermarks(&log_end, topic, *partition).await?;
-        let start = tail_start(topic, *partition, checkpoint, (low, high))?;
+        let start = tail_start(topic, *partition, known, (low, high))?;
+        *end = high;
         if start >= high {
             continue;
         }
@@ -209,29 +215,49 @@ async fn watermarks(
     .map_err(RunError::from)
 }
 
+/// What says how far a changelog partition reached: the store's checkpoint, and the end the
+/// group's last commit saw (0 when neither is known).
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    checkpoint: i64,
+    committed_end: i64,
+}
+
 /// Where a partition's restore starts: at the store's checkpoint, or at the changelog's first
 /// offset if compaction removed the records before it (each superseded by a later one, which the
-/// restore reads). A checkpoint past the changelog's end means the topic is not the one the
-/// store was built from: deleted and created again, or truncated by an unclean leader election.
-/// Restoring from it would leave the store ahead of the changelog, and a rebuild from it alone
-/// would forget keys and accept their old versions again: stop, and say how to go on.
+/// restore reads). A checkpoint or a committed end past the changelog's end means the topic is
+/// not the one the state was built from: deleted and created again, or truncated by an unclean
+/// leader election. Restoring from it would leave the store ahead of the changelog, and a
+/// rebuild from it alone would forget keys and accept their old versions again: stop, and say
+/// how to go on.
 fn tail_start(
     topic: &str,
     partition: i32,
-    checkpoint: i64,
+    known: Known,
     (low, high): (i64, i64),
 ) -> Result<i64, RunError> {
-    if checkpoint > high {
-        return Err(RunError::Changelog(format!(
-            "the state store has applied {topic} partition {partition} up to offset {checkpoint}, \
-             but that topic now ends at offset {high}: it was deleted and created again, or \
-             truncated. The store and the changelog no longer agree, and the changelog alone no \
-             longer holds every key's last version. To go on, stop every instance, delete the \
-             topic and every instance's state directory (event_queue.storage_path), and replay \
-             the sources from their beginning (a new kafka.group_id); or restore the topic"
-        )));
-    }
-    Ok(checkpoint.max(low))
+    let who = if known.checkpoint > high {
+        format!(
+            "the state store has applied {topic} partition {partition} up to offset {}",
+            known.checkpoint
+        )
+    } else if known.committed_end > high {
+        format!(
+            "the group's last commit of input partition {partition} saw {topic} partition \
+             {partition} reach offset {}",
+            known.committed_end
+        )
+    } else {
+        return Ok(known.checkpoint.max(low));
+    };
+    Err(RunError::Changelog(format!(
+        "{who}, but that topic now ends at offset {high}: it was deleted and created again, or \
+         truncated. The state and the changelog no longer agree, and the changelog alone no \
+         longer holds every key's last version. To go on, stop every instance, delete the \
+         topic and every instance's state directory (event_queue.storage_path), and replay \
+         the sources from their beginning (a new kafka.group_id, or the group's offsets reset \
+         to the earliest); or restore the topic"
+    )))
 }
 
 fn corrupt(msg: &rdkafka::message::BorrowedMessage<'_>, reason: &str) -> RunError {
@@ -247,9 +273,16 @@ fn corrupt(msg: &rdkafka::message::BorrowedMessage<'_>, reason: &str) -> RunErro
 mod tests {
     use super::*;
 
+    fn checkpoint(checkpoint: i64) -> Known {
+        Known {
+            checkpoint,
+            committed_end: 0,
+        }
+    }
+
     #[test]
     fn a_restore_starts_at_the_checkpoint_or_where_compaction_left_the_log() {
-        let start = |checkpoint, log| tail_start("c", 0, checkpoint, log).ok();
+        let start = |c, log| tail_start("c", 0, checkpoint(c), log).ok();
         assert_eq!(start(0, (0, 10)), Some(0));
         assert_eq!(start(7, (0, 10)), Some(7));
         assert_eq!(start(10, (0, 10)), Some(10), "nothing to replay");
@@ -258,11 +291,21 @@ mod tests {
             Some(5),
             "compacted before the checkpoint"
         );
+        let committed = Known {
+            checkpoint: 0,
+            committed_end: 10,
+        };
+        assert_eq!(
+            tail_start("c", 0, committed, (0, 10)).ok(),
+            Some(0),
+            "a new store replays the whole changelog the group's commits saw"
+        );
     }
 
     #[test]
     fn a_checkpoint_past_the_changelogs_end_stops_the_run_naming_the_topic() {
-        let error = tail_start("g-accounts-changelog", 2, 42, (0, 0)).expect_err("a new topic");
+        let error =
+            tail_start("g-accounts-changelog", 2, checkpoint(42), (0, 0)).expect_err("a new topic");
         assert_eq!(error.class(), autoglm_core::ErrorClass::Fatal);
         let message = error.to_string();
         assert!(
@@ -270,5 +313,24 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("storage_path"), "{message}");
+    }
+
+    /// No store at all (a new instance, a deleted directory): the group's last commit still
+    /// says how far the changelog reached.
+    #[test]
+    fn a_committed_end_past_the_changelogs_end_stops_a_new_store_too() {
+        let known = Known {
+            checkpoint: 0,
+            committed_end: 42,
+        };
+        let error = tail_start("g-accounts-changelog", 2, known, (0, 3)).expect_err("truncated");
+        assert_eq!(error.class(), autoglm_core::ErrorClass::Fatal);
+        let message = error.to_string();
+        assert!(
+            message.contains(
+                "the group's last commit of input partition 2 saw g-accounts-changelog partition 2 reach offset 42, but that topic now ends at offset 3"
+            ),
+            "{message}"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! Stage 4, commit: the batch's input offsets, with the transaction (exactly once) or as a
 //! synchronous offset commit (at least once); and the transaction calls around it.
 //!
-//! Data flow: the batch's records ─► [`next_offsets`] ─► the broker. A step librdkafka calls
+//! Data flow: the batch's records ─► [`next_offsets`], each with its route's mark (`marks`)
+//! ─► the broker. A step librdkafka calls
 //! retriable is called again ([`again_while_retriable`]); a failed batch is aborted ([`abort`]).
 
 use std::sync::Arc;
@@ -29,7 +30,7 @@ impl Pipeline {
         producer: &Arc<AckingProducer>,
         exactly_once: bool,
     ) -> Result<(), BatchError> {
-        let offsets = next_offsets(batch)?;
+        let offsets = next_offsets(batch, |topic, partition| self.mark(topic, partition))?;
         let positions: Vec<_> = offsets
             .elements()
             .iter()
@@ -66,8 +67,21 @@ impl Pipeline {
     }
 }
 
-/// Offsets to commit: the last record of each partition + 1.
-fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, BatchError> {
+impl Pipeline {
+    /// The commit metadata of input partition `partition` of `topic`: its route's mark
+    /// (`marks`).
+    fn mark(&self, topic: &str, partition: i32) -> Option<String> {
+        let (index, route) = (self.routes.iter().enumerate()).find(|(_, r)| r.matches(topic))?;
+        let mark = self.marks.mark(index, &route.changelog_topic, partition);
+        Some(mark.to_metadata())
+    }
+}
+
+/// Offsets to commit: the last record of each partition + 1, each with its `metadata`.
+fn next_offsets(
+    batch: &[OwnedMessage],
+    metadata: impl Fn(&str, i32) -> Option<String>,
+) -> Result<TopicPartitionList, BatchError> {
     // foldhash, not SipHash: one lookup per record.
     let mut next: foldhash::HashMap<(&str, i32), i64> = foldhash::HashMap::new();
     for msg in batch {
@@ -76,7 +90,11 @@ fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, BatchError
     }
     let mut list = TopicPartitionList::new();
     for ((topic, partition), offset) in next {
-        list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        let mut element = list.add_partition(topic, partition);
+        element.set_offset(Offset::Offset(offset))?;
+        if let Some(metadata) = metadata(topic, partition) {
+            element.set_metadata(metadata);
+        }
     }
     Ok(list)
 }
@@ -148,7 +166,7 @@ mod tests {
     }
 
     #[test]
-    fn the_offsets_committed_are_each_partitions_last_record_plus_one() {
+    fn the_offsets_committed_are_each_partitions_last_record_plus_one_with_its_metadata() {
         let batch = [
             at("a", 0, 5),
             at("a", 1, 9),
@@ -156,19 +174,27 @@ mod tests {
             at("b", 0, 3),
             at("a", 0, 6),
         ];
-        let list = next_offsets(&batch).ok().expect("offsets");
+        let metadata = |topic: &str, partition| (topic == "a").then(|| format!("m{partition}"));
+        let list = next_offsets(&batch, metadata).ok().expect("offsets");
         let mut offsets: Vec<_> = list
             .elements()
             .iter()
-            .map(|e| (e.topic().to_owned(), e.partition(), e.offset()))
+            .map(|e| {
+                (
+                    e.topic().to_owned(),
+                    e.partition(),
+                    e.offset(),
+                    e.metadata().to_owned(),
+                )
+            })
             .collect();
-        offsets.sort_by_key(|(t, p, _)| (t.clone(), *p));
+        offsets.sort_by_key(|(t, p, _, _)| (t.clone(), *p));
         assert_eq!(
             offsets,
             [
-                ("a".to_owned(), 0, Offset::Offset(8)),
-                ("a".to_owned(), 1, Offset::Offset(10)),
-                ("b".to_owned(), 0, Offset::Offset(4)),
+                ("a".to_owned(), 0, Offset::Offset(8), "m0".to_owned()),
+                ("a".to_owned(), 1, Offset::Offset(10), "m1".to_owned()),
+                ("b".to_owned(), 0, Offset::Offset(4), String::new()),
             ]
         );
     }

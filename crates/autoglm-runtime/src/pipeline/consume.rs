@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use autoglm_core::chain;
 use autoglm_state::{RocksBackend, VersionGuard};
+use rdkafka::consumer::Consumer as _;
 use tracing::Instrument as _;
 
 use super::commit::abort;
@@ -25,7 +26,7 @@ impl Pipeline {
     pub(super) async fn consume(
         &self,
         consumer: &Arc<Member>,
-        producer: &Arc<AckingProducer>,
+        producer: &mut Arc<AckingProducer>,
         guard: &mut VersionGuard<RocksBackend>,
         options: &RunOptions,
     ) -> Result<RunSummary, RunError> {
@@ -38,6 +39,7 @@ impl Pipeline {
         let mut summary = RunSummary::default();
         let mut last_record = Instant::now();
         let mut failures = Failures::default();
+        let mut fences = Fences::default();
         let mut tally = self.metrics.tally();
         // How old a batch's first record is when the batch closes (`closing_age`), and what the
         // last batches took from closing to their commit. In microseconds: an atomic, because
@@ -102,7 +104,7 @@ impl Pipeline {
             // again once the partitions are ready. An instance that took a stalled one's
             // partitions once stopped right after their restore, with their input unread.
             let assigned = !changes.assigned.is_empty();
-            summary.restored += self.follow_group(guard, changes).await?;
+            summary.restored += self.follow_group(consumer, guard, changes).await?;
             if assigned {
                 last_record = Instant::now();
             }
@@ -117,7 +119,7 @@ impl Pipeline {
             let mut changes = Changes::default();
             poll(&mut next, Wait::Never, &mut changes).await?;
             current.retain_owned(&changes.revoked);
-            summary.restored += self.follow_group(guard, changes).await?;
+            summary.restored += self.follow_group(consumer, guard, changes).await?;
             if current.batch.is_empty() {
                 continue;
             }
@@ -199,21 +201,36 @@ impl Pipeline {
                     fail::fail_point!("after_state_write");
                     filled = Some(polled?);
                 }
-                Err(BatchError::Fatal(e)) => {
-                    let reason = chain(&e).to_string();
-                    traces::failed(&transaction, "failed", &reason);
-                    spans.finish("failed", Some(&reason));
+                Err(failure) => {
+                    let (outcome, reason) = match &failure {
+                        BatchError::Fatal(e) => ("failed", chain(e).to_string()),
+                        BatchError::Transient(Transient(reason)) => ("aborted", reason.clone()),
+                    };
+                    traces::failed(&transaction, outcome, &reason);
+                    spans.finish(outcome, Some(&reason));
                     guard.abort();
-                    return Err(e);
-                }
-                Err(BatchError::Transient(Transient(reason))) => {
-                    traces::failed(&transaction, "aborted", &reason);
-                    spans.finish("aborted", Some(&reason));
-                    // Abort, rewind to the batch's first offsets and poll again: the records
-                    // come back for the partitions this instance still owns.
-                    guard.abort();
-                    if exactly_once {
-                        abort(producer).await?;
+                    // A transient failure aborts the transaction and retries the batch. So does
+                    // a fenced producer, with a new one: the broker ended its transaction (a
+                    // minute away from the broker ends it so). Any other error stops the run.
+                    let ended = match failure {
+                        BatchError::Transient(_) if exactly_once => abort(producer).await,
+                        BatchError::Transient(_) => Ok(()),
+                        BatchError::Fatal(e) => Err(e),
+                    };
+                    if let Err(error) = ended {
+                        if !fences.may_renew(&error) {
+                            return Err(error);
+                        }
+                        tracing::warn!(error = %chain(&error), "producer fenced; making a new one, then retrying the batch");
+                        let fenced =
+                            std::mem::replace(producer, self.producer(&options.shutdown).await?);
+                        // Closing a producer blocks (it flushes, then joins its threads).
+                        tokio::task::spawn_blocking(move || drop(fenced));
+                        summary.new_producers += 1;
+                        // The state catches up with the changelog: whatever the fenced
+                        // producer's last commit did, the changelog says, and the store follows.
+                        let owned = Changes::owning(consumer.context().owned());
+                        summary.restored += self.follow_group(consumer, guard, owned).await?;
                     }
                     // The records polled ahead too: their partitions may not be in this batch.
                     rewind(
@@ -238,6 +255,38 @@ impl Pipeline {
         }
         tracing::info!(?summary, "pipeline stopped");
         Ok(summary)
+    }
+}
+
+/// How long after making a new producer a second fence stops the run: that many fences say
+/// another instance runs with this transactional id (the same `kafka.instance_id`), and making
+/// producers in turn, the two would fence each other for ever.
+const FENCE_WINDOW: Duration = Duration::from_secs(300);
+
+/// When the last fenced producer was made again.
+#[derive(Debug, Default)]
+struct Fences {
+    renewed: Option<Instant>,
+}
+
+impl Fences {
+    /// Whether `error` is a fence the run may answer with a new producer: the first one, or
+    /// one [`FENCE_WINDOW`] after the last.
+    fn may_renew(&mut self, error: &RunError) -> bool {
+        if !error.is_fenced() {
+            return false;
+        }
+        if let Some(renewed) = self.renewed
+            && renewed.elapsed() < FENCE_WINDOW
+        {
+            tracing::error!(
+                since_secs = renewed.elapsed().as_secs(),
+                "fenced again soon after the last new producer: is another instance running with this kafka.instance_id?"
+            );
+            return false;
+        }
+        self.renewed = Some(Instant::now());
+        true
     }
 }
 

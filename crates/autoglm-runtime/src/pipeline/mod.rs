@@ -40,6 +40,7 @@ use sizes::SizeLimits;
 
 mod commit;
 mod consume;
+mod marks;
 mod output;
 mod poll;
 mod prepare;
@@ -96,6 +97,12 @@ pub enum RunError {
 }
 
 impl RunError {
+    /// Whether this is the producer being fenced ([`is_fencing`]).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, RunError::Kafka { source, .. }
+            if source.rdkafka_error_code().is_some_and(is_fencing))
+    }
+
     /// Whether retrying can help.
     pub fn class(&self) -> ErrorClass {
         match self {
@@ -203,6 +210,8 @@ pub struct RunSummary {
     pub retries: u64,
     /// Changelog records replayed into the state store at start (the tail after its checkpoint).
     pub restored: u64,
+    /// Producers the broker fenced (their transaction timed out) that the run made again.
+    pub new_producers: u64,
 }
 
 impl RunSummary {
@@ -275,6 +284,8 @@ pub struct Pipeline {
     traces: Traces,
     /// How large a record each written topic takes, read from the broker at start.
     sizes: std::sync::RwLock<Arc<SizeLimits>>,
+    /// What each input offset commit carries beside the offset.
+    marks: marks::Marks,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -373,6 +384,7 @@ impl Pipeline {
         );
         Ok(Pipeline {
             sizes: std::sync::RwLock::new(Arc::new(sizes)),
+            marks: marks::Marks::new(&config)?,
             metrics,
             decoder: Decoder::new(sr_settings).after_only(),
             config,
@@ -502,7 +514,9 @@ impl Pipeline {
     ) -> Result<RunSummary, RunError> {
         let exactly_once = self.config.exactly_once();
         let state_path = &self.config.event_queue.storage_path;
-        crate::layout::check(state_path, &self.config, options.accept_layout_change)?;
+        let accept = options.accept_layout_change;
+        let unvouched = crate::layout::check(state_path, &self.config, accept)?;
+        (self.marks).set_unvouched(&self.config, (state_path, &unvouched), accept);
         let mut guard = VersionGuard::new(backend.clone(), self.tombstone_retention_ms())
             .with_cache(self.config.state.cache_entries);
 
@@ -533,37 +547,11 @@ impl Pipeline {
         })
         .await?;
 
-        let batch_size = self.read_size_limits().await;
-
+        self.read_size_limits().await;
         // The producer first: init_transactions aborts this instance's own open transaction
         // (after a kill), which would otherwise hold back the changelog's committed end that
         // the restore of an assigned partition reads up to.
-        let producer: Arc<AckingProducer> = if exactly_once {
-            let producer: Arc<AckingProducer> = Arc::new(
-                self.settings
-                    .transactional_config(&self.config.transactional_id())
-                    .set("batch.size", &batch_size)
-                    .create_with_context(Acks::default())?,
-            );
-            self.retry_transient("init_transactions", &options.shutdown, || {
-                let p = Arc::clone(&producer);
-                async move {
-                    tokio::task::spawn_blocking(move || p.init_transactions(TXN_TIMEOUT))
-                        .await
-                        .map_err(|e| RunError::Config(format!("init_transactions task: {e}")))?
-                        .map_err(|e| self.access_error(e))
-                }
-            })
-            .await?;
-            producer
-        } else {
-            Arc::new(
-                self.settings
-                    .producer_config()
-                    .set("batch.size", &batch_size)
-                    .create_with_context(Acks::default())?,
-            )
-        };
+        let mut producer = self.producer(&options.shutdown).await?;
         self.metrics.producer_ready();
         let consumer: Arc<Member> = Arc::new(self.settings.member_consumer(
             &self.config.kafka.group_id,
@@ -588,7 +576,7 @@ impl Pipeline {
         );
 
         let result = self
-            .consume(&consumer, &producer, &mut guard, &options)
+            .consume(&consumer, &mut producer, &mut guard, &options)
             .await;
         // Leave the group cleanly, after a fatal error too (a transaction it left open is
         // aborted by the broker when it times out). Closing the clients blocks (the consumer
@@ -618,7 +606,7 @@ impl Pipeline {
 
     /// Reads `max.message.bytes` of every topic the pipeline writes (see the `sizes` module),
     /// and returns the producer's `batch.size`: the config's, or the smallest limit.
-    async fn read_size_limits(&self) -> String {
+    async fn read_size_limits(&self) {
         let properties = &self.config.kafka.properties;
         let mut written: Vec<&str> = Vec::new();
         for route in self.routes.iter() {
@@ -636,16 +624,56 @@ impl Pipeline {
             PROBE_TIMEOUT,
         )
         .await;
-        let batch_size = properties
-            .get("batch.size")
-            .cloned()
-            .unwrap_or_else(|| limits.smallest().min(1_000_000).to_string());
-        tracing::debug!(?limits, %batch_size, "record size limits");
+        tracing::debug!(?limits, "record size limits");
         *self
             .sizes
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(limits);
-        batch_size
+    }
+
+    /// The producer's `batch.size`: the config's, or the smallest limit of the written topics.
+    fn batch_size(&self) -> String {
+        self.config
+            .kafka
+            .properties
+            .get("batch.size")
+            .cloned()
+            .unwrap_or_else(|| self.size_limits().smallest().min(1_000_000).to_string())
+    }
+
+    /// A new producer: transactional, with its transactions initialised (which waits for the
+    /// broker, and fences any earlier producer of this transactional id), or plain at least
+    /// once.
+    async fn producer(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<Arc<AckingProducer>, RunError> {
+        let batch_size = self.batch_size();
+        if !self.config.exactly_once() {
+            return Ok(Arc::new(
+                self.settings
+                    .producer_config()
+                    .set("batch.size", &batch_size)
+                    .create_with_context(Acks::default())?,
+            ));
+        }
+        let producer: Arc<AckingProducer> = Arc::new(
+            self.settings
+                .transactional_config(&self.config.transactional_id())
+                .set("batch.size", &batch_size)
+                .create_with_context(Acks::default())?,
+        );
+        self.retry_transient("init_transactions", shutdown, || {
+            let p = Arc::clone(&producer);
+            async move {
+                tokio::task::spawn_blocking(move || p.init_transactions(TXN_TIMEOUT))
+                    .await
+                    .map_err(|e| RunError::Config(format!("init_transactions task: {e}")))?
+                    .map_err(|e| self.access_error(e))
+            }
+        })
+        .await?;
+        Ok(producer)
     }
 
     /// The size limits of the written topics, as last read.

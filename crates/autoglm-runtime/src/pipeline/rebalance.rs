@@ -1,15 +1,27 @@
 //! Stage 5, rebalance: what the group changed, applied to the state between transactions.
 //! Lost partitions forget their changelog checkpoint, assigned ones restore their changelog
-//! tail, and the guard forgets what it cached.
+//! tail (checked against the marks the group's last commits carry, `marks`), and the guard
+//! forgets what it cached.
 //!
-//! Data flow: [`Changes`] (from poll) ─► the state store and the guard ─► the count of
-//! changelog records restored.
+//! Data flow: [`Changes`] (from poll), the group's committed marks ─► the state store and the
+//! guard ─► the count of changelog records restored.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use autoglm_state::{KvBackend, RocksBackend, VersionGuard, WriteRequest};
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::Consumer;
 
+use super::marks::Mark;
+use super::poll::Member;
 use super::{Pipeline, RunError};
 use crate::group::{Changes, Partition};
 use crate::restore::restore;
+
+/// How long reading the group's committed offsets may take.
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Pipeline {
     /// Applies what the group changed: lost partitions forget their changelog checkpoint (their
@@ -18,6 +30,7 @@ impl Pipeline {
     /// have changed since. Returns the changelog records replayed.
     pub(super) async fn follow_group(
         &self,
+        consumer: &Arc<Member>,
         guard: &mut VersionGuard<RocksBackend>,
         changes: Changes,
     ) -> Result<u64, RunError> {
@@ -43,20 +56,25 @@ impl Pipeline {
                 })
                 .await?;
         }
-        let mut assigned: Vec<Partition> =
-            changes.assigned.iter().filter_map(changelog_of).collect();
+        let mut assigned = changes.assigned;
         assigned.sort();
         assigned.dedup();
         let mut restored = 0;
         if !assigned.is_empty() {
+            // Each changelog partition must reach the end the group's last commit saw.
+            let mut ends = self.committed_ends(consumer, &assigned).await?;
+            for partition in assigned.iter().filter_map(changelog_of) {
+                ends.entry(partition).or_insert(0);
+            }
             let _restoring = self.metrics.restoring();
             let stats = restore(
                 &self.settings,
                 &self.config.kafka.group_id,
                 backend,
-                &assigned,
+                &mut ends,
             )
             .await?;
+            self.marks.note_ends(ends);
             self.metrics.restored(&stats);
             restored = stats.records;
         }
@@ -64,6 +82,39 @@ impl Pipeline {
             self.metrics.assignment_restored();
         }
         Ok(restored)
+    }
+}
+
+impl Pipeline {
+    /// Reads the marks the group committed with `inputs`' offsets, checks their layouts
+    /// ([`Marks::check`](super::marks::Marks::check)), and returns the changelog end each
+    /// requires, by changelog partition.
+    async fn committed_ends(
+        &self,
+        consumer: &Arc<Member>,
+        inputs: &[Partition],
+    ) -> Result<HashMap<Partition, i64>, RunError> {
+        let mut list = TopicPartitionList::new();
+        for (topic, partition) in inputs {
+            list.add_partition(topic, *partition);
+        }
+        let c = Arc::clone(consumer);
+        let committed =
+            tokio::task::spawn_blocking(move || c.committed_offsets(list, COMMITTED_TIMEOUT))
+                .await
+                .map_err(|e| RunError::Config(format!("committed offsets task: {e}")))??;
+        let mut ends: HashMap<Partition, i64> = HashMap::new();
+        for (index, route) in self.routes.iter().enumerate() {
+            let marks = (committed.elements().into_iter())
+                .filter(|e| route.matches(e.topic()))
+                .filter_map(|e| Some((e.partition(), Mark::from_metadata(e.metadata())?)));
+            let route = (index, route.name.as_str(), route.changelog_topic.as_str());
+            for (partition, end) in self.marks.check(route, marks)? {
+                let slot = ends.entry(partition).or_insert(end);
+                *slot = (*slot).max(end);
+            }
+        }
+        Ok(ends)
     }
 }
 
@@ -95,8 +146,20 @@ mod tests {
             revoked: [("in.accounts".to_owned(), 0)].into(),
             ..Changes::default()
         };
+        let consumer = Arc::new(
+            (pipeline.settings)
+                .member_consumer(
+                    "unit",
+                    "unit-0",
+                    crate::group::GroupContext::new(
+                        pipeline.metrics.assigned_partitions(),
+                        pipeline.metrics.consumer_lag(),
+                    ),
+                )
+                .expect("consumer"),
+        );
         let restored = pipeline
-            .follow_group(&mut guard, changes)
+            .follow_group(&consumer, &mut guard, changes)
             .await
             .expect("follow");
         assert_eq!(restored, 0);

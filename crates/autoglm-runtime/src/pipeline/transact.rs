@@ -104,8 +104,11 @@ impl Pipeline {
             self.prepare_rest(next);
             started.elapsed()
         });
-        // Per route and partition.
-        let checkpoints = acked?;
+        // Per route and partition, then per changelog partition: what the offsets' marks say.
+        let checkpoints: Checkpoints = (acked?.into_iter())
+            .map(|((route, p), o)| (self.routes[route].changelog_topic.clone(), p, o))
+            .collect();
+        (self.marks).note_ends(checkpoints.iter().map(|(t, p, o)| ((t.clone(), *p), *o)));
         if exactly_once {
             drain_delivery_reports(producer).await;
         }
@@ -135,10 +138,6 @@ impl Pipeline {
             commit_ms = committed.as_secs_f64() * 1e3,
             "batch committed"
         );
-        let checkpoints = checkpoints
-            .into_iter()
-            .map(|((route, p), o)| (self.routes[route].changelog_topic.clone(), p, o))
-            .collect();
         Ok((summary, checkpoints))
     }
 }
