@@ -1,43 +1,17 @@
 //! End to end against the real broker and registry: the CRM → ERP route from the README, run
 //! in-process, checked with `read_committed` readers.
 
+mod common;
+
 use std::time::Duration;
 
 use autoglm_config::Overrides;
-use autoglm_demo::{DemoValue, Received, read_committed, recreate_topics, scenario};
-use autoglm_runtime::{Pipeline, RunOptions, RunSummary};
+use autoglm_demo::{DemoValue, read_committed, recreate_topics, scenario};
+use autoglm_runtime::{Pipeline, RunOptions};
 use autoglm_tests::{
     KafkaCuts, Outage, authority, batch_codecs, produce_plain, repo_root, stack, unique,
 };
-
-struct Topics {
-    source: String,
-    target: String,
-    dlq: String,
-    group: String,
-}
-
-impl Topics {
-    /// Unique topic and group names (`source` and `target` prefix theirs), the topics created
-    /// with `partitions` partitions.
-    async fn fresh(
-        kafka: &autoglm_kafka::ClientSettings,
-        source: &str,
-        target: &str,
-        partitions: i32,
-    ) -> Topics {
-        let t = Topics {
-            source: unique(source),
-            target: unique(target),
-            dlq: unique("dlq"),
-            group: unique("g"),
-        };
-        recreate_topics(kafka, &[&t.source, &t.target, &t.dlq], partitions)
-            .await
-            .expect("topics");
-        t
-    }
-}
+use common::{Streaming, Topics, by_key, json_upsert_config, run, tempfile_dir, upsert_rows};
 
 fn config(
     stack: &autoglm_tests::Stack,
@@ -70,37 +44,6 @@ fn config(
             &format!("dlq_topic: {}", t.dlq),
         );
     autoglm_config::parse(&text, "test", &repo_root(), Overrides::None).expect("valid config")
-}
-
-async fn run(config: autoglm_config::Config) -> RunSummary {
-    Pipeline::new(config)
-        .expect("pipeline")
-        .run(RunOptions {
-            exit_when_idle: Some(Duration::from_secs(4)),
-            ..RunOptions::default()
-        })
-        .await
-        .expect("run")
-}
-
-/// (key, version header, tombstone?) per target record, ordered per key.
-fn by_key(records: &[Received]) -> Vec<(String, String, bool)> {
-    let mut rows: Vec<_> = records
-        .iter()
-        .map(|r| {
-            (
-                r.key.clone(),
-                r.headers
-                    .get("autoglm.version")
-                    .cloned()
-                    .unwrap_or_default(),
-                r.value.is_none(),
-                r.offset,
-            )
-        })
-        .collect();
-    rows.sort_by(|a, b| (&a.0, a.3).cmp(&(&b.0, b.3)));
-    rows.into_iter().map(|(k, v, t, _)| (k, v, t)).collect()
 }
 
 #[tokio::test]
@@ -258,45 +201,9 @@ async fn crm_stream_is_aligned_deduplicated_and_dead_lettered_exactly_once() {
     let _ = std::fs::remove_dir_all(&state);
 }
 
-fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(unique("autoglm-state"));
-    std::fs::create_dir_all(&dir).expect("state dir");
-    dir
-}
-
 /// One route `accounts` from the JSON upsert topic `t.source` (key `id`, version `rev`) to the
 /// JSON topic `t.target`. `top` adds top-level config lines, `mapping` the route's `mapping:`
 /// block (indented under the route), both YAML.
-fn json_upsert_config(
-    stack: &autoglm_tests::Stack,
-    t: &Topics,
-    state: &std::path::Path,
-    top: &str,
-    mapping: &str,
-) -> autoglm_config::Config {
-    let yaml = format!(
-        r#"
-kafka: {{ bootstrap_servers: "{bootstrap}", group_id: {group} }}
-event_queue: {{ storage_path: {state} }}
-{top}
-routes:
-  - name: accounts
-    source: {{ topic: {source}, envelope: upsert, encoding: json }}
-    key_fields: [id]
-    version: {{ column: rev }}
-{mapping}
-    targets: [ {{ topic: {target}, format: json }} ]
-    dlq_topic: {dlq}
-"#,
-        bootstrap = stack.bootstrap,
-        group = t.group,
-        state = state.display(),
-        source = t.source,
-        target = t.target,
-        dlq = t.dlq,
-    );
-    autoglm_config::parse(&yaml, "test", &repo_root(), Overrides::None).expect("valid")
-}
 
 #[tokio::test]
 async fn json_upsert_topic_with_connect_wrapper_flows_to_a_json_target() {
@@ -539,33 +446,7 @@ async fn a_minute_cut_off_from_the_broker_loses_duplicates_and_dead_letters_noth
     config.kafka.instance_id = "cut-off".into();
     config.backoff.initial_interval = Duration::from_millis(200);
     config.backoff.max_interval = Duration::from_secs(2);
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = tokio::spawn(Pipeline::new(config).expect("pipeline").run(RunOptions {
-        shutdown: shutdown.clone(),
-        ..RunOptions::default()
-    }));
-
-    // Input all along: 20 keys, a new version of each every 250 ms, produced straight to the
-    // broker, not through the proxy.
-    let ids = 0..20;
-    let feeding = tokio_util::sync::CancellationToken::new();
-    let feeder = tokio::spawn({
-        let (kafka, source, feeding, ids) = (
-            kafka.clone(),
-            t.source.clone(),
-            feeding.clone(),
-            ids.clone(),
-        );
-        async move {
-            let mut rev = 0;
-            while !feeding.is_cancelled() {
-                rev += 1;
-                produce_plain(&kafka, &source, &upsert_rows(rev, ids.clone())).await;
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            rev
-        }
-    });
+    let streaming = Streaming::start(&kafka, &t, config);
     // Cut once a transaction is open: right after the broker got an AddPartitionsToTxn (API
     // key 24) of the processor's.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -578,46 +459,8 @@ async fn a_minute_cut_off_from_the_broker_loses_duplicates_and_dead_letters_noth
     tokio::time::sleep(Duration::from_secs(60)).await;
     cuts.heal("autoglm-cut-off");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    feeding.cancel();
-    let revs = feeder.await.expect("feeder");
-    let expected: Vec<(String, String)> = {
-        let mut all: Vec<_> = ids
-            .flat_map(|id| (1..=revs).map(move |rev| (id.to_string(), rev.to_string())))
-            .collect();
-        all.sort();
-        all
-    };
-
-    // Every version reaches the target; the run is still going (a fatal error ends it).
-    let quiet = Duration::from_secs(2);
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let versions = loop {
-        let out = read_committed(&kafka, None, &t.target, quiet)
-            .await
-            .expect("read");
-        let mut versions: Vec<(String, String)> =
-            by_key(&out).into_iter().map(|(k, v, _)| (k, v)).collect();
-        versions.sort();
-        if versions.len() >= expected.len() || running.is_finished() {
-            break versions;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {} versions two minutes after the cut healed",
-            versions.len(),
-            expected.len()
-        );
-    };
-    assert!(
-        !running.is_finished(),
-        "the run ended by itself: {:?}",
-        running.await
-    );
-    shutdown.cancel();
-    let summary = running
-        .await
-        .expect("task")
-        .expect("the run goes on through the cut");
+    let (summary, versions, expected) =
+        streaming.finish(&kafka, &t, Duration::from_secs(120)).await;
     assert!(
         cuts.stalled() > 0,
         "the cut stalled no connection: nothing was cut"
@@ -637,7 +480,7 @@ async fn a_minute_cut_off_from_the_broker_loses_duplicates_and_dead_letters_noth
     );
     assert_eq!(summary.dead_lettered, 0, "{summary:?}");
     assert_eq!(versions, expected, "each version exactly once");
-    let dead = read_committed(&kafka, None, &t.dlq, quiet)
+    let dead = read_committed(&kafka, None, &t.dlq, Duration::from_secs(2))
         .await
         .expect("dlq");
     assert!(dead.is_empty(), "{dead:?}");
@@ -832,15 +675,6 @@ async fn a_schema_id_of_another_subject_decodes_by_id_and_the_routes_rules_decid
         dead[0].headers
     );
     let _ = std::fs::remove_dir_all(&state);
-}
-
-/// Upsert rows `{"id", "rev"}` of `ids` at version `rev`, keyed by id.
-fn upsert_rows(rev: u64, ids: std::ops::Range<u64>) -> Vec<(String, Option<String>)> {
-    ids.map(|id| {
-        let value = serde_json::json!({"id": id, "rev": rev});
-        (id.to_string(), Some(value.to_string()))
-    })
-    .collect()
 }
 
 /// Sets `max.message.bytes` of each of `topics` (an operator's topic limit).

@@ -42,7 +42,9 @@
 #   stack.sh reset    down, then delete the stack's data and logs, Keycloak's and the TLS material
 #   stack.sh env      print the addresses (and the TLS files, the OIDC endpoints) as shell
 #                     assignments (for `eval`)
-#   stack.sh bounce-kafka hard|clean    kill -9 (or stop) the broker, then start it again
+#   stack.sh bounce-kafka hard|clean [SECONDS]
+#                                       kill -9 (or stop) the broker, then start it again
+#                                       (after SECONDS down; default 0)
 #   stack.sh bounce-connect hard|clean  the same for the Kafka Connect worker
 #   stack.sh psql [args]                psql on the CRM database (as the stack's superuser)
 #   stack.sh kafka-tool <class> [args]  run a Kafka CLI tool class from the fetched jars
@@ -749,7 +751,7 @@ stop_one() {
 # Fault tests: `hard` kills a service ("$1", pid file "$2") with SIGKILL, `clean` stops it; then
 # "$3" starts it again.
 bounce() {
-  local name=$1 pidfile=$2 start=$3 mode=$4 pid started
+  local name=$1 pidfile=$2 start=$3 mode=$4 down=${5:-0} pid started
   case $mode in
     hard)
       if pid_alive "$pidfile"; then
@@ -763,6 +765,10 @@ bounce() {
     clean) stop_one "$name" "$pidfile" ;;
     *) die "usage: $0 bounce-${name// /-} hard|clean" ;;
   esac
+  if [ "$down" -gt 0 ]; then
+    log "$name stays down for ${down}s"
+    sleep "$down"
+  fi
   started=$SECONDS
   "$start"
   log "$name back in $((SECONDS - started))s"
@@ -861,7 +867,7 @@ case ${1:-} in
     stop_one keycloak "$stack_dir/keycloak/keycloak.pid" "$keycloak_programs"
     ;;
   status) status ;;
-  bounce-kafka) bounce kafka "$stack_dir/kafka/kafka.pid" start_kafka "${2:-}" ;;
+  bounce-kafka) bounce kafka "$stack_dir/kafka/kafka.pid" start_kafka "${2:-}" "${3:-0}" ;;
   bounce-connect) bounce "kafka connect" "$stack_dir/connect/connect.pid" start_connect "${2:-}" ;;
   psql)
     shift
@@ -901,7 +907,7 @@ case ${1:-} in
     echo "AUTOGLM_JAEGER_QUERY_URL=http://127.0.0.1:$jaeger_query_port"
     ;;
   *)
-    echo "usage: $0 up|down|status|reset|env|bounce-kafka hard|clean|bounce-connect hard|clean|psql [args]|kafka-tool <class> [args]" >&2
+    echo "usage: $0 up|down|status|reset|env|bounce-kafka hard|clean [seconds]|bounce-connect hard|clean|psql [args]|kafka-tool <class> [args]" >&2
     exit 2
     ;;
 esac

@@ -604,8 +604,8 @@ impl Pipeline {
         result
     }
 
-    /// Reads `max.message.bytes` of every topic the pipeline writes (see the `sizes` module),
-    /// and returns the producer's `batch.size`: the config's, or the smallest limit.
+    /// Reads `max.message.bytes` of every topic the pipeline writes (see the `sizes` module):
+    /// the dead-letter rule `size` and the producer's [`batch_size`](Self::batch_size) use them.
     async fn read_size_limits(&self) {
         let properties = &self.config.kafka.properties;
         let mut written: Vec<&str> = Vec::new();
