@@ -84,10 +84,10 @@ fn changes(stored: &Layouts, running: &Layouts) -> Vec<String> {
 }
 
 /// Compares the layout stored in `dir` with `config`'s, refuses a changed one unless `accept`,
-/// and records `config`'s. Routes the config no longer has stay recorded: they may come back.
-/// Returns the routes the file held no layout for (a new store, a new route), unrecorded: the
-/// group's commits vouch for theirs, and [`record`] notes each once they did
-/// (`pipeline::marks`).
+/// and records `config`'s for the routes the file held. Routes the config no longer has stay
+/// recorded: they may come back. Returns the routes the file held no layout for (a new store, a
+/// new route), unrecorded: the group's commits vouch for theirs, and [`record`] notes each once
+/// they did (`pipeline::marks`).
 pub(crate) fn check(
     dir: &Path,
     config: &Config,

@@ -2,8 +2,8 @@
 //! synchronous offset commit (at least once); and the transaction calls around it.
 //!
 //! Data flow: the batch's records ─► [`next_offsets`], each with its route's mark (`marks`)
-//! ─► the broker. A step librdkafka calls
-//! retriable is called again ([`again_while_retriable`]); a failed batch is aborted ([`abort`]).
+//! ─► the broker. A step librdkafka calls retriable is called again
+//! ([`again_while_retriable`]); a failed batch is aborted ([`abort`]).
 
 use std::sync::Arc;
 use std::time::Duration;
