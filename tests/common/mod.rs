@@ -190,14 +190,15 @@ impl Streaming {
     }
 
     /// Stops the input, waits until every version produced is in the target (up to
-    /// `within`), and checks the run is still going; then stops it. Returns its summary, and
-    /// the target's versions with those produced, each sorted.
+    /// `within`), and checks the run is still going; then stops it, and checks that nothing
+    /// was lost, dead-lettered or written twice: every input record committed, each version
+    /// in the target exactly once, the DLQ empty. Returns the run's summary.
     pub async fn finish(
         self,
         kafka: &autoglm_kafka::ClientSettings,
         t: &Topics,
         within: Duration,
-    ) -> (RunSummary, Vec<(String, String)>, Vec<(String, String)>) {
+    ) -> RunSummary {
         self.pause().await;
         let revs = *self.rev.lock().await;
         drop(self.feeding);
@@ -237,6 +238,17 @@ impl Streaming {
             .await
             .expect("task")
             .expect("the run goes on through the outage");
-        (summary, versions, expected)
+        assert_eq!(
+            summary.records,
+            expected.len() as u64,
+            "every input committed: {summary:?}"
+        );
+        assert_eq!(summary.dead_lettered, 0, "{summary:?}");
+        assert_eq!(versions, expected, "each version exactly once");
+        let dead = read_committed(kafka, None, &t.dlq, Duration::from_secs(2))
+            .await
+            .expect("dlq");
+        assert!(dead.is_empty(), "{dead:?}");
+        summary
     }
 }

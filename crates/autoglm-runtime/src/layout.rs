@@ -148,10 +148,11 @@ fn write(path: &Path, layouts: &Layouts) -> Result<(), RunError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn config(key_fields: &str, version: &str) -> Config {
+    /// A config of one upsert route, `accounts`, keyed by `key_fields`, versioned by `version`.
+    pub(crate) fn config(key_fields: &str, version: &str) -> Config {
         let yaml = format!(
             r#"
 kafka: {{ bootstrap_servers: "127.0.0.1:1", group_id: unit }}

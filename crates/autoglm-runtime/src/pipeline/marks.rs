@@ -177,25 +177,7 @@ mod tests {
     use super::*;
 
     fn config(key_fields: &str) -> Config {
-        let yaml = format!(
-            r#"
-kafka: {{ bootstrap_servers: "127.0.0.1:1", group_id: unit }}
-routes:
-  - name: accounts
-    source: {{ topic: in.accounts, envelope: upsert, encoding: json }}
-    key_fields: {key_fields}
-    version: {{ column: rev }}
-    targets: [ {{ topic: out.accounts, format: json }} ]
-    dlq_topic: in.accounts.dlq
-"#
-        );
-        autoglm_config::parse(
-            &yaml,
-            "unit",
-            Path::new("."),
-            autoglm_config::Overrides::None,
-        )
-        .expect("valid")
+        layout::tests::config(key_fields, "{ column: rev }")
     }
 
     fn unvouched(marks: &Marks, config: &Config, store: &Path, accept: bool) {
